@@ -1,0 +1,392 @@
+"""The decision core, without root: best-path order, backups, ECMP, withdraw, peer down,
+device state, start-up adoption and sweep, kernel refusals, and a property test that the
+incremental state always equals a from-scratch computation."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vtibgp.core import Core, CoreSettings, PeerPolicy
+from vtibgp.model import (
+    Announce,
+    DeviceState,
+    EndOfRib,
+    Event,
+    GraceExpired,
+    KernelRoute,
+    KernelRoutesFound,
+    NextHop,
+    OpKind,
+    PathAttrs,
+    PeerDevice,
+    PeerState,
+    ResyncDone,
+    RouteFailed,
+    RouteOp,
+    Withdraw,
+)
+
+P1, P2, P3 = "169.254.10.1", "169.254.11.1", "169.254.12.1"
+V4 = "ipv4 unicast"
+
+
+def make_core(ecmp: bool = False, max_paths: int = 4, **peers: PeerPolicy) -> Core:
+    pols = peers or {
+        P1: PeerPolicy(device="vti01"),
+        P2: PeerPolicy(device="vti02"),
+    }
+    return Core(CoreSettings(metric=100, max_paths=max_paths, ecmp=ecmp, peers=pols))
+
+
+def attrs(nh: str, path: tuple[int, ...] = (64512,), med: int = 0, **kw: object) -> PathAttrs:
+    return PathAttrs(next_hop=nh, as_path=path, med=med, **kw)  # type: ignore[arg-type]
+
+
+def ann(peer: str, *prefixes: str, **kw: object) -> Announce:
+    return Announce(peer, V4, attrs(peer, **kw), tuple(prefixes))  # type: ignore[arg-type]
+
+
+class Kernel:
+    """A stand-in FIB that enforces the op contract: ADD only where nothing is, REPLACE and
+    DELETE only where our route is."""
+
+    def __init__(self) -> None:
+        self.routes: dict[tuple[str, int], KernelRoute] = {}
+
+    def apply(self, ops: list[RouteOp]) -> None:
+        for op in ops:
+            key = op.route.key
+            if op.kind is OpKind.ADD:
+                assert key not in self.routes, f"ADD over existing {op}"
+                self.routes[key] = op.route
+            elif op.kind is OpKind.REPLACE:
+                assert key in self.routes, f"REPLACE of missing {op}"
+                self.routes[key] = op.route
+            else:
+                assert self.routes.get(key) == op.route, f"DELETE of missing/other {op}"
+                del self.routes[key]
+
+
+def feed(core: Core, kernel: Kernel, *events: Event) -> list[RouteOp]:
+    out: list[RouteOp] = []
+    for ev in events:
+        ops = core.handle(ev)
+        kernel.apply(ops)
+        out.extend(ops)
+    return out
+
+
+def installed(core: Core) -> dict[tuple[str, int], KernelRoute]:
+    return {r.key: r for r in core.routes()}
+
+
+def test_primary_and_backup_metrics() -> None:
+    core, k = make_core(), Kernel()
+    feed(core, k, ann(P1, "10.0.0.0/16"), ann(P2, "10.0.0.0/16", path=(64512, 64512)))
+    assert k.routes == {
+        ("10.0.0.0/16", 100): KernelRoute("10.0.0.0/16", 100, (NextHop("vti01"),)),
+        ("10.0.0.0/16", 101): KernelRoute("10.0.0.0/16", 101, (NextHop("vti02"),)),
+    }
+    assert k.routes == installed(core)
+
+
+def test_order_preference_localpref_aspath_origin_med_address() -> None:
+    def best(a1: dict[str, object], a2: dict[str, object], pol1: int = 100) -> str:
+        core = make_core(**{P1: PeerPolicy("vti01", preference=pol1), P2: PeerPolicy("vti02")})
+        core.handle(ann(P1, "10.1.0.0/24", **a1))
+        core.handle(ann(P2, "10.1.0.0/24", **a2))
+        return core.ranked("10.1.0.0/24")[0][0]
+
+    assert best({}, {}) == P1  # tie: lower address
+    assert best({"med": 10}, {}) == P2
+    assert best({"origin": 2}, {"med": 50}) == P2  # origin before MED
+    assert best({"path": (1, 2)}, {"origin": 2}) == P2  # AS path before origin
+    assert best({"path": (1,), "as_set": (5, 6)}, {"path": (1, 2, 3)}) == P1  # AS_SET = 1 hop
+    assert best({"local_pref": 50}, {"path": (1, 2, 3, 4)}) == P2  # local-pref before path
+    assert best({"local_pref": 200}, {}, pol1=50) == P2  # preference before local-pref
+    assert best({"local_pref": 99}, {}) == P2  # absent local-pref is 100
+
+
+def test_withdraw_promotes_backup_with_replace_and_delete() -> None:
+    core, k = make_core(), Kernel()
+    feed(core, k, ann(P1, "10.0.0.0/16"), ann(P2, "10.0.0.0/16", med=5))
+    ops = feed(core, k, Withdraw(P1, V4, ("10.0.0.0/16",)))
+    assert {(o.kind, o.route.metric) for o in ops} == {(OpKind.REPLACE, 100), (OpKind.DELETE, 101)}
+    assert k.routes == {("10.0.0.0/16", 100): KernelRoute("10.0.0.0/16", 100, (NextHop("vti02"),))}
+
+
+def test_implicit_replace_changes_order() -> None:
+    core, k = make_core(), Kernel()
+    feed(core, k, ann(P1, "10.0.0.0/16"), ann(P2, "10.0.0.0/16", med=5))
+    feed(core, k, ann(P1, "10.0.0.0/16", med=9))  # P1 re-announces worse: swap
+    assert k.routes[("10.0.0.0/16", 100)].nexthops == (NextHop("vti02"),)
+    assert k.routes[("10.0.0.0/16", 101)].nexthops == (NextHop("vti01"),)
+
+
+def test_peer_down_flushes_only_that_peer() -> None:
+    core, k = make_core(), Kernel()
+    feed(core, k, ann(P1, "10.0.0.0/16", "10.9.0.0/16"), ann(P2, "10.0.0.0/16"))
+    feed(core, k, PeerState(P1, "down", "notification received (6,2)"))
+    assert k.routes == {("10.0.0.0/16", 100): KernelRoute("10.0.0.0/16", 100, (NextHop("vti02"),))}
+    assert core.rib.get(P1) is None
+
+
+def test_down_without_up_and_repeated_withdraw_are_harmless() -> None:
+    core, k = make_core(), Kernel()
+    assert feed(core, k, PeerState(P1, "connected"), PeerState(P1, "down", "x")) == []
+    assert feed(core, k, Withdraw(P1, V4, ("10.0.0.0/8",)), Withdraw(P1, V4, ("10.0.0.0/8",))) == []
+
+
+def test_ecmp_groups_equal_paths() -> None:
+    core, k = make_core(ecmp=True), Kernel()
+    feed(core, k, ann(P1, "10.0.0.0/16"), ann(P2, "10.0.0.0/16"))
+    assert k.routes == {
+        ("10.0.0.0/16", 100): KernelRoute(
+            "10.0.0.0/16", 100, (NextHop("vti01"), NextHop("vti02"))
+        )
+    }
+    feed(core, k, ann(P2, "10.0.0.0/16", med=1))  # no longer equal: primary + backup
+    assert len(k.routes) == 2 and k.routes[("10.0.0.0/16", 101)].nexthops == (NextHop("vti02"),)
+
+
+def test_max_paths_caps_backups() -> None:
+    pols = {P1: PeerPolicy("vti01"), P2: PeerPolicy("vti02"), P3: PeerPolicy("vti03")}
+    core, k = make_core(max_paths=2, **pols), Kernel()
+    feed(core, k, ann(P1, "10.0.0.0/16"), ann(P2, "10.0.0.0/16"), ann(P3, "10.0.0.0/16"))
+    assert sorted(m for _, m in k.routes) == [100, 101]
+    feed(core, k, PeerState(P1, "down"))
+    assert [k.routes[("10.0.0.0/16", m)].nexthops[0].device for m in (100, 101)] == [
+        "vti02",
+        "vti03",
+    ]
+
+
+def test_shared_device_uses_next_hop_as_gateway() -> None:
+    pols = {
+        P1: PeerPolicy("vti01", gateway=True, families=(V4, "ipv6 unicast")),
+        P2: PeerPolicy("vti01", gateway=True),
+    }
+    core, k = make_core(**pols), Kernel()
+    feed(core, k, ann(P1, "10.0.0.0/16"), ann(P2, "10.0.0.0/16", med=1))
+    feed(core, k, Announce(P1, "ipv6 unicast", attrs("fd00:10::1"), ("2001:db8::/32",)))
+    assert k.routes[("10.0.0.0/16", 100)].nexthops == (NextHop("vti01", P1),)
+    assert k.routes[("10.0.0.0/16", 101)].nexthops == (NextHop("vti01", P2),)
+    assert k.routes[("2001:db8::/32", 100)].nexthops == (NextHop("vti01", "fd00:10::1"),)
+
+
+def test_device_down_and_up_moves_routes() -> None:
+    core, k = make_core(), Kernel()
+    feed(core, k, ann(P1, "10.0.0.0/16"), ann(P2, "10.0.0.0/16", med=1))
+    feed(core, k, DeviceState("vti01", usable=False, reason="admin down"))
+    assert list(k.routes.values()) == [KernelRoute("10.0.0.0/16", 100, (NextHop("vti02"),))]
+    assert core.rib[P1]  # paths are kept while the device is down
+    feed(core, k, DeviceState("vti01", usable=True))
+    assert k.routes[("10.0.0.0/16", 100)].nexthops == (NextHop("vti01"),)
+
+
+def test_unknown_peer_is_ignored_and_counted() -> None:
+    core, k = make_core(), Kernel()
+    assert feed(core, k, ann("192.0.2.9", "10.0.0.0/16", "10.1.0.0/16")) == []
+    assert core.stats["prefixes_unknown_peer"] == 2
+
+
+def test_discovered_device() -> None:
+    core, k = make_core(**{P1: PeerPolicy(None)}), Kernel()
+    assert feed(core, k, ann(P1, "10.0.0.0/16")) == []  # device not known yet
+    feed(core, k, PeerDevice(P1, "ipsec0"))
+    assert k.routes[("10.0.0.0/16", 100)].nexthops == (NextHop("ipsec0"),)
+    feed(core, k, PeerDevice(P1, None))
+    assert k.routes == {}
+
+
+def test_restart_adopts_without_churn_and_sweeps_unconfirmed() -> None:
+    core, k = make_core(), Kernel()
+    kept = KernelRoute("10.0.0.0/16", 100, (NextHop("vti01"),))
+    changed = KernelRoute("10.1.0.0/16", 100, (NextHop("vti02"),))
+    gone = KernelRoute("10.2.0.0/16", 100, (NextHop("vti01"),))
+    for r in (kept, changed, gone):
+        k.routes[r.key] = r
+    assert feed(core, k, KernelRoutesFound((kept, changed, gone))) == []
+    ops = feed(core, k, ann(P1, "10.0.0.0/16", "10.1.0.0/16"), EndOfRib(P1, V4))
+    # kept: nothing; changed: replaced in place; gone: untouched until every peer is synced
+    assert [(o.kind, o.route.prefix) for o in ops] == [(OpKind.REPLACE, "10.1.0.0/16")]
+    ops = feed(core, k, ResyncDone(frozenset({P2})))
+    assert [(o.kind, o.route.prefix) for o in ops] == [(OpKind.DELETE, "10.2.0.0/16")]
+    assert k.routes == installed(core) and core.synced
+
+
+def test_grace_timer_sweeps() -> None:
+    core, k = make_core(), Kernel()
+    r = KernelRoute("10.2.0.0/16", 100, (NextHop("vti01"),))
+    k.routes[r.key] = r
+    feed(core, k, KernelRoutesFound((r,)), EndOfRib(P1, V4))
+    assert r.key in k.routes  # P2 not synced yet
+    feed(core, k, GraceExpired())
+    assert k.routes == {}
+
+
+def test_stale_backup_survives_a_partial_rib_until_sweep() -> None:
+    core, k = make_core(), Kernel()
+    prim = KernelRoute("10.0.0.0/16", 100, (NextHop("vti01"),))
+    backup = KernelRoute("10.0.0.0/16", 101, (NextHop("vti02"),))
+    for r in (prim, backup):
+        k.routes[r.key] = r
+    feed(core, k, KernelRoutesFound((prim, backup)))
+    assert feed(core, k, ann(P1, "10.0.0.0/16")) == []  # P2 not re-learned yet: keep backup
+    assert feed(core, k, ann(P2, "10.0.0.0/16")) == []  # confirmed: still nothing to do
+    assert feed(core, k, GraceExpired()) == []
+
+
+def test_conflict_with_foreign_route_is_left_alone() -> None:
+    core, k = make_core(), Kernel()
+    ops = feed(core, k, ann(P1, "10.0.0.0/16"))
+    del k.routes[ops[0].route.key]  # pretend the kernel refused it
+    assert core.handle(RouteFailed(ops[0], 17)) == []
+    assert core.stats["route_conflicts"] == 1 and installed(core) == {}
+
+
+def test_replace_of_vanished_route_becomes_add() -> None:
+    core, k = make_core(), Kernel()
+    feed(core, k, ann(P1, "10.0.0.0/16"))
+    ops = feed(core, k, ann(P1, "10.0.0.0/16"), PeerDevice(P1, "x"))  # no-op, then nothing
+    assert ops == []
+    rep = RouteOp(OpKind.REPLACE, KernelRoute("10.0.0.0/16", 100, (NextHop("vti01"),)))
+    assert core.handle(RouteFailed(rep, 3)) == [RouteOp(OpKind.ADD, rep.route)]
+
+
+def test_withdraw_all() -> None:
+    core, k = make_core(), Kernel()
+    feed(core, k, ann(P1, "10.0.0.0/16", "10.1.0.0/16"), ann(P2, "10.0.0.0/16"))
+    k.apply(core.withdraw_all())
+    assert k.routes == {} and installed(core) == {}
+
+
+# ------------------------------------------------------------------ property test
+
+PEERS = [P1, P2, P3, "fd00:12::1"]
+DEVICES = ["vti01", "vti02", "ipsec0"]
+PREFIXES = [f"10.{i}.0.0/16" for i in range(5)] + ["2001:db8::/32", "0.0.0.0/0"]
+
+
+def reference(core: Core) -> dict[tuple[str, int], KernelRoute]:
+    """An independent, naive statement of the documented order."""
+    s = core.settings
+    out: dict[tuple[str, int], KernelRoute] = {}
+    prefixes = {p for paths in core.rib.values() for p in paths}
+    for prefix in prefixes:
+        rows = []
+        for peer, paths in core.rib.items():
+            if prefix not in paths:
+                continue
+            pol = s.peers.get(peer)
+            dev = pol.device if pol and pol.device else core.discovered.get(peer)
+            if pol is None or dev is None or dev in core.unusable_devices:
+                continue
+            a = paths[prefix]
+            lp = 100 if a.local_pref is None else a.local_pref
+            plen = len(a.as_path) + (1 if a.as_set else 0)
+            ip = ipaddress.ip_address(peer)
+            tie = (-pol.preference, -lp, plen, a.origin, a.med)
+            gw = None
+            if pol.gateway:
+                gw = a.next_hop if (":" in a.next_hop) == (":" in prefix) else None
+                if gw is None and (":" in peer) == (":" in prefix):
+                    gw = peer
+            rows.append((tie, (ip.version, int(ip)), NextHop(dev, gw)))
+        rows.sort(key=lambda r: (r[0], r[1]))
+        groups: list[tuple[object, set[NextHop]]] = []
+        for tie, _, hop in rows:
+            if s.ecmp and groups and groups[-1][0] == tie:
+                groups[-1][1].add(hop)
+            else:
+                groups.append((tie, {hop}))
+        for i, (_, hops) in enumerate(groups[: s.max_paths]):
+            out[(prefix, s.metric + i)] = KernelRoute(prefix, s.metric + i, tuple(sorted(hops)))
+    return out
+
+
+path_attrs = st.builds(
+    PathAttrs,
+    next_hop=st.sampled_from(["169.254.10.1", "fd00:10::1"]),
+    origin=st.integers(0, 2),
+    as_path=st.lists(st.integers(1, 5), max_size=3).map(tuple),
+    as_set=st.lists(st.integers(1, 5), max_size=2).map(tuple),
+    med=st.integers(0, 2),
+    local_pref=st.none() | st.sampled_from([50, 100, 200]),
+)
+peers_st = st.sampled_from(PEERS)
+prefix_lists = st.lists(st.sampled_from(PREFIXES), min_size=1, max_size=4).map(tuple)
+events = st.one_of(
+    st.builds(Announce, peers_st, st.just(V4), path_attrs, prefix_lists),
+    st.builds(Withdraw, peers_st, st.just(V4), prefix_lists),
+    st.builds(PeerState, peers_st, st.sampled_from(["connected", "up", "down"])),
+    st.builds(DeviceState, st.sampled_from(DEVICES), st.booleans()),
+    st.builds(PeerDevice, peers_st, st.none() | st.sampled_from(DEVICES)),
+    st.builds(EndOfRib, peers_st, st.just(V4)),
+)
+policies = st.fixed_dictionaries(
+    {
+        p: st.builds(
+            PeerPolicy,
+            device=st.none() | st.sampled_from(DEVICES),
+            preference=st.sampled_from([50, 100]),
+            gateway=st.booleans(),
+        )
+        for p in PEERS[:3]
+    }
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    pols=policies,
+    ecmp=st.booleans(),
+    max_paths=st.integers(1, 4),
+    evs=st.lists(events, max_size=40),
+)
+def test_incremental_equals_from_scratch(
+    pols: dict[str, PeerPolicy], ecmp: bool, max_paths: int, evs: list[Event]
+) -> None:
+    core = Core(CoreSettings(metric=100, max_paths=max_paths, ecmp=ecmp, peers=pols))
+    kernel = Kernel()
+    for ev in evs:
+        kernel.apply(core.handle(ev))
+        assert kernel.routes == installed(core)
+    expected = reference(core)
+    assert installed(core) == expected
+    assert {r.key: r for d in core.desired_all().values() for r in d.values()} == expected
+    kernel.apply(core.withdraw_all())
+    assert kernel.routes == {}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    evs=st.lists(events, max_size=30),
+    leftovers=st.lists(
+        st.builds(
+            KernelRoute,
+            st.sampled_from(PREFIXES),
+            st.integers(100, 103),
+            st.sampled_from(DEVICES).map(lambda d: (NextHop(d),)),
+        ),
+        max_size=6,
+        unique_by=lambda r: r.key,
+    ),
+)
+def test_restart_converges_to_from_scratch(evs: list[Event], leftovers: list[KernelRoute]) -> None:
+    pols = {P1: PeerPolicy("vti01"), P2: PeerPolicy("vti02"), P3: PeerPolicy("ipsec0")}
+    core = Core(CoreSettings(metric=100, max_paths=4, peers=pols))
+    kernel = Kernel()
+    for r in leftovers:
+        kernel.routes[r.key] = r
+    kernel.apply(core.handle(KernelRoutesFound(tuple(leftovers))))
+    for ev in evs:
+        kernel.apply(core.handle(ev))
+        assert kernel.routes == installed(core)
+        # Until the sweep, nothing that was in the kernel at start is deleted without a
+        # replacement at the same key.
+    kernel.apply(core.handle(GraceExpired()))
+    assert kernel.routes == installed(core) == reference(core)

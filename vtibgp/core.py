@@ -1,0 +1,369 @@
+"""The decision core: Adj-RIB-In per peer, best path per prefix, kernel routes out.
+
+Pure and I/O-free: `Core.handle(event)` updates the state and returns the kernel route
+operations that bring the kernel from what the core believes is installed to what it wants.
+The shell applies them and reports refusals back as `RouteFailed` events.
+
+Path order, best first (documented in README "How the best path is chosen"):
+  1. usable: the peer's tunnel device is known and usable
+  2. higher configured peer `preference`
+  3. higher LOCAL_PREF (absent = 100)
+  4. shorter AS path (an AS_SET counts as one hop; confederation segments not at all)
+  5. lower origin (igp < egp < incomplete)
+  6. lower MED (absent = 0), compared across peers (AWS signals tunnel maintenance with MED)
+  7. lower peer address (IPv4 before IPv6, then numerically)
+Rank i is installed at metric `metric + i` through its own peer's device, for at most
+`max_paths` routes, so the kernel falls back by itself when a device goes down. With `ecmp`,
+paths equal on 2-6 form one multipath route at a single metric.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from .model import (
+    Announce,
+    DeviceState,
+    EndOfRib,
+    Event,
+    ExabgpShutdown,
+    Family,
+    GraceExpired,
+    KernelRoute,
+    KernelRoutesFound,
+    NextHop,
+    NotificationReceived,
+    OpKind,
+    PathAttrs,
+    PeerAddr,
+    PeerDevice,
+    PeerState,
+    Prefix,
+    ResyncDone,
+    RouteFailed,
+    RouteOp,
+    Withdraw,
+)
+
+DEFAULT_LOCAL_PREF = 100
+ESRCH, ENOENT, EEXIST = 3, 2, 17
+
+
+@dataclass(frozen=True, slots=True)
+class PeerPolicy:
+    """What the core needs to know of a peer: its device (None = not known yet), its
+    preference, whether routes go via its next-hop as an onlink gateway, and the families whose
+    End-of-RIB complete its initial sync."""
+
+    device: str | None = None
+    preference: int = 100
+    gateway: bool = False
+    families: tuple[Family, ...] = ("ipv4 unicast",)
+
+
+@dataclass(frozen=True, slots=True)
+class CoreSettings:
+    metric: int = 100
+    max_paths: int = 4
+    ecmp: bool = False
+    peers: Mapping[PeerAddr, PeerPolicy] = field(default_factory=dict)
+    accept_unconfigured_peers: bool = False
+
+
+def _peer_order(peer: PeerAddr) -> tuple[int, int]:
+    try:
+        ip = ipaddress.ip_address(peer)
+    except ValueError:
+        return (2, 0)
+    return (ip.version, int(ip))
+
+
+class Core:
+    def __init__(self, settings: CoreSettings) -> None:
+        self.settings = settings
+        self.rib: dict[PeerAddr, dict[Prefix, PathAttrs]] = {}
+        self.policy: dict[PeerAddr, PeerPolicy] = dict(settings.peers)
+        self.discovered: dict[PeerAddr, str | None] = {}
+        self.unusable_devices: set[str] = set()
+        self.sessions: dict[PeerAddr, str] = {}
+        # What we believe the kernel holds, per prefix, keyed by metric.
+        self.installed: dict[Prefix, dict[int, KernelRoute]] = {}
+        # Routes found in the kernel at start that nothing has confirmed yet.
+        self.stale: set[tuple[Prefix, int]] = set()
+        self.synced = True  # becomes False when there is something to reconcile
+        self.pending_sync: set[PeerAddr] = set(settings.peers)
+        self.eor_seen: dict[PeerAddr, set[Family]] = {}
+        self.stats: Counter[str] = Counter()
+        self._order_cache: dict[PeerAddr, tuple[int, int]] = {}
+
+    # ---------------------------------------------------------------- queries
+
+    def device_of(self, peer: PeerAddr) -> str | None:
+        pol = self.policy.get(peer)
+        if pol is not None and pol.device is not None:
+            return pol.device
+        return self.discovered.get(peer)
+
+    def known(self, peer: PeerAddr) -> bool:
+        return peer in self.policy or self.settings.accept_unconfigured_peers
+
+    def usable(self, peer: PeerAddr) -> bool:
+        dev = self.device_of(peer)
+        return dev is not None and dev not in self.unusable_devices and self.known(peer)
+
+    def routes(self) -> Iterator[KernelRoute]:
+        for per_metric in self.installed.values():
+            yield from per_metric.values()
+
+    def route_count(self) -> int:
+        return sum(len(m) for m in self.installed.values())
+
+    def ranked(self, prefix: Prefix) -> list[tuple[PeerAddr, PathAttrs]]:
+        """Every usable path for a prefix, best first."""
+        cands = [
+            (peer, paths[prefix])
+            for peer, paths in self.rib.items()
+            if prefix in paths and self.usable(peer)
+        ]
+        if len(cands) > 1:
+            cands.sort(key=self._rank_key)
+        return cands
+
+    def desired(self, prefix: Prefix) -> dict[int, KernelRoute]:
+        """The kernel routes this prefix should have, keyed by metric."""
+        cands = self.ranked(prefix)
+        if not cands:
+            return {}
+        groups: list[list[tuple[PeerAddr, PathAttrs]]] = []
+        last = None
+        for cand in cands:
+            key = self._rank_key(cand)[:-1]
+            if self.settings.ecmp and groups and key == last:
+                groups[-1].append(cand)
+            else:
+                groups.append([cand])
+            last = key
+        out: dict[int, KernelRoute] = {}
+        metric = self.settings.metric
+        for group in groups[: self.settings.max_paths]:
+            hops = tuple(sorted({self._nexthop(prefix, peer, attrs) for peer, attrs in group}))
+            out[metric] = KernelRoute(prefix, metric, hops)
+            metric += 1
+        return out
+
+    def desired_all(self) -> dict[Prefix, dict[int, KernelRoute]]:
+        """From scratch, over every path held: what `installed` must equal once synced."""
+        prefixes = {p for paths in self.rib.values() for p in paths}
+        return {p: d for p in prefixes if (d := self.desired(p))}
+
+    # ---------------------------------------------------------------- events
+
+    def handle(self, event: Event) -> list[RouteOp]:
+        match event:
+            case Announce():
+                return self._announce(event)
+            case Withdraw():
+                return self._withdraw(event)
+            case PeerState():
+                return self._peer_state(event)
+            case EndOfRib():
+                self.eor_seen.setdefault(event.peer, set()).add(event.family)
+                fams = self._families(event.peer)
+                if self.eor_seen[event.peer] >= set(fams):
+                    return self._peer_synced([event.peer])
+                return []
+            case DeviceState():
+                return self._device_state(event)
+            case PeerDevice():
+                before = self.device_of(event.peer)
+                self.discovered[event.peer] = event.device
+                if self.device_of(event.peer) == before:
+                    return []
+                return self._recompute(self.rib.get(event.peer, {}))
+            case KernelRoutesFound():
+                return self._adopt(event.routes)
+            case ResyncDone():
+                return self._peer_synced(event.peers)
+            case GraceExpired():
+                return self._sweep()
+            case RouteFailed():
+                return self._failed(event)
+            case NotificationReceived() | ExabgpShutdown():
+                return []
+        raise TypeError(f"not an event: {event!r}")  # pragma: no cover
+
+    def withdraw_all(self) -> list[RouteOp]:
+        """Every route we hold, as deletes (for `on_exit: withdraw`)."""
+        ops = [RouteOp(OpKind.DELETE, r) for r in self.routes()]
+        self.installed.clear()
+        self.stale.clear()
+        return ops
+
+    # ---------------------------------------------------------------- internals
+
+    def _families(self, peer: PeerAddr) -> tuple[Family, ...]:
+        pol = self.policy.get(peer)
+        return pol.families if pol else ("ipv4 unicast",)
+
+    def _rank_key(self, cand: tuple[PeerAddr, PathAttrs]) -> tuple[object, ...]:
+        peer, a = cand
+        pol = self.policy.get(peer)
+        order = self._order_cache.get(peer)
+        if order is None:
+            order = self._order_cache[peer] = _peer_order(peer)
+        return (
+            -(pol.preference if pol else 100),
+            -(a.local_pref if a.local_pref is not None else DEFAULT_LOCAL_PREF),
+            a.as_path_len,
+            a.origin,
+            a.med,
+            order,
+        )
+
+    def _nexthop(self, prefix: Prefix, peer: PeerAddr, attrs: PathAttrs) -> NextHop:
+        dev = self.device_of(peer)
+        assert dev is not None
+        pol = self.policy.get(peer)
+        if pol is not None and pol.gateway:
+            v6 = ":" in prefix
+            for gw in (attrs.next_hop, peer):
+                if (":" in gw) == v6:
+                    return NextHop(dev, gw)
+        return NextHop(dev)
+
+    def _announce(self, ev: Announce) -> list[RouteOp]:
+        if not self.known(ev.peer):
+            self.stats["prefixes_unknown_peer"] += len(ev.prefixes)
+            return []
+        paths = self.rib.setdefault(ev.peer, {})
+        for prefix in ev.prefixes:
+            paths[prefix] = ev.attrs
+        self.stats["prefixes_announced"] += len(ev.prefixes)
+        return self._recompute(ev.prefixes)
+
+    def _withdraw(self, ev: Withdraw) -> list[RouteOp]:
+        paths = self.rib.get(ev.peer)
+        if not paths:
+            return []
+        gone = [p for p in ev.prefixes if paths.pop(p, None) is not None]
+        self.stats["prefixes_withdrawn"] += len(gone)
+        return self._recompute(gone)
+
+    def _peer_state(self, ev: PeerState) -> list[RouteOp]:
+        self.sessions[ev.peer] = ev.state
+        if ev.state == "connected":
+            return []
+        # down: ExaBGP sends no withdraws, so the peer's paths go now. up: a new session
+        # re-sends everything, so anything still held from before is stale.
+        self.eor_seen.pop(ev.peer, None)
+        paths = self.rib.pop(ev.peer, None)
+        return self._recompute(paths) if paths else []
+
+    def _device_state(self, ev: DeviceState) -> list[RouteOp]:
+        was_usable = ev.device not in self.unusable_devices
+        if ev.usable == was_usable:
+            return []
+        if ev.usable:
+            self.unusable_devices.discard(ev.device)
+        else:
+            self.unusable_devices.add(ev.device)
+        touched: set[Prefix] = set()
+        for peer, paths in self.rib.items():
+            if self.device_of(peer) == ev.device:
+                touched.update(paths)
+        return self._recompute(touched)
+
+    def _recompute(self, prefixes: Iterable[Prefix]) -> list[RouteOp]:
+        ops: list[RouteOp] = []
+        for prefix in prefixes:
+            self._reconcile_prefix(prefix, ops)
+        return ops
+
+    def _reconcile_prefix(self, prefix: Prefix, ops: list[RouteOp]) -> None:
+        want = self.desired(prefix)
+        have = self.installed.get(prefix)
+        if not have:
+            if want:
+                self.installed[prefix] = want
+                ops.extend(RouteOp(OpKind.ADD, r) for r in want.values())
+            return
+        for metric, route in want.items():
+            old = have.get(metric)
+            if old is None:
+                ops.append(RouteOp(OpKind.ADD, route))
+            elif old != route:
+                ops.append(RouteOp(OpKind.REPLACE, route))
+            self.stale.discard((prefix, metric))
+        for metric in [m for m in have if m not in want]:
+            if not self.synced and (prefix, metric) in self.stale:
+                want[metric] = have[metric]  # unconfirmed leftover: kept until the sweep
+                continue
+            self.stale.discard((prefix, metric))
+            ops.append(RouteOp(OpKind.DELETE, have[metric]))
+        if want:
+            self.installed[prefix] = want
+        else:
+            del self.installed[prefix]
+
+    def _adopt(self, routes: Iterable[KernelRoute]) -> list[RouteOp]:
+        """Take over our routes left in the kernel by an earlier run. They stay as they are
+        until the RIB confirms them, and the unconfirmed ones go at the sweep."""
+        touched = set()
+        for r in routes:
+            self.installed.setdefault(r.prefix, {})[r.metric] = r
+            self.stale.add(r.key)
+            touched.add(r.prefix)
+        if self.stale:
+            self.synced = False
+        # A path may already be held (events before the dump): reconcile those prefixes now.
+        return self._recompute(p for p in touched if any(p in rib for rib in self.rib.values()))
+
+    def _peer_synced(self, peers: Iterable[PeerAddr]) -> list[RouteOp]:
+        self.pending_sync.difference_update(peers)
+        if not self.pending_sync:
+            return self._sweep()
+        return []
+
+    def _sweep(self) -> list[RouteOp]:
+        self.pending_sync.clear()
+        if self.synced:
+            return []
+        self.synced = True
+        ops: list[RouteOp] = []
+        for prefix, metric in sorted(self.stale):
+            per_metric = self.installed.get(prefix, {})
+            route = per_metric.pop(metric, None)
+            if route is not None:
+                ops.append(RouteOp(OpKind.DELETE, route))
+            if not per_metric:
+                self.installed.pop(prefix, None)
+        self.stale.clear()
+        self.stats["stale_routes_swept"] += len(ops)
+        return ops
+
+    def _failed(self, ev: RouteFailed) -> list[RouteOp]:
+        route, kind = ev.op.route, ev.op.kind
+        self.stats[f"route_failed_{kind.value}"] += 1
+        per_metric = self.installed.get(route.prefix, {})
+        if kind is OpKind.DELETE:
+            # Still in the kernel: keep knowing it, so the next change of this prefix (or a
+            # reconcile) removes it again rather than forgetting a route we own.
+            if route.metric not in per_metric:
+                per_metric[route.metric] = route
+                self.installed[route.prefix] = per_metric
+            return []
+        if per_metric.get(route.metric) == route:
+            del per_metric[route.metric]
+            if not per_metric:
+                del self.installed[route.prefix]
+        if kind is OpKind.ADD and ev.errno == EEXIST:
+            self.stats["route_conflicts"] += 1  # another owner holds prefix+metric: leave it
+            return []
+        if kind is OpKind.REPLACE and ev.errno in (ESRCH, ENOENT):
+            per_metric = self.installed.setdefault(route.prefix, {})
+            per_metric[route.metric] = route
+            return [RouteOp(OpKind.ADD, route)]
+        return []

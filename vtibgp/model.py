@@ -1,0 +1,197 @@
+"""Values that cross the line between the pure core and the I/O shell.
+
+Events flow in (from ExaBGP's stdin, the link monitor, the start-up dump, timers); kernel
+route operations flow out. Everything here is immutable and free of I/O so the core can be
+tested without root. Prefixes are kept as the canonical text ExaBGP prints ("10.0.0.0/24",
+"2001:db8::/32"): cheap to hash, and what the kernel dump is formatted back into.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Literal
+
+Prefix = str
+PeerAddr = str
+Family = Literal["ipv4 unicast", "ipv6 unicast"]
+FAMILIES: tuple[Family, ...] = ("ipv4 unicast", "ipv6 unicast")
+
+ORIGINS = {"igp": 0, "egp": 1, "incomplete": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class PathAttrs:
+    """The attributes of one BGP path that matter to vtibgp. One object is shared by every
+    prefix of an UPDATE, so a full table costs one of these per UPDATE, not per prefix."""
+
+    next_hop: str
+    origin: int = 0  # 0 igp, 1 egp, 2 incomplete
+    as_path: tuple[int, ...] = ()  # AS_SEQUENCE segments, flattened in order
+    as_set: tuple[int, ...] = ()  # AS_SET members (counts as one hop, RFC 4271 9.1.2.2)
+    med: int = 0  # missing MED compares as 0 (RFC 4271 default)
+    local_pref: int | None = None  # absent on eBGP
+
+    @property
+    def as_path_len(self) -> int:
+        return len(self.as_path) + (1 if self.as_set else 0)
+
+
+# ---------------------------------------------------------------- events (inputs to the core)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerState:
+    """ExaBGP's `state` message: connected, up or down (with its free-text reason)."""
+
+    peer: PeerAddr
+    state: Literal["connected", "up", "down"]
+    reason: str = ""
+    local: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Announce:
+    """Prefixes of one family announced by a peer with one set of attributes. A prefix already
+    held from that peer is replaced (BGP implicit withdraw)."""
+
+    peer: PeerAddr
+    family: Family
+    attrs: PathAttrs
+    prefixes: tuple[Prefix, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Withdraw:
+    peer: PeerAddr
+    family: Family
+    prefixes: tuple[Prefix, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfRib:
+    peer: PeerAddr
+    family: Family
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationReceived:
+    peer: PeerAddr
+    code: int
+    subcode: int
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ExabgpShutdown:
+    """ExaBGP itself is stopping (its `notification: shutdown` line)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceState:
+    """A tunnel device is usable (exists, admin up) or not, as the link monitor sees it."""
+
+    device: str
+    usable: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDevice:
+    """The shell discovered (or lost) the device that carries a peer's session."""
+
+    peer: PeerAddr
+    device: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class KernelRoutesFound:
+    """Routes carrying our protocol id found in the kernel at start (from a previous run)."""
+
+    routes: tuple[KernelRoute, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncDone:
+    """ExaBGP answered `show adj-rib in extensive`: what it holds for `peers` (the peers whose
+    sessions were established when asked) is now in the RIB."""
+
+    peers: frozenset[PeerAddr]
+
+
+@dataclass(frozen=True, slots=True)
+class GraceExpired:
+    """The start-up grace timer ran out: unconfirmed kernel routes may now be removed."""
+
+
+@dataclass(frozen=True, slots=True)
+class RouteFailed:
+    """The kernel refused an operation the core asked for."""
+
+    op: RouteOp
+    errno: int
+
+
+Event = (
+    PeerState
+    | Announce
+    | Withdraw
+    | EndOfRib
+    | NotificationReceived
+    | ExabgpShutdown
+    | DeviceState
+    | PeerDevice
+    | KernelRoutesFound
+    | ResyncDone
+    | GraceExpired
+    | RouteFailed
+)
+
+
+# ---------------------------------------------------------------- outputs (kernel operations)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class NextHop:
+    device: str
+    gateway: str | None = None  # an onlink gateway where several peers share one device
+
+
+@dataclass(frozen=True, slots=True)
+class KernelRoute:
+    """One route as the kernel keys it in our table: (prefix, metric). Table and protocol id
+    are the same for every route vtibgp owns and live in the kernel writer's settings."""
+
+    prefix: Prefix
+    metric: int
+    nexthops: tuple[NextHop, ...]  # sorted; more than one = a multipath route
+
+    @property
+    def key(self) -> tuple[Prefix, int]:
+        return (self.prefix, self.metric)
+
+
+class OpKind(Enum):
+    ADD = "add"  # create, fail if something is there (never overwrite another owner)
+    REPLACE = "replace"  # our own route at this key changes its nexthops
+    DELETE = "delete"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteOp:
+    kind: OpKind
+    route: KernelRoute
+
+    def __str__(self) -> str:
+        hops = ",".join(
+            f"{h.device}" + (f" via {h.gateway}" if h.gateway else "") for h in self.route.nexthops
+        )
+        return f"{self.kind.value} {self.route.prefix} metric {self.route.metric} dev {hops}"
+
+
+@dataclass(slots=True)
+class OpResult:
+    """What the kernel said about a batch: the ops it refused, with their errno."""
+
+    applied: int = 0
+    failed: list[tuple[RouteOp, int]] = field(default_factory=list)
