@@ -50,7 +50,7 @@ class Config:
     resync: bool = True
     on_exit: str = "withdraw"
     accept_unconfigured_peers: bool = False
-    metrics_listen: str | None = "127.0.0.1:9775"
+    metrics_listen: str | None = "127.0.0.1:10179"
     peers: tuple[PeerConfig, ...] = field(default_factory=tuple)
 
     def peer(self, address: str) -> PeerConfig | None:
@@ -128,7 +128,7 @@ def _listen(ctx: _Ctx, path: str, v: Any) -> str | None:
             ok = False
         if ok:
             return v
-    raise ctx.fail(path, "expected ADDRESS:PORT (e.g. 127.0.0.1:9775, [::1]:9775) or null", v)
+    raise ctx.fail(path, "expected ADDRESS:PORT (e.g. 127.0.0.1:10179, [::1]:10179) or null", v)
 
 
 def _address(ctx: _Ctx, path: str, v: Any) -> str:
