@@ -1,0 +1,1168 @@
+"""Lab harness: network namespaces, a BIRD peer playing the AWS side and a real ExaBGP.
+
+Plain Python (no pytest) so the integration tests and a later ``vtibgp lab`` command can both
+use it. Everything here must be run as root.
+
+Layout (one :class:`Topology`)::
+
+      netns vtb-<tag>-gw  (our gateway)              netns vtb-<tag>-aws  (the "VGW")
+      ExaBGP AS 65000 + plugin                        BIRD AS 64512
+      vti01 169.254.10.2/30 fd00:10::2/64  <-veth->  tun1 169.254.10.1/30 fd00:10::1/64
+      vti02 169.254.11.2/30 fd00:11::2/64  <-veth->  tun2 169.254.11.1/30 fd00:11::1/64
+
+Every instance gets a random tag, so parallel or aborted runs never collide. Before creating
+anything, a marker naming the owning process is written to ``/run/vtibgp-harness/<tag>``;
+:func:`cleanup_stale` deletes the namespaces (and kills the processes inside them) whose owner
+is gone. All objects are also registered for an ``atexit`` clean-up.
+
+BGP session set-up: BIRD is *passive* by default (it only listens; ExaBGP connects). ExaBGP
+connects as soon as it starts, so a session is up ~0.2 s after ExaBGP has loaded, and
+there is no connection collision to resolve. BIRD's own timers that would otherwise add long
+waits after an error (``error wait time`` 60 s, ``connect retry time`` 120 s) are shortened.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ipaddress
+import json
+import os
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+MARKER_DIR = Path("/run/vtibgp-harness")
+NS_PREFIX = "vtb"
+_NS_RE = re.compile(rf"^{NS_PREFIX}-([0-9a-z]+)-[a-z0-9]+$")
+
+GW_ASN = 65000
+AWS_ASN = 64512
+DEFAULT_HOLD_TIME = 30
+
+
+def _ensure_sbin_on_path() -> None:
+    # ip, sysctl and bird live in sbin directories, which a non-login root shell (or CI's
+    # environment) may not have on PATH
+    parts = os.environ.get("PATH", "").split(os.pathsep)
+    extra = [d for d in ("/usr/local/sbin", "/usr/sbin", "/sbin") if d not in parts]
+    if extra:
+        os.environ["PATH"] = os.pathsep.join([p for p in parts if p] + extra)
+
+
+_ensure_sbin_on_path()
+
+
+class HarnessError(RuntimeError):
+    """A lab command failed; the message carries the command and its output."""
+
+
+@dataclass(frozen=True)
+class Tunnel:
+    """Addressing of one tunnel: gateway end (our side) and peer end (the aws namespace)."""
+
+    n: int
+    gw_dev: str
+    aws_dev: str
+    gw_v4: str
+    aws_v4: str
+    gw_v6: str
+    aws_v6: str
+    plen_v4: int = 30
+    plen_v6: int = 64
+
+
+TUNNELS: Mapping[int, Tunnel] = {
+    1: Tunnel(1, "vti01", "tun1", "169.254.10.2", "169.254.10.1", "fd00:10::2", "fd00:10::1"),
+    2: Tunnel(2, "vti02", "tun2", "169.254.11.2", "169.254.11.1", "fd00:11::2", "fd00:11::1"),
+}
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def wait_until(
+    predicate: Callable[[], T],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    what: str | None = None,
+) -> T:
+    """Call ``predicate`` until it returns something truthy and return that value.
+
+    Raises :class:`TimeoutError` (naming ``what``, or the predicate) after ``timeout`` seconds.
+    The predicate is always called at least once, and once more at the deadline.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what or predicate!r}")
+        time.sleep(interval)
+
+
+def _cmd(argv: Sequence[str], check: bool = True, timeout: float = 30.0) -> str:
+    """Run a command, return its stdout; raise HarnessError with stderr on failure."""
+    try:
+        res = subprocess.run(
+            list(argv), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise HarnessError(f"timed out after {timeout}s: {shlex.join(argv)}") from exc
+    if check and res.returncode != 0:
+        raise HarnessError(
+            f"command failed (rc={res.returncode}): {shlex.join(argv)}\n"
+            f"{res.stderr.strip()}\n{res.stdout.strip()}".rstrip()
+        )
+    return res.stdout
+
+
+def _ip(ns: str, *args: str, check: bool = True) -> str:
+    return _cmd(["ip", "-n", ns, *args], check=check)
+
+
+def list_namespaces() -> list[str]:
+    """Names of all named network namespaces (``ip netns list``)."""
+    out = _cmd(["ip", "netns", "list"], check=False)
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def routes(
+    ns: str,
+    table: int | str = 254,
+    proto: int | str | None = None,
+    family: int = 4,
+) -> list[dict[str, Any]]:
+    """Kernel routes of one table in namespace ``ns``, as parsed ``ip -j route`` objects.
+
+    ``proto`` filters on the route protocol (number or name from rt_protos, e.g. 186/"bgp").
+    Each object has at least ``dst`` ("default" or "a.b.c.d/nn"; iproute2 omits "/32" and
+    "/128" for host routes), and ``dev``/``gateway``/``metric``/``nexthops``/``flags`` as set.
+    """
+    if family not in (4, 6):
+        raise ValueError("family must be 4 or 6")
+    argv = ["-j", f"-{family}", "route", "show", "table", str(table)]
+    if proto is not None:
+        argv += ["proto", str(proto)]
+    res = subprocess.run(
+        ["ip", "-n", ns, *argv], capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
+    if res.returncode != 0:
+        if "table does not exist" in res.stderr:  # nothing was ever put in that table
+            return []
+        raise HarnessError(f"ip -n {ns} {' '.join(argv)}: {res.stderr.strip()}")
+    out = res.stdout.strip()
+    if not out:
+        return []
+    parsed: list[dict[str, Any]] = json.loads(out)
+    return parsed
+
+
+def route_dsts(
+    ns: str, table: int | str = 254, proto: int | str | None = None, family: int = 4
+) -> set[str]:
+    """The destinations of :func:`routes`, normalised to "prefix/len" (host routes too)."""
+    out: set[str] = set()
+    for r in routes(ns, table=table, proto=proto, family=family):
+        dst = r.get("dst", "")
+        if dst == "default":
+            dst = "0.0.0.0/0" if family == 4 else "::/0"
+        out.add(str(ipaddress.ip_network(dst, strict=False)))
+    return out
+
+
+def _proc_starttime(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name (field 2) may contain spaces: split after its closing parenthesis
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _kill_pids(pids: Iterable[int], timeout: float = 3.0) -> None:
+    """SIGTERM the pids, wait up to ``timeout``, then SIGKILL what is left."""
+    pids = [p for p in set(pids) if p != os.getpid()]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            # reap our own children so they do not linger as zombies (which look alive)
+            for pid in pids:
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitpid(pid, os.WNOHANG)
+            pids = [p for p in pids if _pid_alive(p) and not _is_zombie(p)]
+            if not pids:
+                return
+            time.sleep(0.05)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def netns_pids(ns: str) -> list[int]:
+    """PIDs of the processes living in namespace ``ns`` (``ip netns pids``)."""
+    out = _cmd(["ip", "netns", "pids", ns], check=False)
+    return [int(x) for x in out.split() if x.isdigit()]
+
+
+def _delete_netns(ns: str) -> bool:
+    """Kill everything inside ``ns``, then delete it. Missing namespaces are fine.
+    Returns whether this call deleted it."""
+    if ns not in list_namespaces():
+        return False
+    _kill_pids(netns_pids(ns))
+    res = subprocess.run(["ip", "netns", "del", ns], capture_output=True, stdin=subprocess.DEVNULL)
+    return res.returncode == 0
+
+
+# --------------------------------------------------------------------------- clean-up registry
+
+_LIVE: weakref.WeakSet[Any] = weakref.WeakSet()
+_LIVE_LOCK = threading.Lock()
+
+
+def _register(obj: Any) -> None:
+    with _LIVE_LOCK:
+        _LIVE.add(obj)
+
+
+def _unregister(obj: Any) -> None:
+    with _LIVE_LOCK:
+        _LIVE.discard(obj)
+
+
+@atexit.register
+def _cleanup_at_exit() -> None:
+    with _LIVE_LOCK:
+        objs = list(_LIVE)
+    # daemons before the topology they run in
+    objs.sort(key=lambda o: isinstance(o, Topology))
+    for obj in objs:
+        with contextlib.suppress(Exception):
+            obj.close()
+
+
+def _write_marker(tag: str) -> Path:
+    MARKER_DIR.mkdir(parents=True, exist_ok=True)
+    marker = MARKER_DIR / tag
+    pid = os.getpid()
+    # atomic: a concurrent cleanup_stale() must never read a half-written marker
+    tmp = MARKER_DIR / f".{tag}.{pid}.tmp"
+    tmp.write_text(json.dumps({"pid": pid, "starttime": _proc_starttime(pid)}))
+    tmp.replace(marker)
+    return marker
+
+
+def _owner_alive(tag: str) -> bool:
+    try:
+        info = json.loads((MARKER_DIR / tag).read_text())
+        pid = int(info["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return _pid_alive(pid) and _proc_starttime(pid) == info.get("starttime")
+
+
+def cleanup_stale() -> list[str]:
+    """Delete ``vtb-*`` namespaces (and their processes, markers and temp dirs) that an
+    earlier, dead run left behind. Namespaces of a live process (a parallel run) are kept.
+    Returns the names of the deleted namespaces."""
+    deleted: list[str] = []
+    stale_tags: set[str] = set()
+    for ns in list_namespaces():
+        m = _NS_RE.match(ns)
+        if not m:
+            continue
+        tag = m.group(1)
+        if _owner_alive(tag):
+            continue
+        stale_tags.add(tag)
+        if _delete_netns(ns):
+            deleted.append(ns)
+    if MARKER_DIR.is_dir():
+        for marker in MARKER_DIR.iterdir():
+            if marker.name.startswith("."):  # being written (or left by a crash: ignore)
+                continue
+            if not _owner_alive(marker.name):
+                stale_tags.add(marker.name)
+                marker.unlink(missing_ok=True)
+    tmp = Path(tempfile.gettempdir())
+    for tag in stale_tags:
+        for d in tmp.glob(f"{NS_PREFIX}-{tag}-*"):
+            shutil.rmtree(d, ignore_errors=True)
+    return deleted
+
+
+def netns_usable() -> str | None:
+    """None if this process can create network namespaces, else the reason why not."""
+    if os.geteuid() != 0:
+        return "not root"
+    if shutil.which("ip") is None:
+        return "iproute2 (`ip`) not found"
+    tag = "p" + secrets.token_hex(3)
+    ns = f"{NS_PREFIX}-{tag}-probe"
+    try:
+        marker = _write_marker(tag)
+    except OSError as exc:
+        return f"cannot write {MARKER_DIR}: {exc}"
+    try:
+        _cmd(["ip", "netns", "add", ns])
+        _ip(ns, "link", "set", "lo", "up")
+    except HarnessError as exc:
+        return f"`ip netns add` does not work: {exc}"
+    finally:
+        _cmd(["ip", "netns", "del", ns], check=False)
+        marker.unlink(missing_ok=True)
+    return None
+
+
+# --------------------------------------------------------------------------- topology
+
+
+class Topology:
+    """Two namespaces (gateway and aws) joined by two veth pairs (see module docstring)."""
+
+    def __init__(self, tag: str | None = None, *, link_local: bool = True) -> None:
+        """``link_local=False`` gives the aws ends no IPv6 link-local address, so BIRD sends
+        only the global IPv6 next hop (16 bytes). With it (the default, like a real router
+        on a direct link) BIRD sends global + link-local (32 bytes), which ExaBGP (4.2 and 5.0)
+        prints as two next-hop keys, global first, each listing the same prefixes."""
+        self.tag = tag or secrets.token_hex(3)
+        self.link_local = link_local
+        self.gw = f"{NS_PREFIX}-{self.tag}-gw"
+        self.aws = f"{NS_PREFIX}-{self.tag}-aws"
+        self.tunnels = TUNNELS
+        self._marker: Path | None = None
+
+    def __repr__(self) -> str:
+        return f"Topology(gw={self.gw!r}, aws={self.aws!r})"
+
+    # -- lifecycle
+    def up(self) -> Topology:
+        """Create namespaces, links and addresses. On any error everything is removed again."""
+        _register(self)
+        try:
+            self._marker = _write_marker(self.tag)
+            for ns in (self.gw, self.aws):
+                _cmd(["ip", "netns", "add", ns])
+                # keep IPv6 addresses across admin down/up, and no DAD delay
+                self.run(
+                    ns,
+                    "sysctl",
+                    "-qw",
+                    "net.ipv6.conf.all.keep_addr_on_down=1",
+                    "net.ipv6.conf.default.keep_addr_on_down=1",
+                    "net.ipv6.conf.all.accept_dad=0",
+                    "net.ipv6.conf.default.accept_dad=0",
+                )
+                _ip(ns, "link", "set", "lo", "up")
+            for n in self.tunnels:
+                self.recreate_link(n)
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def down(self) -> None:
+        """Kill processes inside the namespaces, delete them (and so the links). Idempotent."""
+        for ns in (self.gw, self.aws):
+            _delete_netns(ns)
+        if self._marker is not None:
+            self._marker.unlink(missing_ok=True)
+        else:
+            (MARKER_DIR / self.tag).unlink(missing_ok=True)
+        _unregister(self)
+
+    close = down
+
+    def __enter__(self) -> Topology:
+        return self.up()
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    def exists(self) -> bool:
+        names = list_namespaces()
+        return self.gw in names or self.aws in names
+
+    # -- commands
+    def _ns(self, ns: str) -> str:
+        return {"gw": self.gw, "aws": self.aws}.get(ns, ns)
+
+    def run(
+        self, ns: str, *argv: str, check: bool = True, timeout: float = 30.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` inside namespace ``ns`` ("gw", "aws" or a full name)."""
+        full = ["ip", "netns", "exec", self._ns(ns), *argv]
+        try:
+            res = subprocess.run(
+                full, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise HarnessError(f"timed out after {timeout}s: {shlex.join(full)}") from exc
+        if check and res.returncode != 0:
+            raise HarnessError(
+                f"command failed (rc={res.returncode}): {shlex.join(full)}\n{res.stderr.strip()}"
+            )
+        return res
+
+    def ip(self, ns: str, *args: str, check: bool = True) -> str:
+        """``ip -n NS ARGS…``; returns stdout."""
+        return _ip(self._ns(ns), *args, check=check)
+
+    # -- links
+    def set_link(self, ns: str, dev: str, up: bool) -> None:
+        """Administratively set ``dev`` in ``ns`` up or down."""
+        self.ip(ns, "link", "set", "dev", dev, "up" if up else "down")
+
+    def link(self, ns: str, dev: str) -> dict[str, Any] | None:
+        """``ip -j addr show dev`` of one device (flags, operstate, addr_info), or None."""
+        out = self.ip(ns, "-j", "addr", "show", "dev", dev, check=False).strip()
+        if not out:
+            return None
+        data: list[dict[str, Any]] = json.loads(out)
+        return data[0] if data else None
+
+    def delete_link(self, dev: str) -> None:
+        """Delete a gateway-side device (e.g. "vti01"); its veth peer goes with it."""
+        self.ip("gw", "link", "del", "dev", dev)
+
+    def recreate_link(self, n: int, wait: bool = True) -> None:
+        """(Re)create veth pair ``n`` with its addresses, both ends up (and, with ``wait``,
+        operational). An existing pair is deleted first."""
+        t = self.tunnels[n]
+        if self.link("gw", t.gw_dev) is not None:
+            self.delete_link(t.gw_dev)
+        if self.link("aws", t.aws_dev) is not None:
+            self.ip("aws", "link", "del", "dev", t.aws_dev)
+        # create both ends directly inside their namespaces: no name is ever used in the
+        # root namespace, so parallel topologies cannot clash
+        peer = ["peer", "name", t.aws_dev, "netns", self.aws]
+        self.ip("gw", "link", "add", t.gw_dev, "type", "veth", *peer)
+        for ns, dev, v4, v6 in (
+            ("gw", t.gw_dev, t.gw_v4, t.gw_v6),
+            ("aws", t.aws_dev, t.aws_v4, t.aws_v6),
+        ):
+            self.ip(ns, "addr", "add", f"{v4}/{t.plen_v4}", "dev", dev)
+            self.ip(ns, "-6", "addr", "add", f"{v6}/{t.plen_v6}", "dev", dev, "nodad")
+        if not self.link_local:
+            self.ip("aws", "link", "set", "dev", t.aws_dev, "addrgenmode", "none")
+        for ns, dev in (("gw", t.gw_dev), ("aws", t.aws_dev)):
+            self.set_link(ns, dev, True)
+        if wait:
+            self.wait_link_ready(n)
+
+    def link_ready(self, n: int) -> bool:
+        """Both ends of pair ``n`` are operationally up and have their link-local address
+        (when enabled): BIRD then sees the same interface state on every run."""
+        t = self.tunnels[n]
+        for ns, dev in (("gw", t.gw_dev), ("aws", t.aws_dev)):
+            info = self.link(ns, dev)
+            if info is None or info.get("operstate") != "UP":
+                return False
+            if self.link_local or ns == "gw":
+                scopes = {a.get("scope") for a in info.get("addr_info", [])}
+                if "link" not in scopes:
+                    return False
+        return True
+
+    def wait_link_ready(self, n: int, timeout: float = 5.0) -> None:
+        wait_until(lambda: self.link_ready(n), timeout, interval=0.02, what=f"tunnel {n} up")
+
+    def carrier_off(self, n: int) -> None:
+        """Take the peer end of tunnel ``n`` down: the gateway device loses carrier (stays
+        admin-up, like an IPsec tunnel whose far end vanished)."""
+        self.set_link("aws", self.tunnels[n].aws_dev, False)
+
+    def carrier_on(self, n: int) -> None:
+        self.set_link("aws", self.tunnels[n].aws_dev, True)
+
+    def sysctl(self, ns: str, key: str, value: str | int) -> None:
+        self.run(ns, "sysctl", "-qw", f"{key}={value}")
+
+    def routes(
+        self,
+        ns: str = "gw",
+        table: int | str = 254,
+        proto: int | str | None = None,
+        family: int = 4,
+    ) -> list[dict[str, Any]]:
+        return routes(self._ns(ns), table=table, proto=proto, family=family)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class _Daemon:
+    """A subprocess whose stdout+stderr go to a log file."""
+
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path
+
+    def _spawn(
+        self, argv: Sequence[str], out_path: Path, env: Mapping[str, str] | None = None
+    ) -> None:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(out_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dict(env) if env is not None else None,
+                start_new_session=True,  # a ^C at the terminal must not hit it before us
+            )
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def _terminate(self, timeout: float) -> int | None:
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                proc.wait(10)
+        return proc.returncode
+
+
+def tail(text: str, lines: int = 40) -> str:
+    """The last ``lines`` lines of ``text``."""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class BirdPeer(_Daemon):
+    """BIRD 2 in the aws namespace, AS 64512, one BGP session per tunnel to the gateway.
+
+    Routes are originated by static ``blackhole`` routes, one static protocol and one table
+    per tunnel and family, so each tunnel can announce a different set (and MED). The static
+    routes live in an included file (``routes.conf``); announce/withdraw rewrite it and run
+    ``birdc configure``. The main file is rewritten too, so BIRD's view of which sessions are
+    disabled and how much tunnel 2 prepends always matches the harness state (a reconfigure
+    otherwise re-enables a protocol disabled with ``birdc disable``).
+    """
+
+    def __init__(
+        self,
+        topology: Topology,
+        workdir: str | os.PathLike[str] | None = None,
+        *,
+        hold_time: int = DEFAULT_HOLD_TIME,
+        keepalive_time: int | None = None,
+        passive: bool = True,
+        prepend: Mapping[int, int] | None = None,
+        tunnels: Sequence[int] = (1, 2),
+        bird: str = "bird",
+        birdc: str = "birdc",
+    ) -> None:
+        self.topology = topology
+        self._own_workdir = workdir is None
+        self.workdir = Path(
+            workdir if workdir is not None else tempfile.mkdtemp(prefix=f"vtb-{topology.tag}-")
+        )
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        # unix socket paths are limited to 108 bytes: keep the socket in a short temp dir
+        self.sockdir = Path(tempfile.mkdtemp(prefix=f"{NS_PREFIX}-{topology.tag}-bird-"))
+        self.socket = self.sockdir / "bird.ctl"
+        self.conf_path = self.workdir / "bird.conf"
+        self.routes_path = self.workdir / "routes.conf"
+        self.log_path = self.workdir / "bird.log"
+        self.stdout_path = self.workdir / "bird.stdout"
+        self.hold_time = hold_time
+        self.keepalive_time = keepalive_time
+        self.passive = passive
+        self.tunnels = tuple(tunnels)
+        self.prepend: dict[int, int] = dict(prepend or {})
+        self.disabled: set[int] = set()
+        # tunnel -> prefix -> (med, communities)
+        self.announced: dict[int, dict[str, tuple[int | None, tuple[tuple[int, int], ...]]]] = {
+            n: {} for n in self.tunnels
+        }
+        self.bird = shutil.which(bird) or bird
+        self.birdc_bin = shutil.which(birdc) or birdc
+
+    def __repr__(self) -> str:
+        return f"BirdPeer(ns={self.topology.aws!r}, socket={str(self.socket)!r})"
+
+    # -- config generation
+    def _main_conf(self) -> str:
+        lines = [
+            f'log "{self.log_path}" all;',
+            f"router id {TUNNELS[1].aws_v4};",
+            "timeformat protocol iso long;",
+            "timeformat route iso long;",
+            "protocol device { scan time 10; }",
+        ]
+        for n in self.tunnels:
+            lines.append(f"ipv4 table t{n}v4; ipv6 table t{n}v6;")
+        lines.append(f'include "{self.routes_path}";')
+        for n in self.tunnels:
+            t = TUNNELS[n]
+            prep = "".join(f" bgp_path.prepend({AWS_ASN});" for _ in range(self.prepend.get(n, 0)))
+            # MED from the static route is only sent to an eBGP peer if the export filter
+            # sets it ("fresh" attribute), hence the self-assignment
+            med = "if defined(bgp_med) then bgp_med = bgp_med;"
+            lines.append(f"filter export_t{n} {{ {med}{prep} accept; }}")
+            keep = f"keepalive time {self.keepalive_time};" if self.keepalive_time else ""
+            lines.append(
+                f"""protocol bgp tun{n} {{
+  description "tunnel {n} ({t.aws_dev} -> {t.gw_dev})";
+  disabled {"yes" if n in self.disabled else "no"};
+  local {t.aws_v4} as {AWS_ASN};
+  neighbor {t.gw_v4} as {GW_ASN};
+  interface "{t.aws_dev}";
+  direct;
+  passive {"on" if self.passive else "off"};
+  hold time {self.hold_time}; {keep}
+  startup hold time {self.hold_time};
+  connect delay time 1;
+  connect retry time 2;
+  error wait time 1, 5;
+  error forget time 10;
+  graceful restart off;
+  ipv4 {{ table t{n}v4; import none; export filter export_t{n}; }};
+  ipv6 {{ table t{n}v6; import none; export filter export_t{n};
+          next hop address {t.aws_v6}; }};
+}}"""
+            )
+        return "\n".join(lines) + "\n"
+
+    def _routes_conf(self) -> str:
+        out: list[str] = []
+        for n in self.tunnels:
+            for fam in (4, 6):
+                body: list[str] = []
+                for prefix, (med, comms) in sorted(self.announced[n].items()):
+                    if ipaddress.ip_network(prefix).version != fam:
+                        continue
+                    attrs = ""
+                    if med is not None:
+                        attrs += f" bgp_med = {med};"
+                    for a, b in comms:
+                        attrs += f" bgp_community.add(({a},{b}));"
+                    block = f" {{{attrs} }}" if attrs else ""
+                    body.append(f"  route {prefix} blackhole{block};")
+                out.append(
+                    f"protocol static s{n}v{fam} {{ ipv{fam} {{ table t{n}v{fam}; }};\n"
+                    + "\n".join(body)
+                    + "\n}"
+                )
+        return "\n".join(out) + "\n"
+
+    def _write_conf(self) -> None:
+        for path, text in (
+            (self.routes_path, self._routes_conf()),
+            (self.conf_path, self._main_conf()),
+        ):
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
+
+    # -- lifecycle
+    def start(self, timeout: float = 10.0) -> BirdPeer:
+        _register(self)
+        self._write_conf()
+        argv = [self.bird, "-f", "-c", str(self.conf_path), "-s", str(self.socket)]
+        self._spawn(["ip", "netns", "exec", self.topology.aws, *argv], self.stdout_path)
+        try:
+            wait_until(self._ready, timeout, what="BIRD control socket")
+        except TimeoutError as exc:
+            self.stop()
+            raise HarnessError(f"BIRD did not start: {exc}\n{self._diag()}") from exc
+        return self
+
+    def _ready(self) -> bool:
+        if not self.running():
+            raise HarnessError(
+                f"BIRD exited (rc={self.proc and self.proc.returncode})\n{self._diag()}"
+            )
+        if not self.socket.exists():
+            return False
+        try:
+            self.birdc("show", "status")
+        except HarnessError:
+            return False
+        return True
+
+    def _diag(self) -> str:
+        out = ""
+        for p in (self.stdout_path, self.log_path):
+            with contextlib.suppress(OSError):
+                out += f"--- {p}\n{tail(p.read_text(errors='replace'))}\n"
+        return out
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """Stop BIRD (SIGTERM, SIGKILL after ``timeout``) and remove the socket dir."""
+        rc = self._terminate(timeout)
+        shutil.rmtree(self.sockdir, ignore_errors=True)
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        _unregister(self)
+        return rc
+
+    close = stop
+
+    def __enter__(self) -> BirdPeer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def log_text(self) -> str:
+        text = ""
+        for p in (self.stdout_path, self.log_path):
+            with contextlib.suppress(OSError):
+                text += p.read_text(errors="replace")
+        return text
+
+    # -- control
+    def birdc(self, *args: str, timeout: float = 10.0) -> str:
+        """Run a birdc command; raise HarnessError if BIRD answers with an error code."""
+        out = _cmd([self.birdc_bin, "-s", str(self.socket), *args], timeout=timeout)
+        for line in out.splitlines():
+            # birdc reply lines: "NNNN-text"/"NNNN text"; 8xxx/9xxx are errors
+            m = re.match(r"^([89]\d{3})[ -](.*)", line)
+            if m:
+                raise HarnessError(f"birdc {' '.join(args)}: {m.group(2)}\n{out}")
+            if line.startswith("syntax error") or "Parse error" in line:
+                raise HarnessError(f"birdc {' '.join(args)}: {line}\n{out}")
+        return out
+
+    def configure(self) -> None:
+        """Write the config from the current state and make BIRD load it."""
+        self._write_conf()
+        out = self.birdc("configure")
+        if "Reconfigured" not in out and "Reconfiguration in progress" not in out:
+            raise HarnessError(f"birdc configure failed:\n{out}\n{self._diag()}")
+
+    def announce(
+        self,
+        prefixes: Iterable[str],
+        tunnels: Iterable[int] = (1, 2),
+        med: int | None = None,
+        communities: Iterable[tuple[int, int]] = (),
+    ) -> None:
+        """Originate ``prefixes`` on the given tunnels (replacing their MED/communities)."""
+        comms = tuple(communities)
+        plist = [str(ipaddress.ip_network(p)) for p in prefixes]
+        for n in tunnels:
+            for p in plist:
+                self.announced[n][p] = (med, comms)
+        self.configure()
+        self.wait_originated()
+
+    def withdraw(self, prefixes: Iterable[str], tunnels: Iterable[int] = (1, 2)) -> None:
+        plist = [str(ipaddress.ip_network(p)) for p in prefixes]
+        for n in tunnels:
+            for p in plist:
+                self.announced[n].pop(p, None)
+        self.configure()
+        self.wait_originated()
+
+    def set_prepend(self, tunnel: int, count: int) -> None:
+        """Prepend AS 64512 ``count`` extra times on ``tunnel`` (AWS-style backup tunnel).
+        BIRD re-exports with the new policy; the session stays up."""
+        self.prepend[tunnel] = count
+        self.configure()
+
+    def disable_session(self, tunnel: int, message: str | None = None) -> None:
+        """``birdc disable tunN``: BIRD sends a Cease (6/2) and closes the session. With
+        ``message`` the Cease carries an RFC 8203 shutdown communication (which ExaBGP
+        4.2.21 fails to decode: it then resets with 1/0 and reports no notification)."""
+        self.disabled.add(tunnel)
+        self._write_conf()
+        args = ["disable", f"tun{tunnel}"]
+        if message is not None:
+            args.append(json.dumps(message))  # birdc wants a double-quoted string
+        self.birdc(*args)
+
+    def enable_session(self, tunnel: int) -> None:
+        self.disabled.discard(tunnel)
+        self._write_conf()
+        self.birdc("enable", f"tun{tunnel}")
+
+    def restart_session(self, tunnel: int) -> None:
+        self.birdc("restart", f"tun{tunnel}")
+
+    def session_state(self, tunnel: int) -> str:
+        """BGP state of tunnel ``tunnel``'s session as BIRD shows it: "Established",
+        "Passive", "Active", "Connect", "OpenSent", "OpenConfirm", "Idle", or "down"
+        when the protocol is disabled."""
+        out = self.birdc("show", "protocols", f"tun{tunnel}")
+        for line in out.splitlines():
+            parts = line.split()
+            if parts and parts[0] == f"tun{tunnel}":
+                # name proto table state since(date time) info...
+                info = parts[6:] if len(parts) > 6 else []
+                return info[0] if info else parts[3]
+        raise HarnessError(f"no protocol tun{tunnel} in:\n{out}")
+
+    def established(self, tunnel: int) -> bool:
+        return self.session_state(tunnel) == "Established"
+
+    def _route_set(self, *args: str) -> set[str]:
+        out = self.birdc("show", "route", *args)
+        found: set[str] = set()
+        for line in out.splitlines():
+            m = re.match(r"^(?:\d{4}-)?\s*([0-9a-fA-F.:]+/\d+)\s", line)
+            if m:
+                found.add(str(ipaddress.ip_network(m.group(1))))
+        return found
+
+    def originated(self, tunnel: int, family: int = 4) -> set[str]:
+        """Prefixes in tunnel ``tunnel``'s table (what it will export once established)."""
+        return self._route_set("table", f"t{tunnel}v{family}")
+
+    def exported(self, tunnel: int, family: int = 4) -> set[str]:
+        """Prefixes BIRD currently exports on ``tunnel`` (empty unless established)."""
+        return self._route_set("export", f"tun{tunnel}", "table", f"t{tunnel}v{family}")
+
+    def wait_originated(self, timeout: float = 5.0) -> None:
+        """Wait until every tunnel's tables hold exactly the announced prefixes.
+        ``birdc configure`` answers before the static protocols have applied the change."""
+
+        def synced() -> bool:
+            for n in self.tunnels:
+                want = set(self.announced[n])
+                for fam in (4, 6):
+                    fam_want = {p for p in want if ipaddress.ip_network(p).version == fam}
+                    if self.originated(n, fam) != fam_want:
+                        return False
+            return True
+
+        wait_until(synced, timeout, interval=0.02, what="BIRD tables to match announcements")
+
+
+def default_exabgp() -> str:
+    """The ``exabgp`` next to the running interpreter (the venv's 5.0.x)."""
+    return str(Path(sys.executable).parent / "exabgp")
+
+
+def default_exabgp42(repo: Path | None = None) -> str | None:
+    """ExaBGP 4.2 binary: $VTIBGP_EXABGP42, else <repo>/.venv42/bin/exabgp, else
+    /tmp/venv42/bin/exabgp. None if none of them is executable."""
+    env = os.environ.get("VTIBGP_EXABGP42")
+    if env:
+        return env if os.access(env, os.X_OK) else None
+    repo = repo or Path(__file__).resolve().parents[2]
+    for cand in (repo / ".venv42" / "bin" / "exabgp", Path("/tmp/venv42/bin/exabgp")):
+        if os.access(cand, os.X_OK):
+            return str(cand)
+    return None
+
+
+class ExaBGPGateway(_Daemon):
+    """The real ExaBGP in the gateway namespace, running ``command`` as its API process.
+
+    ``command`` is an argv list; it is started through a generated ``/bin/sh`` wrapper
+    (ExaBGP wants one executable path) that also records the plugin's PID, so that
+    :meth:`stop` can kill a plugin orphaned by an ExaBGP that had to be SIGKILLed.
+    """
+
+    def __init__(
+        self,
+        topology: Topology,
+        command: Sequence[str],
+        workdir: str | os.PathLike[str] | None = None,
+        *,
+        exabgp: str | None = None,
+        hold_time: int = DEFAULT_HOLD_TIME,
+        tunnels: Sequence[int] = (1, 2),
+        process_name: str = "vtibgp",
+        env: Mapping[str, str] | None = None,
+        extra_api: str = "",
+    ) -> None:
+        if not command:
+            raise ValueError("command must be a non-empty argv list")
+        self.topology = topology
+        self.command = list(command)
+        self._own_workdir = workdir is None
+        self.workdir = Path(
+            workdir if workdir is not None else tempfile.mkdtemp(prefix=f"vtb-{topology.tag}-")
+        )
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.exabgp = exabgp or default_exabgp()
+        self.hold_time = hold_time
+        self.tunnels = tuple(tunnels)
+        self.process_name = process_name
+        self.extra_env = dict(env or {})
+        self.extra_api = extra_api
+        self.conf_path = self.workdir / "exabgp.conf"
+        self.wrapper_path = self.workdir / "plugin.sh"
+        self.pidfile = self.workdir / "plugin.pids"
+        self.log_path = self.workdir / "exabgp.log"
+
+    def __repr__(self) -> str:
+        return f"ExaBGPGateway(ns={self.topology.gw!r}, exabgp={self.exabgp!r})"
+
+    def config_text(self) -> str:
+        parts = [
+            f"process {self.process_name} {{\n    run {self.wrapper_path};\n    encoder json;\n}}\n"
+        ]
+        for n in self.tunnels:
+            t = TUNNELS[n]
+            parts.append(
+                f"""neighbor {t.aws_v4} {{
+    router-id {TUNNELS[1].gw_v4};
+    local-address {t.gw_v4};
+    local-as {GW_ASN};
+    peer-as {AWS_ASN};
+    hold-time {self.hold_time};
+    capability {{ route-refresh; }}
+    family {{ ipv4 unicast; ipv6 unicast; }}
+    api {{
+        processes [ {self.process_name} ];
+        neighbor-changes;
+        receive {{ parsed; update; notification; }}
+        {self.extra_api}
+    }}
+}}
+"""
+            )
+        return "\n".join(parts)
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "exabgp.daemon.user": "root",
+                "exabgp.daemon.daemonize": "false",
+                "exabgp.api.cli": "false",
+                "exabgp.log.destination": "stdout",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def start(self) -> ExaBGPGateway:
+        """Write config and wrapper, start ExaBGP. Does not wait for sessions."""
+        if not os.access(self.exabgp, os.X_OK):
+            raise HarnessError(f"exabgp not executable: {self.exabgp}")
+        _register(self)
+        self.conf_path.write_text(self.config_text())
+        self.wrapper_path.write_text(
+            "#!/bin/sh\n"
+            f"echo $$ >> {shlex.quote(str(self.pidfile))}\n"
+            f"exec {shlex.join(self.command)}\n"
+        )
+        self.wrapper_path.chmod(0o755)
+        # ExaBGP reads exabgp.* settings from the environment; `ip netns exec` keeps it
+        self._spawn(
+            ["ip", "netns", "exec", self.topology.gw, self.exabgp, str(self.conf_path)],
+            self.log_path,
+            env=self.env(),
+        )
+        return self
+
+    def plugin_pids(self) -> list[int]:
+        try:
+            return [int(x) for x in self.pidfile.read_text().split() if x.isdigit()]
+        except FileNotFoundError:
+            return []
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """SIGTERM ExaBGP, SIGKILL after ``timeout`` (4.2 can hang on shutdown); then kill any
+        plugin process it left behind. Returns ExaBGP's exit code (None if never started)."""
+        rc = self._terminate(timeout)
+        leftovers = [p for p in self.plugin_pids() if _pid_alive(p) and not _is_zombie(p)]
+        if leftovers:
+            _kill_pids(leftovers, timeout=2.0)
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        _unregister(self)
+        return rc
+
+    close = stop
+
+    def __enter__(self) -> ExaBGPGateway:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wait_for(
+        self, predicate: Callable[[], T], timeout: float = 15.0, what: str | None = None
+    ) -> T:
+        """:func:`wait_until`, but fail at once (with the log tail) if ExaBGP exits."""
+
+        def check() -> T:
+            value = predicate()
+            if not value and not self.running():
+                rc = self.proc.returncode if self.proc else None
+                raise HarnessError(
+                    f"ExaBGP exited (rc={rc}) while waiting for {what or predicate!r}\n"
+                    f"{tail(self.log_text())}"
+                )
+            return value
+
+        try:
+            return wait_until(check, timeout, what=what)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n--- exabgp log tail:\n{tail(self.log_text())}") from exc
+
+    def wait_for_log(self, text: str, timeout: float = 15.0) -> None:
+        self.wait_for(lambda: text in self.log_text(), timeout, what=f"{text!r} in exabgp log")
+
+
+# --------------------------------------------------------------------------- API recorder
+
+_RECORDER_SRC = """\
+import sys
+# append every line ExaBGP writes to our stdin, verbatim, flushed per line
+with open(sys.argv[1], "a", encoding="utf-8", errors="surrogateescape") as out:
+    for line in sys.stdin:
+        out.write(line)
+        out.flush()
+"""
+
+
+def as_path(attribute: Mapping[str, Any]) -> list[int]:
+    """The AS numbers of an update's ``attribute`` in order, for both JSON dialects
+    (4.2: a list plus "as-set"; 5.0: {"0": {"element": ..., "value": [...]}, ...})."""
+    raw = attribute.get("as-path", [])
+    if isinstance(raw, list):
+        return [int(x) for x in raw] + [int(x) for x in attribute.get("as-set", [])]
+    out: list[int] = []
+    for key in sorted(raw, key=int):
+        out += [int(x) for x in raw[key].get("value", [])]
+    return out
+
+
+class Recorder:
+    """A trivial API process that appends every stdin line to a file, and a reader for
+    that file. ``command`` is what to give :class:`ExaBGPGateway`."""
+
+    def __init__(self, path: str | os.PathLike[str], python: str = sys.executable) -> None:
+        self.path = Path(path)
+        self.script = self.path.with_name(self.path.stem + "-recorder.py")
+        self.script.write_text(_RECORDER_SRC)
+        self.command = [python, str(self.script), str(self.path)]
+
+    def lines(self) -> list[str]:
+        """Complete lines recorded so far (a half-written last line is left out)."""
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return []
+        return text.splitlines()[: text.count("\n")]
+
+    def messages(self) -> list[dict[str, Any]]:
+        """The JSON lines (acks, command output and 4.2's broken refresh lines skipped)."""
+        out: list[dict[str, Any]] = []
+        for line in self.lines():
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(msg, dict):
+                out.append(msg)
+        return out
+
+    @staticmethod
+    def peer_of(msg: Mapping[str, Any]) -> str | None:
+        addr = msg.get("neighbor", {}).get("address", {})
+        peer = addr.get("peer") if isinstance(addr, dict) else None
+        return str(peer) if peer is not None else None
+
+    def states(self, peer: str | None = None) -> list[tuple[str, str]]:
+        """(peer, state) of every state message, in order."""
+        out: list[tuple[str, str]] = []
+        for m in self.messages():
+            if m.get("type") == "state":
+                p = self.peer_of(m)
+                if p is not None and (peer is None or p == peer):
+                    out.append((p, str(m["neighbor"]["state"])))
+        return out
+
+    def state(self, peer: str) -> str | None:
+        """The last state seen for ``peer`` (None if none yet)."""
+        s = self.states(peer)
+        return s[-1][1] if s else None
+
+    def updates(self, peer: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """(peer, update) for every received update message (EORs excluded)."""
+        out: list[tuple[str, dict[str, Any]]] = []
+        for m in self.messages():
+            if m.get("type") != "update":
+                continue
+            p = self.peer_of(m)
+            upd = m.get("neighbor", {}).get("message", {}).get("update")
+            if p is not None and isinstance(upd, dict) and (peer is None or p == peer):
+                out.append((p, upd))
+        return out
+
+    def announced(self, peer: str) -> dict[str, dict[str, Any]]:
+        """Prefix -> {"next_hops": [...], "attribute": {...}} after replaying all updates
+        from ``peer`` in order (a withdraw removes, a later announce replaces)."""
+        rib: dict[str, dict[str, Any]] = {}
+        for _, upd in self.updates(peer):
+            for prefixes in upd.get("withdraw", {}).values():
+                for nlri in prefixes:
+                    rib.pop(_nlri(nlri), None)
+            seen: set[str] = set()
+            for by_nh in upd.get("announce", {}).values():
+                for nh, prefixes in by_nh.items():
+                    for nlri in prefixes:
+                        p = _nlri(nlri)
+                        if p in seen:  # 5.0: a second (link-local) next hop, same prefix
+                            rib[p]["next_hops"].append(nh)
+                            continue
+                        seen.add(p)
+                        rib[p] = {"next_hops": [nh], "attribute": upd.get("attribute", {})}
+        return rib
+
+    def withdrawn(self, peer: str) -> list[str]:
+        """Every withdrawn prefix from ``peer``, in order (with repeats)."""
+        out: list[str] = []
+        for _, upd in self.updates(peer):
+            for prefixes in upd.get("withdraw", {}).values():
+                out += [_nlri(n) for n in prefixes]
+        return out
+
+
+def _nlri(item: Any) -> str:
+    return str(item["nlri"] if isinstance(item, dict) else item)

@@ -1,0 +1,345 @@
+"""KernelWriter against a real kernel, as root, inside the harness's gateway namespace (vti01
+169.254.10.2/30 and vti02 169.254.11.2/30, veth pairs whose peer ends live in a second
+namespace). The writer opens its netlink socket inside that namespace (``netns=``: a helper
+thread joins it with setns(2) just to create the socket), so this process never leaves its own
+namespace and nothing depends on the test's thread. Every assertion reads the kernel back with
+``ip -j route show`` (through the harness), not through the writer. The namespaces are deleted
+by the ``topology`` fixture, also on failure."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import TUNNELS, Topology, routes
+
+from vtibgp.kernel import KernelPermissionError, KernelWriter
+from vtibgp.model import KernelRoute, NextHop, OpKind, RouteOp
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
+]
+
+REPO = Path(__file__).resolve().parents[2]
+GW1 = TUNNELS[1].aws_v4  # 169.254.10.1, the far end of vti01
+GW2 = TUNNELS[2].aws_v4
+GW1_6 = TUNNELS[1].aws_v6  # fd00:10::1
+GW2_6 = TUNNELS[2].aws_v6
+
+WriterFactory = Callable[..., KernelWriter]
+
+
+@pytest.fixture
+def make_writer(topology: Topology) -> Iterator[WriterFactory]:
+    made: list[KernelWriter] = []
+
+    def make(**kwargs: Any) -> KernelWriter:
+        w = KernelWriter(netns=topology.gw, **kwargs)
+        made.append(w)
+        return w
+
+    try:
+        yield make
+    finally:
+        for w in made:
+            w.close()
+
+
+@pytest.fixture
+def writer(make_writer: WriterFactory) -> KernelWriter:
+    return make_writer()
+
+
+def route(prefix: str, *hops: NextHop | str, metric: int = 100) -> KernelRoute:
+    nexthops = tuple(sorted(h if isinstance(h, NextHop) else NextHop(h) for h in hops))
+    return KernelRoute(prefix, metric, nexthops)
+
+
+def add(r: KernelRoute) -> RouteOp:
+    return RouteOp(OpKind.ADD, r)
+
+
+def replace(r: KernelRoute) -> RouteOp:
+    return RouteOp(OpKind.REPLACE, r)
+
+
+def delete(r: KernelRoute) -> RouteOp:
+    return RouteOp(OpKind.DELETE, r)
+
+
+def kernel(topo: Topology, table: int = 254, proto: int | None = 186,
+           family: int = 4) -> dict[str, dict[str, Any]]:
+    """Routes read back with `ip -j route show`, keyed by destination."""
+    return {r["dst"]: r for r in routes(topo.gw, table=table, proto=proto, family=family)}
+
+
+def hops_of(entry: dict[str, Any]) -> set[tuple[str, str | None]]:
+    if "nexthops" in entry:
+        return {(h["dev"], h.get("gateway")) for h in entry["nexthops"]}
+    return {(entry["dev"], entry.get("gateway"))}
+
+
+def ifindex(topo: Topology, dev: str) -> int:
+    out = topo.ip("gw", "-j", "link", "show", "dev", dev)
+    index: int = json.loads(out)[0]["ifindex"]
+    return index
+
+
+def test_add_replace_delete(topology: Topology, writer: KernelWriter) -> None:
+    r1 = route("10.50.0.0/24", "vti01")
+    res = writer.apply([add(r1)])
+    assert (res.applied, res.failed) == (1, [])
+    got = kernel(topology)["10.50.0.0/24"]
+    assert (got["dev"], got["metric"], got["scope"], got.get("gateway")) == (
+        "vti01", 100, "link", None)
+
+    r2 = route("10.50.0.0/24", NextHop("vti02", GW2))
+    res = writer.apply([replace(r2)])
+    assert (res.applied, res.failed) == (1, [])
+    table = kernel(topology)
+    assert list(table) == ["10.50.0.0/24"]
+    got = table["10.50.0.0/24"]
+    assert (got["dev"], got["gateway"], got["metric"]) == ("vti02", GW2, 100)
+    assert "onlink" in got.get("flags", [])
+
+    again = add(r2)
+    res = writer.apply([again])  # ADD never overwrites, not even our own route
+    assert res.failed == [(again, errno.EEXIST)]
+
+    res = writer.apply([delete(r2)])
+    assert (res.applied, res.failed) == (1, [])
+    assert kernel(topology) == {}
+    res = writer.apply([delete(r2)])  # already gone: ESRCH counts as applied
+    assert (res.applied, res.failed) == (1, [])
+
+
+def test_delete_matches_key_not_nexthops(topology: Topology, writer: KernelWriter) -> None:
+    writer.apply([add(route("10.51.0.0/24", "vti01"))])
+    # the core's idea of the nexthops may be stale: the delete still removes our route
+    res = writer.apply([delete(route("10.51.0.0/24", NextHop("vti02", GW2)))])
+    assert res.failed == []
+    assert kernel(topology) == {}
+
+
+def test_multipath_v4_and_v6(topology: Topology, writer: KernelWriter) -> None:
+    v4 = route("10.60.0.0/24", NextHop("vti01", GW1), NextHop("vti02", GW2))
+    v4dev = route("10.61.0.0/24", "vti01", "vti02")
+    v6 = route("2001:db8:60::/48", NextHop("vti01", GW1_6), NextHop("vti02", GW2_6))
+    res = writer.apply([add(v4), add(v4dev), add(v6)])
+    assert (res.applied, res.failed) == (3, [])
+    k4 = kernel(topology)
+    assert hops_of(k4["10.60.0.0/24"]) == {("vti01", GW1), ("vti02", GW2)}
+    assert all("onlink" in h.get("flags", []) for h in k4["10.60.0.0/24"]["nexthops"])
+    assert hops_of(k4["10.61.0.0/24"]) == {("vti01", None), ("vti02", None)}
+    k6 = kernel(topology, family=6)
+    assert hops_of(k6["2001:db8:60::/48"]) == {("vti01", GW1_6), ("vti02", GW2_6)}
+    assert k6["2001:db8:60::/48"]["metric"] == 100
+    assert sorted(writer.dump(), key=lambda r: r.prefix) == [v4, v4dev, v6]
+
+    # replace one multipath by another, then by a single nexthop
+    v4b = route("10.60.0.0/24", NextHop("vti01", "169.254.10.5"), NextHop("vti02", GW2))
+    assert writer.apply([replace(v4b)]).failed == []
+    assert hops_of(kernel(topology)["10.60.0.0/24"]) == {("vti01", "169.254.10.5"),
+                                                         ("vti02", GW2)}
+    v4c = route("10.60.0.0/24", "vti02")
+    assert writer.apply([replace(v4c)]).failed == []
+    assert hops_of(kernel(topology)["10.60.0.0/24"]) == {("vti02", None)}
+    res = writer.apply([delete(v4c), delete(v4dev), delete(v6)])
+    assert (res.applied, res.failed) == (3, [])
+    assert kernel(topology) == {} and kernel(topology, family=6) == {}
+
+
+def test_ipv6(topology: Topology, writer: KernelWriter) -> None:
+    dev = route("2001:db8:1::/48", "vti01")
+    gw = route("2001:db8:2::/48", NextHop("vti02", "fe80::1"), metric=200)
+    assert writer.apply([add(dev), add(gw)]).failed == []
+    k6 = kernel(topology, family=6)
+    assert (k6["2001:db8:1::/48"]["dev"], k6["2001:db8:1::/48"]["metric"]) == ("vti01", 100)
+    assert hops_of(k6["2001:db8:2::/48"]) == {("vti02", "fe80::1")}
+    assert k6["2001:db8:2::/48"]["metric"] == 200
+    moved = route("2001:db8:1::/48", NextHop("vti02", GW2_6))
+    assert writer.apply([replace(moved)]).failed == []
+    assert hops_of(kernel(topology, family=6)["2001:db8:1::/48"]) == {("vti02", GW2_6)}
+    assert sorted(writer.dump(), key=lambda r: r.prefix) == [moved, gw]
+    assert writer.apply([delete(moved), delete(gw)]).failed == []
+    assert kernel(topology, family=6) == {}
+
+
+def test_table_1000(topology: Topology, make_writer: WriterFactory) -> None:
+    w = make_writer(table=1000)
+    v4 = route("10.70.0.0/16", NextHop("vti01", GW1))
+    v6 = route("2001:db8:70::/48", "vti02")
+    assert w.dump() == []  # the table does not exist yet
+    assert w.apply([add(v4), add(v6)]).failed == []
+    assert set(kernel(topology, table=1000)) == {"10.70.0.0/16"}
+    assert set(kernel(topology, table=1000, family=6)) == {"2001:db8:70::/48"}
+    assert kernel(topology) == {}  # nothing in main
+    assert sorted(w.dump(), key=lambda r: r.prefix) == [v4, v6]
+    assert w.apply([delete(v4), delete(v6)]).failed == []
+    assert kernel(topology, table=1000) == {} and kernel(topology, table=1000, family=6) == {}
+
+
+def test_eexist_leaves_foreign_route_untouched(topology: Topology,
+                                               writer: KernelWriter) -> None:
+    topology.ip("gw", "route", "add", "10.80.0.0/24", "dev", "vti01", "metric", "100",
+                "proto", "static")
+    before = kernel(topology, proto=None)["10.80.0.0/24"]
+    mine = route("10.80.0.0/24", NextHop("vti02", GW2))
+    op = add(mine)
+    res = writer.apply([op, add(route("10.81.0.0/24", "vti02"))])
+    assert res.applied == 1
+    assert res.failed == [(op, errno.EEXIST)]
+    # a delete of that key by us matches our protocol only: the static route survives
+    assert writer.apply([delete(mine)]).failed == []
+    after = kernel(topology, proto=None)["10.80.0.0/24"]
+    assert after == before
+    assert after["protocol"] == "static" and after["dev"] == "vti01"
+    # same prefix with another metric is a different key: allowed
+    assert writer.apply([add(route("10.80.0.0/24", "vti02", metric=200))]).failed == []
+
+
+def test_enodev_and_einval_leave_the_rest_applied(topology: Topology,
+                                                  writer: KernelWriter) -> None:
+    ok1 = add(route("10.90.1.0/24", "vti01"))
+    missing = add(route("10.90.2.0/24", "vti99"))
+    ok2 = add(route("10.90.3.0/24", "vti02"))
+    missing_in_ecmp = add(route("10.90.4.0/24", "vti01", "vti98"))
+    malformed = add(route("10.90.5.1/24", "vti01"))  # host bits
+    wrong_family = add(route("10.90.6.0/24", NextHop("vti01", "fe80::1")))
+    ok3 = add(route("2001:db8:90::/48", "vti02"))
+    res = writer.apply([ok1, missing, ok2, missing_in_ecmp, malformed, wrong_family, ok3])
+    assert res.applied == 3
+    assert res.failed == [
+        (missing, errno.ENODEV),
+        (missing_in_ecmp, errno.ENODEV),
+        (malformed, errno.EINVAL),
+        (wrong_family, errno.EINVAL),
+    ]
+    assert set(kernel(topology)) == {"10.90.1.0/24", "10.90.3.0/24"}
+    assert set(kernel(topology, family=6)) == {"2001:db8:90::/48"}
+
+
+def test_dump_returns_exactly_ours(topology: Topology, writer: KernelWriter) -> None:
+    ours = [
+        route("10.100.0.0/24", "vti01"),
+        route("10.100.1.0/24", NextHop("vti02", GW2), metric=50),
+        route("10.100.2.0/24", NextHop("vti01", GW1), NextHop("vti02", GW2)),
+        route("2001:db8:100::/48", "vti01"),
+    ]
+    assert writer.apply([add(r) for r in ours]).failed == []
+    # not ours: another protocol in our table, our protocol in another table, a
+    # non-unicast route with our protocol id, and the kernel's own connected routes
+    topology.ip("gw", "route", "add", "10.101.0.0/24", "dev", "vti01", "proto", "static")
+    topology.ip("gw", "route", "add", "10.102.0.0/24", "dev", "vti01", "proto", "186",
+                "table", "1000")
+    topology.ip("gw", "route", "add", "blackhole", "10.103.0.0/24", "proto", "186")
+    topology.ip("gw", "-6", "route", "add", "2001:db8:101::/48", "dev", "vti02", "proto",
+                "static")
+    got = writer.dump()
+    assert sorted(got, key=lambda r: r.prefix) == sorted(ours, key=lambda r: r.prefix)
+
+
+def test_many_routes_in_pipelined_batches(topology: Topology,
+                                          make_writer: WriterFactory) -> None:
+    w = make_writer(batch=700)
+    rs = [route(f"10.{110 + i // 65536}.{i // 256 % 256}.{i % 256}/32", DEVS[i % 2])
+          for i in range(5000)]
+    res = w.apply([add(r) for r in rs])
+    assert (res.applied, res.failed) == (5000, [])
+    assert len(kernel(topology)) == 5000
+    assert sorted(w.dump(), key=lambda r: r.prefix) == sorted(rs, key=lambda r: r.prefix)
+    res = w.apply([delete(r) for r in rs])
+    assert (res.applied, res.failed) == (5000, [])
+    assert kernel(topology) == {}
+
+
+DEVS = ("vti01", "vti02")
+
+
+def test_lost_acks_are_resolved(topology: Topology, make_writer: WriterFactory) -> None:
+    """A receive queue far too small for a batch's acks: the kernel drops most of them
+    (ENOBUFS). Every op must still end with its true outcome."""
+    topology.ip("gw", "route", "add", "10.120.0.7/32", "dev", "vti01", "metric", "100",
+                "proto", "static")
+    w = make_writer(rcvbuf=1, batch=3000)  # the kernel rounds up to its minimum (~4 kB)
+    rs = [route(f"10.120.{i // 256}.{i % 256}/32", DEVS[i % 2]) for i in range(3000)]
+    ops = [add(r) for r in rs]
+    res = w.apply(ops)
+    assert w.overruns > 0
+    assert res.failed == [(ops[7], errno.EEXIST)]  # 10.120.0.7 belongs to someone else
+    assert res.applied == 2999
+    assert kernel(topology, proto=None)["10.120.0.7"]["protocol"] == "static"
+    assert len(kernel(topology)) == 2999
+    res = w.apply([delete(r) for r in rs])
+    assert (res.applied, res.failed) == (3000, [])
+    assert kernel(topology) == {}
+    assert "10.120.0.7" in kernel(topology, proto=None)  # ip omits /32
+
+
+def test_stale_ifindex_after_device_recreated(topology: Topology,
+                                              writer: KernelWriter) -> None:
+    assert writer.resolve("vti02") == ifindex(topology, "vti02")
+    old = writer.resolve("vti02")
+    topology.recreate_link(2)  # same name, new ifindex; nobody told the writer
+    assert ifindex(topology, "vti02") != old
+    r = route("10.130.0.0/24", NextHop("vti02", GW2))
+    res = writer.apply([add(r)])
+    assert (res.applied, res.failed) == (1, [])
+    assert hops_of(kernel(topology)["10.130.0.0/24"]) == {("vti02", GW2)}
+    assert writer.dump() == [r]
+
+
+def test_resolve_forget_refresh(topology: Topology, writer: KernelWriter) -> None:
+    assert writer.resolve("vti01") == ifindex(topology, "vti01")
+    assert writer.resolve("nosuchdev") is None
+    assert writer.resolve("x" * 20) is None
+    writer.forget("vti01")
+    writer.forget("nosuchdev")
+    writer.refresh_links()
+    assert writer.resolve("vti02") == ifindex(topology, "vti02")
+    topology.delete_link("vti01")
+    writer.forget("vti01")
+    op = add(route("10.140.0.0/24", "vti01"))
+    assert writer.apply([op]).failed == [(op, errno.ENODEV)]
+
+
+def test_check_permission_and_eperm(topology: Topology) -> None:
+    with KernelWriter(netns=topology.gw) as w:
+        w.check_permission()  # root: no exception
+    script = textwrap.dedent(
+        """
+        import sys
+        from vtibgp.kernel import KernelPermissionError, KernelWriter
+        from vtibgp.model import KernelRoute, NextHop, OpKind, RouteOp
+        with KernelWriter() as w:
+            try:
+                w.check_permission()
+            except KernelPermissionError as exc:
+                print("probe:", exc.errno)
+            op = RouteOp(OpKind.ADD, KernelRoute("10.150.0.0/24", 1, (NextHop("vti01"),)))
+            try:
+                w.apply([op])
+            except PermissionError as exc:
+                print("apply:", exc.errno)
+        """
+    )
+    # root without CAP_NET_ADMIN (dropped from the bounding set before exec)
+    res = subprocess.run(
+        ["ip", "netns", "exec", topology.gw, "setpriv", "--bounding-set", "-net_admin",
+         "--inh-caps", "-net_admin", sys.executable, "-c", script],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdin=subprocess.DEVNULL,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split("\n")[:2] == [f"probe: {errno.EPERM}", f"apply: {errno.EPERM}"]
+    assert kernel(topology) == {}
+    assert issubclass(KernelPermissionError, PermissionError)
