@@ -367,3 +367,27 @@ class Core:
             per_metric[route.metric] = route
             return [RouteOp(OpKind.ADD, route)]
         return []
+
+
+def coalesce(ops: Iterable[RouteOp]) -> list[RouteOp]:
+    """Fold a sequence of operations into at most one per (prefix, metric) with the same end
+    result, so that a batch never carries an op that assumes an earlier one in the same batch
+    succeeded (a REPLACE after a refused ADD would overwrite another owner's route)."""
+    first: dict[tuple[Prefix, int], OpKind] = {}
+    last: dict[tuple[Prefix, int], RouteOp] = {}
+    for op in ops:
+        key = op.route.key
+        first.setdefault(key, op.kind)
+        last[key] = op
+    out: list[RouteOp] = []
+    for key, op in last.items():
+        existed_before = first[key] is not OpKind.ADD
+        exists_after = op.kind is not OpKind.DELETE
+        if existed_before and exists_after:
+            out.append(op if op.kind is OpKind.REPLACE else RouteOp(OpKind.REPLACE, op.route))
+        elif exists_after:
+            out.append(op if op.kind is OpKind.ADD else RouteOp(OpKind.ADD, op.route))
+        elif existed_before:
+            out.append(op)
+    return out
+

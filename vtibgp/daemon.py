@@ -1,0 +1,462 @@
+"""The imperative shell of `vtibgp run`: stdin reader thread, event loop, kernel writer,
+link monitor, resync with ExaBGP, start-up reconciliation, signals and exit.
+
+Everything that decides lives in `core`; this module only moves data between the outside
+world and the core and counts what happened.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Protocol
+
+from . import metrics as m
+from .config import Config
+from .core import Core, CoreSettings, PeerPolicy, coalesce
+from .exabgp_input import LineKind, parse_adj_rib_line, parse_line
+from .model import (
+    Announce,
+    DeviceState,
+    EndOfRib,
+    Event,
+    GraceExpired,
+    KernelRoute,
+    KernelRoutesFound,
+    NotificationReceived,
+    OpKind,
+    OpResult,
+    PeerDevice,
+    PeerState,
+    ResyncDone,
+    RouteFailed,
+    RouteOp,
+    Withdraw,
+)
+
+log = logging.getLogger("vtibgp")
+
+DRAIN_MAX = 512  # lines folded into one kernel batch at most
+TICK = 0.25  # seconds: how often timers and signals are looked at when idle
+
+
+class Writer(Protocol):
+    def apply(self, ops: Sequence[RouteOp]) -> OpResult: ...
+    def dump(self) -> list[KernelRoute]: ...
+    def forget(self, name: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class PrintWriter:
+    """`--dry-run`: print each operation instead of making it; the kernel accepts all."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self.out = out
+
+    def apply(self, ops: Sequence[RouteOp]) -> OpResult:
+        for op in ops:
+            self.out.write(f"{op}\n")
+        self.out.flush()
+        return OpResult(applied=len(ops))
+
+    def dump(self) -> list[KernelRoute]:
+        return []
+
+    def forget(self, name: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def core_settings(cfg: Config) -> CoreSettings:
+    return CoreSettings(
+        metric=cfg.metric,
+        max_paths=cfg.max_paths,
+        ecmp=cfg.ecmp,
+        accept_unconfigured_peers=cfg.accept_unconfigured_peers,
+        peers={
+            p.address: PeerPolicy(p.interface, p.preference, p.gateway, p.families)
+            for p in cfg.peers
+        },
+    )
+
+
+@dataclass
+class _Pending:
+    """A text command sent to ExaBGP, collecting its answer until `done` / `error`. The
+    callbacks return the events the answer means."""
+
+    command: str
+    on_line: Callable[[str], list[Event]]
+    on_end: Callable[[bool], list[Event]]
+
+
+@dataclass
+class _Resync:
+    established: set[str] = field(default_factory=set)
+
+
+class Daemon:
+    def __init__(
+        self,
+        cfg: Config,
+        writer: Writer,
+        commands: IO[str] | None,
+        *,
+        discover: Callable[[str, str | None], str | None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.core = Core(core_settings(cfg))
+        self.writer = writer
+        self.commands = commands  # ExaBGP reads our stdout as commands; None in dry-run
+        self.discover = discover
+        self.queue: queue.SimpleQueue[tuple[str, float, object]] = queue.SimpleQueue()
+        self.pending: deque[_Pending] = deque()
+        self.grace_deadline: float | None = None
+        self.stop_signal: int | None = None
+        self.api_version: str | None = None
+        self._known_peers = {p.address for p in cfg.peers}
+        self._discovered: set[str] = set()
+        self._sync_reported = False
+
+    # ------------------------------------------------------------------ inputs
+
+    def start_reader(self, stream: IO[bytes]) -> threading.Thread:
+        """Read stdin in its own thread so kernel work never stalls ExaBGP's pipe."""
+
+        def run() -> None:
+            try:
+                for line in iter(stream.readline, b""):
+                    self.queue.put(("line", time.monotonic(), line))
+            except (OSError, ValueError) as e:
+                log.error("stdin: read failed: %s", e)
+            self.queue.put(("eof", time.monotonic(), None))
+
+        t = threading.Thread(target=run, name="vtibgp-stdin", daemon=True)
+        t.start()
+        return t
+
+    def post(self, event: Event) -> None:
+        """Thread-safe: hand an event from another thread (link monitor) to the loop."""
+        self.queue.put(("event", time.monotonic(), event))
+
+    def install_signals(self) -> None:
+        def stop(signum: int, _frame: object) -> None:
+            self.stop_signal = signum
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    # ------------------------------------------------------------------ start-up
+
+    def startup(self, resync: bool) -> None:
+        """Adopt our routes left in the kernel, then ask ExaBGP what it already holds."""
+        found = self.writer.dump()
+        if found:
+            log.info("start: %d routes of ours already in the kernel; keeping them until the "
+                     "peers have re-sent their routes (grace %gs)", len(found), self.cfg.grace_time)
+        self._apply(self.core.handle(KernelRoutesFound(tuple(found))))
+        self.grace_deadline = time.monotonic() + self.cfg.grace_time
+        if resync and self.commands is not None:
+            self._resync()
+
+    def _resync(self) -> None:
+        state = _Resync()
+
+        def summary_line(text: str) -> list[Event]:
+            cols = text.split()
+            if len(cols) >= 4 and cols[3].lower() == "established":
+                state.established.add(cols[0])
+            return []
+
+        def adj_rib_line(text: str) -> list[Event]:
+            ann = parse_adj_rib_line(text, api_version=self.api_version)
+            return [ann] if ann is not None else []
+
+        def adj_rib_end(ok: bool) -> list[Event]:
+            if not ok:
+                log.warning("resync: ExaBGP refused 'show adj-rib in extensive'; waiting for "
+                            "End-of-RIB or the grace timer")
+                return []
+            log.info("resync: ExaBGP's adj-rib-in loaded (%d established sessions)",
+                     len(state.established))
+            return [ResyncDone(frozenset(state.established))]
+
+        self._command("show neighbor summary", summary_line, lambda ok: [])
+        self._command("show adj-rib in extensive", adj_rib_line, adj_rib_end)
+
+    def _command(self, cmd: str, on_line: Callable[[str], list[Event]],
+                 on_end: Callable[[bool], list[Event]]) -> None:
+        assert self.commands is not None
+        self.pending.append(_Pending(cmd, on_line, on_end))
+        try:
+            self.commands.write(cmd + "\n")
+            self.commands.flush()
+        except OSError as e:
+            log.error("cannot write command %r to ExaBGP: %s", cmd, e)
+            self.pending.pop()
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> int:
+        """Process input until EOF or a stop signal; returns the exit status."""
+        while True:
+            if self.stop_signal is not None:
+                log.info("stopping on signal %d", self.stop_signal)
+                break
+            try:
+                item = self.queue.get(timeout=TICK)
+            except queue.Empty:
+                self._timers()
+                continue
+            batch = [item]
+            while len(batch) < DRAIN_MAX:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            eof = self._process(batch)
+            self._timers()
+            if eof:
+                log.info("stdin closed: ExaBGP is gone")
+                break
+        self._exit()
+        return 0
+
+    def _process(self, batch: list[tuple[str, float, object]]) -> bool:
+        ops: list[RouteOp] = []
+        oldest_update: float | None = None
+        eof = False
+        for kind, t, payload in batch:
+            if kind == "line":
+                assert isinstance(payload, bytes)
+                is_update = self._line(payload, t, ops)
+                if is_update and oldest_update is None:
+                    oldest_update = t
+            elif kind == "event":
+                assert not isinstance(payload, bytes | None)
+                self._event(payload, ops)  # type: ignore[arg-type]
+            else:
+                eof = True
+        self._apply(ops)
+        if oldest_update is not None and ops:
+            m.UPDATE_LATENCY.observe(time.monotonic() - oldest_update)
+        return eof
+
+    def _line(self, raw: bytes, t: float, ops: list[RouteOp]) -> bool:
+        parsed = parse_line(raw)
+        m.INPUT_LINES.labels(parsed.kind.value).inc()
+        if parsed.api_version and parsed.api_version != self.api_version:
+            self.api_version = parsed.api_version
+            m.set_build(parsed.api_version)
+            log.info("ExaBGP JSON API version %s", parsed.api_version)
+        if parsed.reason:
+            m.INPUT_REJECTED.labels(parsed.reason).inc()
+            log.warning("input: %s line: %s (%s)", parsed.kind.value, parsed.error,
+                        _excerpt(raw))
+        if parsed.kind in (LineKind.ACK, LineKind.TEXT):
+            for ev in self._text(parsed.kind, parsed.text or ""):
+                self._event(ev, ops)
+            return False
+        for ev in parsed.events:
+            self._event(ev, ops)
+        if parsed.kind is LineKind.UPDATE:
+            m.LAST_UPDATE.set(time.time())
+            return True
+        return False
+
+    def _text(self, kind: LineKind, text: str) -> list[Event]:
+        if not self.pending:
+            if kind is LineKind.TEXT:
+                log.debug("ExaBGP said: %s", text[:200])
+            return []
+        head = self.pending[0]
+        if kind is LineKind.ACK:
+            self.pending.popleft()
+            return head.on_end(text == "done")
+        return head.on_line(text)
+
+    def _event(self, ev: Event, ops: list[RouteOp]) -> None:
+        match ev:
+            case Announce(peer=peer):
+                if peer in self._known_peers:
+                    m.PREFIXES_RECEIVED.labels(peer).inc(len(ev.prefixes))
+                elif not self.cfg.accept_unconfigured_peers:
+                    m.PREFIXES_IGNORED.labels("unknown_peer").inc(len(ev.prefixes))
+                    log.debug("ignoring %d prefixes from unconfigured peer %s",
+                              len(ev.prefixes), peer)
+                log.debug("peer %s announced %d %s prefixes via %s", peer, len(ev.prefixes),
+                          ev.family, ev.attrs.next_hop)
+            case Withdraw(peer=peer):
+                if peer in self._known_peers:
+                    m.WITHDRAWS_RECEIVED.labels(peer).inc(len(ev.prefixes))
+                log.debug("peer %s withdrew %d %s prefixes", peer, len(ev.prefixes), ev.family)
+            case PeerState():
+                if ev.state == "down" and "shutting down" in ev.reason and \
+                        self.cfg.on_exit == "retain":
+                    # ExaBGP itself is stopping: its sessions go down but our routes stay.
+                    log.info("peer %s session down (%s): ExaBGP is stopping; keeping its "
+                             "routes (on_exit: retain)", ev.peer, ev.reason)
+                    return
+                self._peer_state(ev, ops)
+            case EndOfRib(peer=peer):
+                log.info("peer %s: End-of-RIB %s", peer, ev.family)
+            case NotificationReceived(peer=peer):
+                log.warning("peer %s sent NOTIFICATION %d/%d %s", peer, ev.code, ev.subcode,
+                            ev.message)
+            case DeviceState(device=dev):
+                self.writer.forget(dev)
+                log.info("device %s %s (%s)", dev, "usable" if ev.usable else "unusable",
+                         ev.reason)
+            case _:
+                pass
+        if isinstance(ev, Announce) and self.core.device_of(ev.peer) is None:
+            self._discover(ev.peer, None, ops)
+        ops.extend(self.core.handle(ev))
+        if isinstance(ev, PeerState | Announce | Withdraw) and ev.peer in self._known_peers:
+            m.PEER_PATHS.labels(ev.peer).set(len(self.core.rib.get(ev.peer, ())))
+
+    def _peer_state(self, ev: PeerState, ops: list[RouteOp]) -> None:
+        known = ev.peer in self._known_peers
+        level = logging.INFO if ev.state != "connected" else logging.DEBUG
+        log.log(level, "peer %s session %s%s", ev.peer, ev.state,
+                f" ({ev.reason})" if ev.reason else "")
+        if known:
+            m.PEER_UP.labels(ev.peer).set(1 if ev.state == "up" else 0)
+            m.PEER_STATE_SINCE.labels(ev.peer).set(time.time())
+        if ev.state == "up":
+            self._discovered.discard(ev.peer)  # a new session: look again
+            if self.core.device_of(ev.peer) is None:
+                self._discover(ev.peer, ev.local, ops)
+
+    def _discover(self, peer: str, local: str | None, ops: list[RouteOp]) -> None:
+        """Find the device of a peer configured without `interface` (once per session)."""
+        if self.discover is None or peer in self._discovered or not self.core.known(peer):
+            return
+        self._discovered.add(peer)
+        dev = self.discover(peer, local)
+        if dev is None:
+            log.warning("peer %s: no device holds local address %s or a subnet with the "
+                        "peer; its routes are ignored until one does", peer, local)
+        else:
+            log.info("peer %s: discovered device %s", peer, dev)
+        ops.extend(self.core.handle(PeerDevice(peer, dev)))
+
+    def _timers(self) -> None:
+        if self.grace_deadline is not None and time.monotonic() >= self.grace_deadline:
+            self.grace_deadline = None
+            if not self.core.synced:
+                log.info("start: grace timer (%gs) ran out; removing unconfirmed routes",
+                         self.cfg.grace_time)
+            self._apply(self.core.handle(GraceExpired()))
+
+    # ------------------------------------------------------------------ kernel
+
+    def _apply(self, ops: list[RouteOp]) -> None:
+        """Apply ops; feed refusals back to the core (which may answer with more ops)."""
+        ops = coalesce(ops)
+        for _round in range(4):
+            if not ops:
+                break
+            t0 = time.perf_counter()
+            res = self.writer.apply(ops)
+            m.BATCH_SECONDS.observe(time.perf_counter() - t0)
+            failed = {id(op): e for op, e in res.failed}
+            for op in ops:
+                e = failed.get(id(op))
+                result = "ok" if e is None else ("conflict" if e == errno_mod.EEXIST else "error")
+                m.ROUTE_OPS.labels(op.kind.value, result).inc()
+            ops = []
+            for op, e in res.failed:
+                name = errno_mod.errorcode.get(e, str(e))
+                m.KERNEL_ERRORS.labels(name).inc()
+                if e == errno_mod.EEXIST and op.kind is OpKind.ADD:
+                    log.warning("kernel: %s: a route of another owner holds %s metric %d; "
+                                "leaving it alone", name, op.route.prefix, op.route.metric)
+                else:
+                    log.error("kernel: %s failed: %s", op, os.strerror(e))
+                ops.extend(self.core.handle(RouteFailed(op, e)))
+        if self.core.synced and not self._sync_reported:
+            self._sync_reported = True
+            swept = self.core.stats["stale_routes_swept"]
+            m.STALE_SWEPT.inc(swept)
+            m.SYNCED.set(1)
+            log.info("start: sync complete; %d unconfirmed routes removed", swept)
+        self._route_gauges()
+
+    def _route_gauges(self) -> None:
+        best = backup = 0
+        base = self.cfg.metric
+        for r in self.core.routes():
+            if r.metric == base:
+                best += 1
+            else:
+                backup += 1
+        m.ROUTES_INSTALLED.labels("best").set(best)
+        m.ROUTES_INSTALLED.labels("backup").set(backup)
+
+    # ------------------------------------------------------------------ exit
+
+    def _exit(self) -> None:
+        if self.cfg.on_exit == "withdraw":
+            ops = self.core.withdraw_all()
+            log.info("exit: removing our %d routes (on_exit: withdraw)", len(ops))
+            self.writer.apply(ops)
+        else:
+            log.info("exit: leaving our %d routes in place (on_exit: retain)",
+                     self.core.route_count())
+        self.writer.close()
+
+
+def _excerpt(raw: bytes, limit: int = 120) -> str:
+    text = raw[:limit].decode("utf-8", "replace").rstrip("\n")
+    return text + ("…" if len(raw) > limit else "")
+
+
+def run(cfg: Config, *, dry_run: bool, stdin: IO[bytes] | None = None) -> int:
+    """`vtibgp run`: wire the shell together and run until EOF or SIGTERM."""
+    src = stdin if stdin is not None else sys.stdin.buffer
+    if dry_run:
+        daemon = Daemon(cfg, PrintWriter(sys.stdout), None)
+        daemon.install_signals()
+        daemon.startup(resync=False)
+        daemon.start_reader(src)
+        return daemon.run()
+
+    from .kernel import KernelWriter
+    from .links import LinkMonitor, find_device
+
+    writer = KernelWriter(table=cfg.table, proto=cfg.protocol, batch=cfg.batch)
+    try:
+        writer.check_permission()
+    except PermissionError as e:
+        log.error("%s. vtibgp needs CAP_NET_ADMIN: run ExaBGP with exabgp.daemon.user=root, "
+                  "or as its own user with AmbientCapabilities=CAP_NET_ADMIN (see README, "
+                  "'Privileges')", e)
+        writer.close()
+        return 2
+    daemon = Daemon(cfg, writer, sys.stdout, discover=find_device)
+    daemon.install_signals()
+    if cfg.metrics_listen:
+        m.serve(cfg.metrics_listen)
+    monitor = LinkMonitor(daemon.post)
+    devices = {p.interface for p in cfg.peers if p.interface}
+    for ev in monitor.start(devices):
+        daemon.core.handle(ev)
+        log.warning("device %s is %s at start", ev.device, ev.reason)
+    daemon.startup(resync=cfg.resync)
+    daemon.start_reader(src)
+    try:
+        return daemon.run()
+    finally:
+        monitor.close()

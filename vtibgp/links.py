@@ -1,0 +1,132 @@
+"""Tunnel devices as the kernel reports them: a netlink link monitor (a thread that turns
+RTM_NEWLINK / RTM_DELLINK into DeviceState events) and discovery of the device that carries a
+peer's BGP session."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.rtnl import RTMGRP_LINK
+
+from .model import DeviceState
+
+log = logging.getLogger("vtibgp.links")
+
+IFF_UP = 0x1
+
+
+def _usable(msg: Any) -> bool:
+    return bool(msg["flags"] & IFF_UP)
+
+
+class LinkMonitor:
+    """Watches every link; `sink` gets a DeviceState whenever a device's usability changes
+    (exists and administratively up). Subscribes to link events only, so bulk route installs
+    cannot overflow its socket."""
+
+    def __init__(self, sink: Callable[[DeviceState], None]) -> None:
+        self._sink = sink
+        self._state: dict[str, bool] = {}
+        self._ip: Any = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="vtibgp-links", daemon=True)
+
+    def snapshot(self) -> dict[str, bool]:
+        """Current devices and whether each is usable."""
+        with IPRoute() as ip:
+            return {str(m.get("ifname")): _usable(m) for m in ip.get_links()}
+
+    def start(self, devices: set[str]) -> list[DeviceState]:
+        """Subscribe, record the current state, and follow changes in the background.
+        Returns DeviceState(usable=False) for each of `devices` that is missing or down."""
+        # pyroute2's socket must live in the thread that reads it; it subscribes before the
+        # snapshot is taken, so no change falls between the two.
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+        snap = self.snapshot()
+        self._state.update(snap)
+        return [
+            DeviceState(d, False, "missing" if d not in snap else "admin down")
+            for d in sorted(devices)
+            if not snap.get(d, False)
+        ]
+
+    def _open(self) -> None:
+        self._ip = IPRoute()
+        self._ip.bind(groups=RTMGRP_LINK)
+
+    def _run(self) -> None:
+        try:
+            self._open()
+        except BaseException as e:  # reported to start()
+            self._error = e
+            return
+        finally:
+            self._ready.set()
+        while True:
+            try:
+                msgs = self._ip.get()
+            except OSError as e:
+                # ENOBUFS: events were lost. Reopen and resynchronise from a fresh snapshot.
+                log.warning("link monitor: %s; resynchronising", e)
+                self._reopen()
+                continue
+            except Exception:  # closed at exit
+                return
+            for m in msgs:
+                name = m.get("ifname")
+                if not name:
+                    continue
+                usable = m["event"] == "RTM_NEWLINK" and _usable(m)
+                reason = "deleted" if m["event"] == "RTM_DELLINK" else (
+                    "admin up" if usable else "admin down")
+                self._update(str(name), usable, reason)
+
+    def _reopen(self) -> None:
+        with contextlib.suppress(Exception):
+            self._ip.close()
+        self._open()
+        snap = self.snapshot()
+        for name in set(self._state) | set(snap):
+            self._update(name, snap.get(name, False), "resync")
+
+    def _update(self, name: str, usable: bool, reason: str) -> None:
+        if self._state.get(name) == usable:
+            return
+        self._state[name] = usable
+        self._sink(DeviceState(name, usable, reason))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._ip.close()
+
+
+def find_device(peer: str, local: str | None) -> str | None:
+    """The device holding the session's local address, else the one whose connected subnet
+    contains the peer."""
+    try:
+        peer_ip = ipaddress.ip_address(peer)
+    except ValueError:
+        return None
+    with IPRoute() as ip:
+        names = {m["index"]: m.get("ifname") for m in ip.get_links()}
+        by_subnet = None
+        for a in ip.get_addr():
+            addr = a.get("address")
+            if addr is None:
+                continue
+            if local is not None and addr == local:
+                return str(names.get(a["index"])) if a["index"] in names else None
+            net = ipaddress.ip_interface(f"{addr}/{a['prefixlen']}").network
+            if by_subnet is None and peer_ip in net and net.prefixlen < net.max_prefixlen:
+                by_subnet = names.get(a["index"])
+    return str(by_subnet) if by_subnet else None

@@ -1,0 +1,118 @@
+"""Every Prometheus metric vtibgp exports, defined here and nowhere else.
+
+Labels come from fixed sets (kind, reason, op, result) or from configured names (peer,
+device): never a prefix or a free-text message, so cardinality stays bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+from . import __version__
+
+log = logging.getLogger("vtibgp.metrics")
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+BUILD = Info(
+    "vtibgp_build", "vtibgp version and the ExaBGP JSON API version seen", registry=REGISTRY
+)
+
+INPUT_LINES = Counter(
+    "vtibgp_input_lines_total", "Lines read from ExaBGP, by kind", ["kind"], registry=REGISTRY
+)
+INPUT_REJECTED = Counter(
+    "vtibgp_input_rejected_total",
+    "Input lines (or parts of them) rejected, by reason",
+    ["reason"],
+    registry=REGISTRY,
+)
+LAST_UPDATE = Gauge(
+    "vtibgp_last_update_timestamp_seconds",
+    "Unix time of the last BGP update read from ExaBGP",
+    registry=REGISTRY,
+)
+PEER_UP = Gauge(
+    "vtibgp_peer_up", "1 while the BGP session with the peer is established", ["peer"],
+    registry=REGISTRY,
+)
+PEER_STATE_SINCE = Gauge(
+    "vtibgp_peer_state_since_timestamp_seconds",
+    "Unix time of the peer's last session state change",
+    ["peer"],
+    registry=REGISTRY,
+)
+PREFIXES_RECEIVED = Counter(
+    "vtibgp_prefixes_received_total", "Prefixes announced by the peer", ["peer"],
+    registry=REGISTRY,
+)
+WITHDRAWS_RECEIVED = Counter(
+    "vtibgp_withdraws_received_total", "Prefixes withdrawn by the peer", ["peer"],
+    registry=REGISTRY,
+)
+PEER_PATHS = Gauge(
+    "vtibgp_peer_paths", "Paths currently held from the peer (its Adj-RIB-In)", ["peer"],
+    registry=REGISTRY,
+)
+PREFIXES_IGNORED = Counter(
+    "vtibgp_prefixes_ignored_total",
+    "Prefixes not used, by reason (unknown_peer: no configured peer with that address)",
+    ["reason"],
+    registry=REGISTRY,
+)
+ROUTES_INSTALLED = Gauge(
+    "vtibgp_kernel_routes", "Routes vtibgp holds in the kernel, by role (best, backup)",
+    ["role"], registry=REGISTRY,
+)
+ROUTE_OPS = Counter(
+    "vtibgp_kernel_route_operations_total",
+    "Kernel route operations, by operation and result (ok, conflict, error)",
+    ["op", "result"],
+    registry=REGISTRY,
+)
+KERNEL_ERRORS = Counter(
+    "vtibgp_kernel_errors_total", "Kernel refusals, by errno name", ["errno"],
+    registry=REGISTRY,
+)
+STALE_SWEPT = Counter(
+    "vtibgp_stale_routes_removed_total",
+    "Routes of an earlier run that the RIB did not confirm, removed after start-up sync",
+    registry=REGISTRY,
+)
+BATCH_SECONDS = Histogram(
+    "vtibgp_kernel_batch_seconds",
+    "Time to apply one batch of route operations to the kernel",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+UPDATE_LATENCY = Histogram(
+    "vtibgp_update_to_kernel_seconds",
+    "From reading an update line to the kernel acknowledging its routes",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+SYNCED = Gauge(
+    "vtibgp_startup_synced",
+    "1 once every peer has sent End-of-RIB (or the resync or grace timer completed)",
+    registry=REGISTRY,
+)
+
+
+def set_build(api_version: str) -> None:
+    BUILD.info({"version": __version__, "exabgp_api": api_version})
+
+
+def serve(listen: str) -> Any:
+    """Start the HTTP exporter; returns the server (or None if it could not bind)."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    try:
+        server, _thread = start_http_server(int(port), addr=host, registry=REGISTRY)
+    except OSError as e:
+        log.error("metrics: cannot listen on %s: %s; continuing without metrics", listen, e)
+        return None
+    log.info("metrics: serving on http://%s/metrics", listen)
+    return server
