@@ -1,15 +1,20 @@
-"""The `vtibgp` command: run (the ExaBGP process), check-config."""
+"""The `vtibgp` command: run (the ExaBGP process), check-config, status, routes."""
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import json
 import logging
 import logging.handlers
 import os
 import sys
+import time
+from typing import Any
 
 from . import __version__
 from .config import Config, ConfigError, load
+from .control import DEFAULT_SOCKET, ControlError, request
 
 DEFAULT_CONFIG = "/etc/vtibgp/vtibgp.yaml"
 
@@ -60,6 +65,104 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _socket(args: argparse.Namespace) -> str | None:
+    if args.socket:
+        return str(args.socket)
+    if args.config and os.path.exists(args.config):
+        cfg = _load(args.config)
+        if cfg is None:
+            return None
+        if cfg.control_socket is None:
+            print(f"vtibgp: {args.config}: control.socket is null (no control socket)",
+                  file=sys.stderr)
+            return None
+        return cfg.control_socket
+    return DEFAULT_SOCKET
+
+
+def _ask(args: argparse.Namespace, req: dict[str, Any]) -> dict[str, Any] | None:
+    path = _socket(args)
+    if path is None:
+        return None
+    try:
+        return request(path, req)
+    except ControlError as e:
+        print(f"vtibgp: {e}", file=sys.stderr)
+        return None
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    st = _ask(args, {"cmd": "status"})
+    if st is None:
+        return 1
+    if args.json:
+        print(json.dumps(st, indent=2, sort_keys=True))
+        return 0
+    r = st["routes"]
+    print(f"vtibgp {st['version']}  ExaBGP API {st['exabgp_api'] or '-'}  table {st['table']}  "
+          f"proto {st['protocol']}  {'synced' if st['synced'] else 'start-up sync pending'}  "
+          f"{r['prefixes']} prefixes, {r['total']} routes ({r['best']} best)")
+    rows = [["Peer", "State", "Since", "Device", "Usable", "Paths", "Best", "Backup", "Info"]]
+    for p in st["peers"]:
+        rows.append([p["peer"], p["state"], _when(p["since"]), p["device"] or "-",
+                     "yes" if p["device_usable"] else "no", str(p["paths"]), str(p["best"]),
+                     str(p["backup"]),
+                     p["description"] or ("" if p["configured"] else "(not configured)")])
+    print(_table(rows))
+    rows = [["Device", "Usable", "Since", "Reason", "Best", "Backup"]]
+    for d in st["devices"]:
+        rows.append([d["device"], "yes" if d["usable"] else "no", _when(d["since"]),
+                     d["reason"] or "-", str(d["best"]), str(d["backup"])])
+    print()
+    print(_table(rows))
+    return 0
+
+
+def cmd_routes(args: argparse.Namespace) -> int:
+    req: dict[str, Any] = {"cmd": "routes"}
+    if args.prefix:
+        try:
+            req["prefix"] = str(ipaddress.ip_network(args.prefix))
+        except ValueError:
+            print(f"vtibgp: not a prefix: {args.prefix!r}", file=sys.stderr)
+            return 2
+    table = _ask(args, req)
+    if table is None:
+        return 1
+    if args.json:
+        print(json.dumps(table, indent=2, sort_keys=True))
+        return 0
+    for entry in table["prefixes"]:
+        print(entry["prefix"])
+        if not entry["paths"]:
+            print("  (no paths)")
+        for p in entry["paths"]:
+            path = " ".join(map(str, p["as_path"])) + (
+                " {" + ",".join(map(str, p["as_set"])) + "}" if p["as_set"] else "")
+            metric = f"metric {p['metric']}" if p["metric"] is not None else ""
+            lp = p["local_pref"] if p["local_pref"] is not None else "-"
+            print(f"  {p['role']:<13} {metric:<11} via {p['peer']} dev {p['device'] or '-'}  "
+                  f"[{path}] origin {('igp', 'egp', 'incomplete')[p['origin']]} "
+                  f"med {p['med']} local-pref {lp}")
+        for k in entry["kernel"]:
+            hops = ", ".join(d + (f" via {g}" if g else "") for d, g in k["nexthops"])
+            print(f"  kernel: metric {k['metric']} dev {hops}"
+                  + ("  (from an earlier run, unconfirmed)" if k["stale"] else ""))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="vtibgp", description=__doc__)
     ap.add_argument("--version", action="version", version=f"vtibgp {__version__}")
@@ -75,6 +178,17 @@ def main(argv: list[str] | None = None) -> int:
     chk = sub.add_parser("check-config", help="validate a config file and exit")
     chk.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     chk.set_defaults(func=cmd_check_config)
+
+    for name, func, text in (("status", cmd_status, "peers and tunnels of the running daemon"),
+                             ("routes", cmd_routes, "paths per prefix and what is installed")):
+        sp = sub.add_parser(name, help=text)
+        if name == "routes":
+            sp.add_argument("prefix", nargs="?", help="one prefix (exact)")
+        sp.add_argument("--json", action="store_true", help="machine-readable output")
+        sp.add_argument("--socket", help=f"control socket (default: from --config, else "
+                        f"{DEFAULT_SOCKET})")
+        sp.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+        sp.set_defaults(func=func)
 
     args = ap.parse_args(argv)
     rc: int = args.func(args)

@@ -51,6 +51,7 @@ class Config:
     on_exit: str = "withdraw"
     accept_unconfigured_peers: bool = False
     metrics_listen: str | None = "127.0.0.1:10179"
+    control_socket: str | None = "/run/vtibgp/vtibgp.sock"
     peers: tuple[PeerConfig, ...] = field(default_factory=tuple)
 
     def peer(self, address: str) -> PeerConfig | None:
@@ -131,6 +132,14 @@ def _listen(ctx: _Ctx, path: str, v: Any) -> str | None:
     raise ctx.fail(path, "expected ADDRESS:PORT (e.g. 127.0.0.1:10179, [::1]:10179) or null", v)
 
 
+def _socket_path(ctx: _Ctx, path: str, v: Any) -> str | None:
+    if v is None or v is False:
+        return None
+    if isinstance(v, str) and v.startswith("/") and len(v.encode()) < 108:
+        return v
+    raise ctx.fail(path, "expected an absolute path shorter than 108 bytes, or null", v)
+
+
 def _address(ctx: _Ctx, path: str, v: Any) -> str:
     try:
         return str(ipaddress.ip_address(str(v)))
@@ -176,6 +185,9 @@ _TOP: dict[str, Any] = {
     },
     "metrics": {
         "listen": ("metrics_listen", _listen),
+    },
+    "control": {
+        "socket": ("control_socket", _socket_path),
     },
 }
 

@@ -12,16 +12,19 @@ import logging
 import os
 import queue
 import signal
+import socket
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
+from . import __version__
 from . import metrics as m
 from .config import Config
+from .control import ControlError, ControlServer
 from .core import Core, CoreSettings, PeerPolicy, coalesce
 from .exabgp_input import LineKind, parse_adj_rib_line, parse_line
 from .model import (
@@ -32,6 +35,7 @@ from .model import (
     GraceExpired,
     KernelRoute,
     KernelRoutesFound,
+    NextHop,
     NotificationReceived,
     OpKind,
     OpResult,
@@ -46,6 +50,7 @@ from .model import (
 log = logging.getLogger("vtibgp")
 
 DRAIN_MAX = 512  # lines folded into one kernel batch at most
+REQUEST_TIMEOUT = 5.0
 TICK = 0.25  # seconds: how often timers and signals are looked at when idle
 
 
@@ -102,6 +107,15 @@ class _Pending:
 
 
 @dataclass
+class _Request:
+    """A control-socket request waiting for the loop to answer it."""
+
+    body: dict[str, Any]
+    done: threading.Event = field(default_factory=threading.Event)
+    answer: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class _Resync:
     established: set[str] = field(default_factory=set)
 
@@ -128,6 +142,8 @@ class Daemon:
         self._known_peers = {p.address for p in cfg.peers}
         self._discovered: set[str] = set()
         self._sync_reported = False
+        self.peer_since: dict[str, float] = {}
+        self.device_since: dict[str, tuple[float, str]] = {}
 
     # ------------------------------------------------------------------ inputs
 
@@ -149,6 +165,14 @@ class Daemon:
     def post(self, event: Event) -> None:
         """Thread-safe: hand an event from another thread (link monitor) to the loop."""
         self.queue.put(("event", time.monotonic(), event))
+
+    def ask(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Thread-safe: have the loop answer a control request (status, routes, …)."""
+        req = _Request(body)
+        self.queue.put(("request", time.monotonic(), req))
+        if not req.done.wait(REQUEST_TIMEOUT):
+            return {"error": "vtibgp is busy; try again"}
+        return req.answer
 
     def install_signals(self) -> None:
         def stop(signum: int, _frame: object) -> None:
@@ -243,6 +267,10 @@ class Daemon:
                 is_update = self._line(payload, t, ops)
                 if is_update and oldest_update is None:
                     oldest_update = t
+            elif kind == "request":
+                assert isinstance(payload, _Request)
+                payload.answer = self._answer(payload.body, ops)
+                payload.done.set()
             elif kind == "event":
                 assert not isinstance(payload, bytes | None)
                 self._event(payload, ops)  # type: ignore[arg-type]
@@ -316,6 +344,7 @@ class Daemon:
                             ev.message)
             case DeviceState(device=dev):
                 self.writer.forget(dev)
+                self.device_since[dev] = (time.time(), ev.reason)
                 log.info("device %s %s (%s)", dev, "usable" if ev.usable else "unusable",
                          ev.reason)
             case _:
@@ -331,9 +360,12 @@ class Daemon:
         level = logging.INFO if ev.state != "connected" else logging.DEBUG
         log.log(level, "peer %s session %s%s", ev.peer, ev.state,
                 f" ({ev.reason})" if ev.reason else "")
+        now = time.time()
+        if self.core.sessions.get(ev.peer) != ev.state or ev.peer not in self.peer_since:
+            self.peer_since[ev.peer] = now
         if known:
             m.PEER_UP.labels(ev.peer).set(1 if ev.state == "up" else 0)
-            m.PEER_STATE_SINCE.labels(ev.peer).set(time.time())
+            m.PEER_STATE_SINCE.labels(ev.peer).set(self.peer_since[ev.peer])
         if ev.state == "up":
             self._discovered.discard(ev.peer)  # a new session: look again
             if self.core.device_of(ev.peer) is None:
@@ -359,6 +391,122 @@ class Daemon:
                 log.info("start: grace timer (%gs) ran out; removing unconfirmed routes",
                          self.cfg.grace_time)
             self._apply(self.core.handle(GraceExpired()))
+
+    # ------------------------------------------------------------------ control requests
+
+    def _answer(self, body: dict[str, Any], ops: list[RouteOp]) -> dict[str, Any]:
+        cmd = body.get("cmd")
+        if cmd == "status":
+            return self.status()
+        if cmd == "routes":
+            prefix = body.get("prefix")
+            return self.route_table(prefix if isinstance(prefix, str) else None)
+        return {"error": f"unknown command {cmd!r}; known: status, routes"}
+
+    def _roles(self) -> dict[NextHop, list[int]]:
+        """For every nexthop in use: [best routes, backup routes] through it."""
+        counts: dict[NextHop, list[int]] = {}
+        for r in self.core.routes():
+            role = 0 if r.metric == self.cfg.metric else 1
+            for hop in r.nexthops:
+                counts.setdefault(hop, [0, 0])[role] += 1
+        return counts
+
+    def status(self) -> dict[str, Any]:
+        roles = self._roles()
+        by_device: dict[str, list[int]] = {}
+        for hop, (best, backup) in roles.items():
+            tot = by_device.setdefault(hop.device, [0, 0])
+            tot[0] += best
+            tot[1] += backup
+        peers = []
+        addresses = [p.address for p in self.cfg.peers]
+        addresses += sorted(set(self.core.sessions) - set(addresses))
+        for addr in addresses:
+            pc = self.cfg.peer(addr)
+            dev = self.core.device_of(addr)
+            pol = self.core.policy.get(addr)
+            best = backup = 0
+            for hop, (b, k) in roles.items():
+                if hop.device == dev and (hop.gateway is None or not (pol and pol.gateway)
+                                          or hop.gateway == addr):
+                    best += b
+                    backup += k
+            peers.append({
+                "peer": addr,
+                "description": pc.description if pc else "",
+                "configured": pc is not None,
+                "state": self.core.sessions.get(addr, "idle"),
+                "since": self.peer_since.get(addr),
+                "device": dev,
+                "device_usable": self.core.usable(addr) if dev else False,
+                "paths": len(self.core.rib.get(addr, ())),
+                "best": best,
+                "backup": backup,
+            })
+        devices = []
+        names = {d for a in addresses if (d := self.core.device_of(a))} | set(by_device)
+        for name in sorted(names):
+            since: float | None = None
+            reason = ""
+            if name in self.device_since:
+                since, reason = self.device_since[name]
+            devices.append({
+                "device": name,
+                "usable": name not in self.core.unusable_devices,
+                "reason": reason,
+                "since": since,
+                "best": by_device.get(name, [0, 0])[0],
+                "backup": by_device.get(name, [0, 0])[1],
+            })
+        best_total = sum(b for b, _ in by_device.values())
+        return {
+            "version": __version__,
+            "exabgp_api": self.api_version,
+            "synced": self.core.synced,
+            "table": self.cfg.table,
+            "protocol": self.cfg.protocol,
+            "peers": peers,
+            "devices": devices,
+            "routes": {"prefixes": len(self.core.installed), "best": best_total,
+                       "total": self.core.route_count()},
+        }
+
+    def route_table(self, prefix: str | None) -> dict[str, Any]:
+        if prefix is not None:
+            prefixes = [prefix]
+        else:
+            prefixes = sorted({p for paths in self.core.rib.values() for p in paths}
+                              | set(self.core.installed), key=_prefix_order)
+        out = []
+        for pfx in prefixes:
+            installed = self.core.installed.get(pfx, {})
+            ranked = {peer: i for i, (peer, _) in enumerate(self.core.ranked(pfx))}
+            paths = []
+            for peer, rib in self.core.rib.items():
+                attrs = rib.get(pfx)
+                if attrs is None:
+                    continue
+                dev = self.core.device_of(peer)
+                metric = None
+                for mtr, route in installed.items():
+                    if any(h.device == dev for h in route.nexthops) and peer in ranked:
+                        metric = mtr if metric is None else min(metric, mtr)
+                role = ("best" if metric == self.cfg.metric else
+                        "backup" if metric is not None else
+                        "unusable" if peer not in ranked else "not installed")
+                paths.append({
+                    "peer": peer, "device": dev, "rank": ranked.get(peer), "role": role,
+                    "metric": metric, "next_hop": attrs.next_hop,
+                    "as_path": list(attrs.as_path), "as_set": list(attrs.as_set),
+                    "origin": attrs.origin, "med": attrs.med, "local_pref": attrs.local_pref,
+                })
+            paths.sort(key=lambda p: (p["rank"] is None, p["rank"] or 0, p["peer"]))
+            routes = [{"metric": mtr, "nexthops": [[h.device, h.gateway] for h in r.nexthops],
+                       "stale": (pfx, mtr) in self.core.stale}
+                      for mtr, r in sorted(installed.items())]
+            out.append({"prefix": pfx, "paths": paths, "kernel": routes})
+        return {"prefixes": out}
 
     # ------------------------------------------------------------------ kernel
 
@@ -418,6 +566,16 @@ class Daemon:
         self.writer.close()
 
 
+def _prefix_order(prefix: str) -> tuple[int, bytes, int]:
+    addr, _, plen = prefix.partition("/")
+    v6 = ":" in addr
+    try:
+        packed = socket.inet_pton(socket.AF_INET6 if v6 else socket.AF_INET, addr)
+    except OSError:
+        packed = addr.encode()
+    return (6 if v6 else 4, packed, int(plen) if plen.isdigit() else 0)
+
+
 def _excerpt(raw: bytes, limit: int = 120) -> str:
     text = raw[:limit].decode("utf-8", "replace").rstrip("\n")
     return text + ("…" if len(raw) > limit else "")
@@ -449,6 +607,14 @@ def run(cfg: Config, *, dry_run: bool, stdin: IO[bytes] | None = None) -> int:
     daemon.install_signals()
     if cfg.metrics_listen:
         m.serve(cfg.metrics_listen)
+    control = None
+    if cfg.control_socket:
+        control = ControlServer(cfg.control_socket, daemon.ask)
+        try:
+            control.start()
+        except (OSError, ControlError) as e:
+            log.error("control socket %s: %s; continuing without it", cfg.control_socket, e)
+            control = None
     monitor = LinkMonitor(daemon.post)
     devices = {p.interface for p in cfg.peers if p.interface}
     for ev in monitor.start(devices):
@@ -460,3 +626,5 @@ def run(cfg: Config, *, dry_run: bool, stdin: IO[bytes] | None = None) -> int:
         return daemon.run()
     finally:
         monitor.close()
+        if control is not None:
+            control.close()

@@ -4,6 +4,7 @@ kernel of the gateway namespace, read back with `ip -j route`."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import signal
 import subprocess
@@ -50,7 +51,8 @@ def write_config(path: Path, *, discover: bool = False, **extra: Any) -> Path:
             peer["interface"] = t.gw_dev
         peers.append(peer)
     data: dict[str, Any] = {"log_level": "debug", "peers": peers,
-                            "metrics": {"listen": None}, "startup": {"grace_time": 30}}
+                            "metrics": {"listen": None}, "startup": {"grace_time": 30},
+                            "control": {"socket": str(path.parent / "ctl.sock")}}
     data.update(extra)
     path.write_text(yaml.safe_dump(data))
     return path
@@ -94,6 +96,8 @@ def test_install_backup_withdraw_peer_down_and_exit(
     wait_fib(gw, topology, expect(V4, "vti01", "vti02"))
     wait_fib(gw, topology, expect(V6, "vti01", "vti02"), family=6)
 
+    check_status_and_routes(tmp_path / "ctl.sock", discover)
+
     bird.withdraw(["10.101.0.0/24"])
     wait_fib(gw, topology, expect(["10.100.0.0/16", "10.102.0.0/24"], "vti01", "vti02"))
 
@@ -115,6 +119,36 @@ def test_install_backup_withdraw_peer_down_and_exit(
     assert ("10.200.0.0/16", 0) in fib(topology, proto="static")
     log = gw.log_text()
     assert "Traceback" not in log, harness.tail(log)
+
+
+def vtibgp(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vtibgp", *args], capture_output=True,
+                          text=True, timeout=30, check=False)
+
+
+def check_status_and_routes(sock: Path, discover: bool) -> None:
+    """`vtibgp status` / `vtibgp routes` against the running daemon."""
+    res = vtibgp("status", "--json", "--socket", str(sock))
+    assert res.returncode == 0, res.stderr
+    st = json.loads(res.stdout)
+    peers = {p["peer"]: p for p in st["peers"]}
+    assert peers[P1]["state"] == peers[P2]["state"] == "up"
+    assert peers[P1]["device"] == "vti01" and peers[P2]["device"] == "vti02"
+    assert (peers[P1]["best"], peers[P1]["backup"]) == (4, 0)  # 3 IPv4 + 1 IPv6
+    assert (peers[P2]["best"], peers[P2]["backup"]) == (0, 4)
+    assert st["routes"] == {"prefixes": 4, "best": 4, "total": 8} and st["synced"]
+    human = vtibgp("status", "--socket", str(sock)).stdout
+    assert P1 in human and "vti01" in human, human
+
+    res = vtibgp("routes", "10.100.0.0/16", "--json", "--socket", str(sock))
+    entry = json.loads(res.stdout)["prefixes"][0]
+    assert [(p["peer"], p["role"], p["metric"]) for p in entry["paths"]] == [
+        (P1, "best", 100), (P2, "backup", 101)]
+    assert entry["paths"][1]["as_path"] == [64512, 64512, 64512]
+    human = vtibgp("routes", "--socket", str(sock)).stdout
+    assert "2001:db8:100::/48" in human and "backup" in human, human
+    bad = vtibgp("status", "--socket", str(sock) + ".missing")
+    assert bad.returncode == 1 and "is vtibgp running?" in bad.stderr
 
 
 def test_foreign_route_is_never_overwritten(
