@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 from harness import TUNNELS, Topology, routes
 
-from vtibgp.kernel import KernelPermissionError, KernelWriter
+from vtibgp import netlink_codec as nc
+from vtibgp.kernel import KernelPermissionError, KernelWriter, _send_order
 from vtibgp.model import KernelRoute, NextHop, OpKind, RouteOp
 
 pytestmark = [
@@ -172,6 +173,10 @@ def test_ipv6(topology: Topology, writer: KernelWriter) -> None:
     assert sorted(writer.dump(), key=lambda r: r.prefix) == [moved, gw]
     assert writer.apply([delete(moved), delete(gw)]).failed == []
     assert kernel(topology, family=6) == {}
+    # the kernel has no IPv6 multipath without gateways: refused, reported, nothing left
+    devonly = add(route("2001:db8:3::/48", "vti01", "vti02"))
+    assert writer.apply([devonly]).failed == [(devonly, errno.EINVAL)]
+    assert kernel(topology, family=6) == {}
 
 
 def test_table_1000(topology: Topology, make_writer: WriterFactory) -> None:
@@ -248,9 +253,11 @@ def test_dump_returns_exactly_ours(topology: Topology, writer: KernelWriter) -> 
     assert sorted(got, key=lambda r: r.prefix) == sorted(ours, key=lambda r: r.prefix)
 
 
-def test_many_routes_in_pipelined_batches(topology: Topology,
-                                          make_writer: WriterFactory) -> None:
-    w = make_writer(batch=700)
+@pytest.mark.parametrize(("pipeline", "multi_recv"),
+                         [(True, True), (False, True), (True, False), (False, False)])
+def test_many_routes_in_batches(topology: Topology, make_writer: WriterFactory,
+                                pipeline: bool, multi_recv: bool) -> None:
+    w = make_writer(batch=700, pipeline=pipeline, multi_recv=multi_recv)
     rs = [route(f"10.{110 + i // 65536}.{i // 256 % 256}.{i % 256}/32", DEVS[i % 2])
           for i in range(5000)]
     res = w.apply([add(r) for r in rs])
@@ -283,6 +290,43 @@ def test_lost_acks_are_resolved(topology: Topology, make_writer: WriterFactory) 
     assert (res.applied, res.failed) == (3000, [])
     assert kernel(topology) == {}
     assert "10.120.0.7" in kernel(topology, proto=None)  # ip omits /32
+    # lost acks of ops that a later op on the same key supersedes: not resent (the later
+    # op decides), so a quick add-then-delete leaves nothing behind
+    ops = [add(r) for r in rs[:1000]] + [delete(r) for r in rs[:500]]
+    res = w.apply(ops)
+    # ops[7] meets the static route: EEXIST if its ack arrived; if it was lost, the later
+    # delete of that key decides and both count as applied (the static route is untouched)
+    assert res.failed in ([], [(ops[7], errno.EEXIST)])
+    assert res.applied == len(ops) - len(res.failed)
+    assert kernel(topology, proto=None)["10.120.0.7"]["protocol"] == "static"
+    assert len(kernel(topology)) == 500
+    assert {r.prefix for r in w.dump()} == {r.prefix for r in rs[500:1000]}
+
+
+def test_order_of_results_with_sorted_delete_runs(topology: Topology,
+                                                  writer: KernelWriter) -> None:
+    rs = [route(f"10.125.{i}.0/24", DEVS[i % 2]) for i in range(200)]
+    assert writer.apply([add(r) for r in rs]).failed == []
+    bad = delete(route("10.125.7.1/24", "vti01"))  # host bits: the kernel says EINVAL
+    missing = delete(route("10.126.0.0/24", "vti01"))  # not there: ESRCH = applied
+    keep = add(route("10.127.0.0/24", "vti02"))
+    ops = [delete(r) for r in rs[:100]] + [bad, missing] + [delete(r) for r in rs[100:]]
+    ops.insert(50, keep)  # splits the delete run: the ADD stays where it is
+    order = _send_order(ops)
+    assert order is not None and order[50] == 50
+    assert sorted(order) == list(range(len(ops)))
+    sent = [ops[i] for i in order]
+    assert [op.route.prefix for op in sent[51:54]] == ["10.126.0.0/24", "10.125.199.0/24",
+                                                      "10.125.198.0/24"]
+    res = writer.apply(ops)
+    assert res.failed == [(bad, errno.EINVAL)]
+    assert res.applied == len(ops) - 1
+    assert set(kernel(topology)) == {"10.127.0.0/24"}
+
+
+def test_unknown_ifindex_is_named_by_number(writer: KernelWriter) -> None:
+    got = writer._to_routes([("10.0.0.0/8", 254, 5, (nc.Hop(999_999, "169.254.10.1"),))])
+    assert got == [KernelRoute("10.0.0.0/8", 5, (NextHop("#999999", "169.254.10.1"),))]
 
 
 def test_stale_ifindex_after_device_recreated(topology: Topology,
