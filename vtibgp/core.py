@@ -149,7 +149,12 @@ class Core:
         out: dict[int, KernelRoute] = {}
         metric = self.settings.metric
         for group in groups[: self.settings.max_paths]:
-            hops = tuple(sorted({self._nexthop(prefix, peer, attrs) for peer, attrs in group}))
+            hopset = {self._nexthop(prefix, peer, attrs) for peer, attrs in group}
+            if len(hopset) > 1 and ":" in prefix:
+                # The kernel refuses IPv6 multipath without gateways: every path of the
+                # group goes via its next-hop (onlink).
+                hopset = {self._nexthop(prefix, peer, attrs, True) for peer, attrs in group}
+            hops = tuple(sorted(hopset, key=NextHop.sort_key))
             out[metric] = KernelRoute(prefix, metric, hops)
             metric += 1
         return out
@@ -223,11 +228,12 @@ class Core:
             order,
         )
 
-    def _nexthop(self, prefix: Prefix, peer: PeerAddr, attrs: PathAttrs) -> NextHop:
+    def _nexthop(self, prefix: Prefix, peer: PeerAddr, attrs: PathAttrs,
+                 gateway: bool = False) -> NextHop:
         dev = self.device_of(peer)
         assert dev is not None
         pol = self.policy.get(peer)
-        if pol is not None and pol.gateway:
+        if gateway or (pol is not None and pol.gateway):
             v6 = ":" in prefix
             for gw in (attrs.next_hop, peer):
                 if (":" in gw) == v6:

@@ -151,10 +151,13 @@ Event = (
 # ---------------------------------------------------------------- outputs (kernel operations)
 
 
-@dataclass(frozen=True, slots=True, order=True)
+@dataclass(frozen=True, slots=True)
 class NextHop:
     device: str
     gateway: str | None = None  # an onlink gateway where several peers share one device
+
+    def sort_key(self) -> tuple[str, str]:
+        return (self.device, self.gateway or "")
 
 
 @dataclass(frozen=True, slots=True)

@@ -290,21 +290,25 @@ def reference(core: Core) -> dict[tuple[str, int], KernelRoute]:
             plen = len(a.as_path) + (1 if a.as_set else 0)
             ip = ipaddress.ip_address(peer)
             tie = (-pol.preference, -lp, plen, a.origin, a.med)
-            gw = None
-            if pol.gateway:
-                gw = a.next_hop if (":" in a.next_hop) == (":" in prefix) else None
-                if gw is None and (":" in peer) == (":" in prefix):
-                    gw = peer
-            rows.append((tie, (ip.version, int(ip)), NextHop(dev, gw)))
+            gw = a.next_hop if (":" in a.next_hop) == (":" in prefix) else None
+            if gw is None and (":" in peer) == (":" in prefix):
+                gw = peer
+            rows.append((tie, (ip.version, int(ip)), NextHop(dev, gw if pol.gateway else None),
+                         NextHop(dev, gw)))
         rows.sort(key=lambda r: (r[0], r[1]))
-        groups: list[tuple[object, set[NextHop]]] = []
-        for tie, _, hop in rows:
+        groups: list[tuple[object, set[NextHop], set[NextHop]]] = []
+        for tie, _, hop, via in rows:
             if s.ecmp and groups and groups[-1][0] == tie:
                 groups[-1][1].add(hop)
+                groups[-1][2].add(via)
             else:
-                groups.append((tie, {hop}))
-        for i, (_, hops) in enumerate(groups[: s.max_paths]):
-            out[(prefix, s.metric + i)] = KernelRoute(prefix, s.metric + i, tuple(sorted(hops)))
+                groups.append((tie, {hop}, {via}))
+        for i, (_, hops, vias) in enumerate(groups[: s.max_paths]):
+            if len(hops) > 1 and ":" in prefix:
+                hops = vias  # IPv6 multipath: always via the next-hops
+            key = NextHop.sort_key
+            out[(prefix, s.metric + i)] = KernelRoute(prefix, s.metric + i,
+                                                      tuple(sorted(hops, key=key)))
     return out
 
 
@@ -406,3 +410,14 @@ def test_coalesced_ops_have_the_same_effect(evs: list[Event], cut: int) -> None:
         assert len({op.route.key for op in folded}) == len(folded)
         kernel.apply(folded)
         assert kernel.routes == installed(core)
+
+
+def test_ipv6_ecmp_goes_via_next_hops() -> None:
+    """The kernel refuses IPv6 multipath without gateways (EINVAL)."""
+    pols = {P1: PeerPolicy("vti01", gateway=True), P2: PeerPolicy("vti02")}
+    core, k = make_core(ecmp=True, **pols), Kernel()
+    six = "ipv6 unicast"
+    feed(core, k, Announce(P1, six, attrs("fd00:10::1"), ("2001:db8::/32",)),
+         Announce(P2, six, attrs("fd00:11::1"), ("2001:db8::/32",)))
+    assert k.routes == {("2001:db8::/32", 100): KernelRoute(
+        "2001:db8::/32", 100, (NextHop("vti01", "fd00:10::1"), NextHop("vti02", "fd00:11::1")))}
