@@ -35,6 +35,7 @@ GW1 = TUNNELS[1].aws_v4  # 169.254.10.1, the far end of vti01
 GW2 = TUNNELS[2].aws_v4
 GW1_6 = TUNNELS[1].aws_v6  # fd00:10::1
 GW2_6 = TUNNELS[2].aws_v6
+DEVS = ("vti01", "vti02")
 
 WriterFactory = Callable[..., KernelWriter]
 
@@ -268,8 +269,6 @@ def test_many_routes_in_batches(topology: Topology, make_writer: WriterFactory,
     assert (res.applied, res.failed) == (5000, [])
     assert kernel(topology) == {}
 
-
-DEVS = ("vti01", "vti02")
 
 
 def test_lost_acks_are_resolved(topology: Topology, make_writer: WriterFactory) -> None:
