@@ -163,6 +163,12 @@ def cmd_routes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lab_demo(args: argparse.Namespace) -> int:
+    from .lab_cli import demo
+
+    return demo(args.pause)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="vtibgp", description=__doc__)
     ap.add_argument("--version", action="version", version=f"vtibgp {__version__}")
@@ -189,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
                         f"{DEFAULT_SOCKET})")
         sp.add_argument("--config", "-c", default=DEFAULT_CONFIG)
         sp.set_defaults(func=func)
+
+    lab = sub.add_parser("lab", help="the lab in network namespaces (root)")
+    lab_sub = lab.add_subparsers(dest="lab_command", required=True)
+    demo = lab_sub.add_parser("demo", help="build the lab, show failover and return, remove it")
+    demo.add_argument("--pause", type=float, default=1.0, help="seconds between the steps")
+    demo.set_defaults(func=cmd_lab_demo)
 
     args = ap.parse_args(argv)
     rc: int = args.func(args)

@@ -900,6 +900,6 @@ class KernelWriter:
         names = self._by_index
         for hops in shared:
             made = [NextHop(names.get(h.ifindex) or f"#{h.ifindex}", h.gateway) for h in hops]
-            made.sort(key=lambda h: (h.device, h.gateway or ""))
+            made.sort(key=NextHop.sort_key)
             shared[hops] = tuple(made)
         return [KernelRoute(prefix, metric, shared[hops]) for prefix, _t, metric, hops in found]

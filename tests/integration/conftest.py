@@ -25,9 +25,7 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import harness
+from vtibgp import lab as harness
 
 HERE = Path(__file__).resolve().parent
 _skip_reason: str | None = None

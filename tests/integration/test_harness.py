@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import (
+from vtibgp.lab import (
     TUNNELS,
     BirdPeer,
     ExaBGPGateway,

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import TUNNELS, Topology, routes
 
 from vtibgp import netlink_codec as nc
 from vtibgp.kernel import KernelPermissionError, KernelWriter, _send_order
+from vtibgp.lab import TUNNELS, Topology, routes
 from vtibgp.model import KernelRoute, NextHop, OpKind, RouteOp
 
 pytestmark = [
@@ -62,7 +62,8 @@ def writer(make_writer: WriterFactory) -> KernelWriter:
 
 
 def route(prefix: str, *hops: NextHop | str, metric: int = 100) -> KernelRoute:
-    nexthops = tuple(sorted(h if isinstance(h, NextHop) else NextHop(h) for h in hops))
+    nexthops = tuple(sorted((h if isinstance(h, NextHop) else NextHop(h) for h in hops),
+                            key=NextHop.sort_key))
     return KernelRoute(prefix, metric, nexthops)
 
 

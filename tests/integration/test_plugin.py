@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import harness
 import pytest
 import yaml
+
+from vtibgp import lab as harness
 
 V4 = ["10.100.0.0/16", "10.101.0.0/24", "10.102.0.0/24"]
 V6 = ["2001:db8:100::/48"]

@@ -1,7 +1,7 @@
-"""Lab harness: network namespaces, a BIRD peer playing the AWS side and a real ExaBGP.
+"""The lab: network namespaces, a BIRD peer playing the AWS side and a real ExaBGP.
 
-Plain Python (no pytest) so the integration tests and a later ``vtibgp lab`` command can both
-use it. Everything here must be run as root.
+Plain Python (no pytest): the integration tests and the ``vtibgp lab`` command both use it.
+Everything here must be run as root.
 
 Layout (one :class:`Topology`)::
 
