@@ -261,3 +261,19 @@ def test_device_down_moves_routes_and_up_restores(
     wait_fib(gw, topology, expect(V4, "vti02"))
     topology.set_link("gw", "vti01", True)
     wait_fib(gw, topology, expect(V4, "vti01", "vti02"))
+
+
+def test_without_cap_net_admin_it_says_so_and_exits_nonzero(
+    topology: harness.Topology, tmp_path: Path,
+) -> None:
+    """ExaBGP started as root with defaults drops the plugin's privileges: vtibgp must fail
+    loudly, not run without being able to install anything."""
+    cfg = write_config(tmp_path / "v.yaml")
+    res = subprocess.run(
+        ["ip", "netns", "exec", topology.gw, "setpriv", "--bounding-set=-net_admin",
+         "--inh-caps=-net_admin", "--", *plugin(cfg)],
+        input="", capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert res.returncode == 2, res.stderr
+    assert "vtibgp needs CAP_NET_ADMIN" in res.stderr
+    assert "exabgp.daemon.user=root" in res.stderr
