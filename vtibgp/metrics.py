@@ -94,6 +94,62 @@ UPDATE_LATENCY = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
 )
+PEER_ROUTES = Gauge(
+    "vtibgp_peer_routes", "Kernel routes through the peer, by role (best, backup)",
+    ["peer", "role"], registry=REGISTRY,
+)
+PREFIXES_REJECTED = Counter(
+    "vtibgp_prefixes_rejected_total",
+    "Prefixes from the peer that import policy refused, by reason",
+    ["peer", "reason"], registry=REGISTRY,
+)
+PEER_MAX_PREFIXES = Gauge(
+    "vtibgp_peer_max_prefixes", "The peer's configured prefix limit (0: none)", ["peer"],
+    registry=REGISTRY,
+)
+TUNNEL_UP = Gauge(
+    "vtibgp_tunnel_up",
+    "1 while vtibgp routes through the tunnel device (every signal says up and the hold-down "
+    "has passed)",
+    ["device", "vpn"], registry=REGISTRY,
+)
+TUNNEL_SIGNAL_UP = Gauge(
+    "vtibgp_tunnel_signal_up",
+    "What each tunnel-state signal says: link (device exists, admin up, carrier), ipsec "
+    "(updown notifications)",
+    ["device", "signal"], registry=REGISTRY,
+)
+TUNNEL_SINCE = Gauge(
+    "vtibgp_tunnel_state_since_timestamp_seconds", "Unix time of the tunnel's last state change",
+    ["device"], registry=REGISTRY,
+)
+TUNNEL_TRANSITIONS = Counter(
+    "vtibgp_tunnel_transitions_total", "Tunnel state changes, by new state (up, down)",
+    ["device", "to"], registry=REGISTRY,
+)
+TUNNEL_FLAPS = Counter(
+    "vtibgp_tunnel_flaps_total",
+    "Tunnel downs that came while the tunnel was still in its hold-down after coming up",
+    ["device"], registry=REGISTRY,
+)
+TUNNEL_ROUTES = Gauge(
+    "vtibgp_tunnel_routes", "Kernel routes through the tunnel device, by role (best, backup)",
+    ["device", "role"], registry=REGISTRY,
+)
+REPAIRS = Counter(
+    "vtibgp_kernel_repairs_total",
+    "Routes the periodic reconciliation found wrong in the kernel and repaired, by kind "
+    "(missing, changed, stray)",
+    ["kind"], registry=REGISTRY,
+)
+RELOAD_OK = Gauge(
+    "vtibgp_config_last_reload_successful", "1 if the last config load or reload succeeded",
+    registry=REGISTRY,
+)
+RELOAD_TIME = Gauge(
+    "vtibgp_config_last_reload_success_timestamp_seconds",
+    "Unix time of the last successful config load or reload", registry=REGISTRY,
+)
 SYNCED = Gauge(
     "vtibgp_startup_synced",
     "1 once every peer has sent End-of-RIB (or the resync or grace timer completed)",
