@@ -163,6 +163,26 @@ def cmd_routes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_updown(args: argparse.Namespace) -> int:
+    """Exit 0 unless --strict: a failing updown hook must not break the IPsec daemon."""
+    from .updown import request_from_env
+
+    fail = 1 if args.strict else 0
+    try:
+        req = request_from_env(os.environ, device=args.device, connection=args.connection)
+    except ValueError as e:
+        print(f"vtibgp updown: {e}", file=sys.stderr)
+        return fail
+    if req is None:
+        return 0
+    answer = _ask(args, req)
+    if answer is None:
+        print(f"vtibgp updown: could not tell vtibgp that {req['connection']} is "
+              f"{req['state']}", file=sys.stderr)
+        return fail
+    return 0
+
+
 def cmd_lab_demo(args: argparse.Namespace) -> int:
     from .lab_cli import demo
 
@@ -195,6 +215,18 @@ def main(argv: list[str] | None = None) -> int:
                         f"{DEFAULT_SOCKET})")
         sp.add_argument("--config", "-c", default=DEFAULT_CONFIG)
         sp.set_defaults(func=func)
+
+    upd = sub.add_parser("updown", help="IPsec updown hook: tell vtibgp a tunnel is up/down "
+                         "(reads PLUTO_VERB, PLUTO_CONNECTION, VTI_IFACE, PLUTO_PEER)")
+    upd.add_argument("--device", help="the tunnel device (default: $VTI_IFACE, else from the "
+                     "tunnels: map in the config)")
+    upd.add_argument("--connection", help="the connection name (default: $PLUTO_CONNECTION)")
+    upd.add_argument("--strict", action="store_true",
+                     help="exit 1 when vtibgp cannot be told (default: warn, exit 0)")
+    upd.add_argument("--socket", help=f"control socket (default: from --config, else "
+                     f"{DEFAULT_SOCKET})")
+    upd.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    upd.set_defaults(func=cmd_updown)
 
     lab = sub.add_parser("lab", help="the lab in network namespaces (root)")
     lab_sub = lab.add_subparsers(dest="lab_command", required=True)

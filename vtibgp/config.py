@@ -33,6 +33,17 @@ class PeerConfig:
     gateway: bool = False  # install via the BGP next-hop as an onlink gateway (shared devices)
     families: tuple[Family, ...] = ("ipv4 unicast",)
     description: str = ""
+    vpn: str = ""  # the VPN connection the tunnel belongs to (AWS: two tunnels per VPN)
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelConfig:
+    """An IPsec connection as its daemon names it in updown calls, and what it carries."""
+
+    connection: str  # libreswan conn name / strongSwan connection (PLUTO_CONNECTION)
+    device: str | None = None  # its tunnel device (else VTI_IFACE from the updown call)
+    peers: tuple[str, ...] = ()  # on a shared device: only these BGP peers' routes
+    teardown: bool = False  # on IPsec down, reset the BGP session (resync on return)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +63,10 @@ class Config:
     accept_unconfigured_peers: bool = False
     metrics_listen: str | None = "127.0.0.1:10179"
     control_socket: str | None = "/run/vtibgp/vtibgp.sock"
+    hold_down: float = 2.0
+    reconcile_interval: float = 30.0
     peers: tuple[PeerConfig, ...] = field(default_factory=tuple)
+    tunnels: tuple[TunnelConfig, ...] = field(default_factory=tuple)
 
     def peer(self, address: str) -> PeerConfig | None:
         for p in self.peers:
@@ -178,6 +192,7 @@ _TOP: dict[str, Any] = {
         "max_paths": ("max_paths", _int_range(1, 16)),
         "ecmp": ("ecmp", _boolean),
         "batch": ("batch", _int_range(1, 100_000)),
+        "reconcile_interval": ("reconcile_interval", _number_range(0, 86400)),
     },
     "startup": {
         "grace_time": ("grace_time", _number_range(0, 3600)),
@@ -189,6 +204,9 @@ _TOP: dict[str, Any] = {
     "control": {
         "socket": ("control_socket", _socket_path),
     },
+    "tunnel": {
+        "hold_down": ("hold_down", _number_range(0, 600)),
+    },
 }
 
 _PEER: dict[str, Any] = {
@@ -198,6 +216,27 @@ _PEER: dict[str, Any] = {
     "gateway": _choice("auto", "yes", "no"),
     "families": _families,
     "description": _text,
+    "vpn": _text,
+}
+
+
+def _connection(ctx: _Ctx, path: str, v: Any) -> str:
+    if not isinstance(v, str) or not v or len(v) > 255 or any(c.isspace() for c in v):
+        raise ctx.fail(path, "expected a connection name without spaces", v)
+    return v
+
+
+def _addresses(ctx: _Ctx, path: str, v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list) or not v:
+        raise ctx.fail(path, "expected a non-empty list of peer addresses", v)
+    return tuple(_address(ctx, f"{path}[{i}]", a) for i, a in enumerate(v))
+
+
+_TUNNEL: dict[str, Any] = {
+    "connection": _connection,
+    "device": _device,
+    "peers": _addresses,
+    "teardown": _boolean,
 }
 _RESERVED_PROTOCOLS = {0: "unspec", 1: "redirect", 2: "kernel", 3: "boot", 4: "static"}
 
@@ -217,33 +256,50 @@ def _walk(ctx: _Ctx, schema: dict[str, Any], data: Any, path: str, out: dict[str
             out[name] = check(ctx, kpath, value)
 
 
-def _peers(ctx: _Ctx, data: Any) -> tuple[PeerConfig, ...]:
+def _items(ctx: _Ctx, name: str, data: Any, schema: dict[str, Any],
+           key: str) -> list[dict[str, Any]]:
+    """A list of mappings, each checked against `schema`, `key` required and unique."""
     if data is None:
-        return ()
+        return []
     if not isinstance(data, list):
-        raise ctx.fail("peers", "expected a list of peers", data)
+        raise ctx.fail(name, f"expected a list of {name}", data)
     raw: list[dict[str, Any]] = []
+    seen: dict[Any, int] = {}
     for i, item in enumerate(data):
-        path = f"peers[{i}]"
+        path = f"{name}[{i}]"
         if not isinstance(item, Mapping):
-            raise ctx.fail(path, "expected a mapping with at least 'address'", item)
+            raise ctx.fail(path, f"expected a mapping with at least '{key}'", item)
         values: dict[str, Any] = {}
-        for key, value in item.items():
-            check = _PEER.get(key) if isinstance(key, str) else None
+        for k, value in item.items():
+            check = schema.get(k) if isinstance(k, str) else None
             if check is None:
-                raise ctx.fail(f"{path}.{key}", "unknown key; allowed here: " + ", ".join(_PEER),
-                               key)
-            values[key] = check(ctx, f"{path}.{key}", value)
-        if "address" not in values:
-            raise ctx.fail(path, "missing required key 'address'", dict(item))
+                raise ctx.fail(f"{path}.{k}", "unknown key; allowed here: " + ", ".join(schema),
+                               k)
+            values[k] = check(ctx, f"{path}.{k}", value)
+        if key not in values:
+            raise ctx.fail(path, f"missing required key '{key}'", dict(item))
+        if values[key] in seen:
+            raise ctx.fail(f"{path}.{key}",
+                           f"each {key} once; already configured at {name}[{seen[values[key]]}]",
+                           values[key])
+        seen[values[key]] = i
         raw.append(values)
-    seen: dict[str, int] = {}
-    for i, v in enumerate(raw):
-        if v["address"] in seen:
-            raise ctx.fail(f"peers[{i}].address",
-                           f"each peer once; already configured at peers[{seen[v['address']]}]",
-                           v["address"])
-        seen[v["address"]] = i
+    return raw
+
+
+def _tunnels(ctx: _Ctx, data: Any, peers: tuple[PeerConfig, ...]) -> tuple[TunnelConfig, ...]:
+    known = {p.address for p in peers}
+    out = []
+    for i, v in enumerate(_items(ctx, "tunnels", data, _TUNNEL, "connection")):
+        for j, addr in enumerate(v.get("peers", ())):
+            if addr not in known:
+                raise ctx.fail(f"tunnels[{i}].peers[{j}]", "an address listed under peers:", addr)
+        out.append(TunnelConfig(**v))
+    return tuple(out)
+
+
+def _peers(ctx: _Ctx, data: Any) -> tuple[PeerConfig, ...]:
+    raw = _items(ctx, "peers", data, _PEER, "address")
     sharing: dict[str, int] = {}
     for v in raw:
         if "interface" in v:
@@ -265,9 +321,10 @@ def parse(data: Any, source: str = "<config>") -> Config:
         raise ctx.fail("(top level)", "expected a mapping of keys", data)
     data = dict(data)
     peers = _peers(ctx, data.pop("peers", None))
+    tunnels = _tunnels(ctx, data.pop("tunnels", None), peers)
     fields: dict[str, Any] = {}
-    _walk(ctx, {**_TOP, "peers": None}, data, "", fields)
-    cfg = Config(source=source, peers=peers, **fields)
+    _walk(ctx, {**_TOP, "peers": None, "tunnels": None}, data, "", fields)
+    cfg = Config(source=source, peers=peers, tunnels=tunnels, **fields)
     if cfg.protocol in _RESERVED_PROTOCOLS:
         raise ctx.fail("kernel.protocol", "a routing protocol id, not one the kernel reserves "
                        f"({cfg.protocol} is '{_RESERVED_PROTOCOLS[cfg.protocol]}')", cfg.protocol)
@@ -290,4 +347,4 @@ def load(path: str | Path) -> Config:
     return parse(data, str(p))
 
 
-__all__ = ["FAMILIES", "Config", "ConfigError", "PeerConfig", "load", "parse"]
+__all__ = ["FAMILIES", "Config", "ConfigError", "PeerConfig", "TunnelConfig", "load", "parse"]

@@ -32,6 +32,7 @@ from .model import (
     ExabgpShutdown,
     Family,
     GraceExpired,
+    IpsecState,
     KernelRoute,
     KernelRoutesFound,
     NextHop,
@@ -45,6 +46,7 @@ from .model import (
     ResyncDone,
     RouteFailed,
     RouteOp,
+    Tick,
     Withdraw,
 )
 
@@ -71,6 +73,21 @@ class CoreSettings:
     ecmp: bool = False
     peers: Mapping[PeerAddr, PeerPolicy] = field(default_factory=dict)
     accept_unconfigured_peers: bool = False
+    hold_down: float = 0.0  # seconds a tunnel must stay up before routes return to it
+
+
+Scope = tuple[str, str]  # ("device", name) or ("peer", address): what a tunnel signal is about
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelChange:
+    """A tunnel (device, or one peer's tunnel on a shared device) became usable or not; a flap
+    is a down that came while the tunnel was still in its hold-down."""
+
+    scope: Scope
+    up: bool
+    reason: str
+    flap: bool = False
 
 
 def _peer_order(peer: PeerAddr) -> tuple[int, int]:
@@ -87,7 +104,11 @@ class Core:
         self.rib: dict[PeerAddr, dict[Prefix, PathAttrs]] = {}
         self.policy: dict[PeerAddr, PeerPolicy] = dict(settings.peers)
         self.discovered: dict[PeerAddr, str | None] = {}
-        self.unusable_devices: set[str] = set()
+        # Tunnel signals that say down, per scope (signal -> reason), and scopes that came up
+        # but are held down until the time given (flap damping).
+        self.down: dict[Scope, dict[str, str]] = {}
+        self.holding: dict[Scope, float] = {}
+        self.changes: list[TunnelChange] = []  # drained by the shell (logs, metrics)
         self.sessions: dict[PeerAddr, str] = {}
         # What we believe the kernel holds, per prefix, keyed by metric.
         self.installed: dict[Prefix, dict[int, KernelRoute]] = {}
@@ -110,9 +131,21 @@ class Core:
     def known(self, peer: PeerAddr) -> bool:
         return peer in self.policy or self.settings.accept_unconfigured_peers
 
+    def scope_usable(self, scope: Scope) -> bool:
+        return scope not in self.down and scope not in self.holding
+
+    @property
+    def unusable_devices(self) -> set[str]:
+        return {name for kind, name in (*self.down, *self.holding) if kind == "device"}
+
     def usable(self, peer: PeerAddr) -> bool:
         dev = self.device_of(peer)
-        return dev is not None and dev not in self.unusable_devices and self.known(peer)
+        return (
+            dev is not None
+            and self.known(peer)
+            and self.scope_usable(("device", dev))
+            and self.scope_usable(("peer", peer))
+        )
 
     def routes(self) -> Iterator[KernelRoute]:
         for per_metric in self.installed.values():
@@ -181,7 +214,17 @@ class Core:
                     return self._peer_synced([event.peer])
                 return []
             case DeviceState():
-                return self._device_state(event)
+                return self._signal(("device", event.device), "link", event.usable,
+                                    event.reason, event.at)
+            case IpsecState():
+                scopes = [("peer", p) for p in event.peers] if event.peers else (
+                    [("device", event.device)] if event.device else [])
+                ops: list[RouteOp] = []
+                for scope in scopes:
+                    ops += self._signal(scope, "ipsec", event.up, event.reason, event.at)
+                return ops
+            case Tick():
+                return self._tick(event.now)
             case PeerDevice():
                 before = self.device_of(event.peer)
                 self.discovered[event.peer] = event.device
@@ -199,6 +242,26 @@ class Core:
             case NotificationReceived() | ExabgpShutdown():
                 return []
         raise TypeError(f"not an event: {event!r}")  # pragma: no cover
+
+    def reconcile(self, kernel: Iterable[KernelRoute]) -> tuple[list[RouteOp], Counter[str]]:
+        """Compare what the kernel holds of ours with what we believe is installed (like
+        BIRD's periodic scan): routes the kernel lost are added back, changed ones replaced,
+        ones we do not hold removed. Returns the repairs and their count by kind."""
+        seen = {r.key: r for r in kernel}
+        ops: list[RouteOp] = []
+        kinds: Counter[str] = Counter()
+        for route in self.routes():
+            found = seen.pop(route.key, None)
+            if found is None:
+                ops.append(RouteOp(OpKind.ADD, route))
+                kinds["missing"] += 1
+            elif found.nexthops != route.nexthops:
+                ops.append(RouteOp(OpKind.REPLACE, route))
+                kinds["changed"] += 1
+        for route in seen.values():
+            ops.append(RouteOp(OpKind.DELETE, route))
+            kinds["stray"] += 1
+        return ops, kinds
 
     def withdraw_all(self) -> list[RouteOp]:
         """Every route we hold, as deletes (for `on_exit: withdraw`)."""
@@ -268,19 +331,51 @@ class Core:
         paths = self.rib.pop(ev.peer, None)
         return self._recompute(paths) if paths else []
 
-    def _device_state(self, ev: DeviceState) -> list[RouteOp]:
-        was_usable = ev.device not in self.unusable_devices
-        if ev.usable == was_usable:
-            return []
-        if ev.usable:
-            self.unusable_devices.discard(ev.device)
-        else:
-            self.unusable_devices.add(ev.device)
+    def _affected(self, scope: Scope) -> set[Prefix]:
+        kind, name = scope
         touched: set[Prefix] = set()
         for peer, paths in self.rib.items():
-            if self.device_of(peer) == ev.device:
+            if (peer if kind == "peer" else self.device_of(peer)) == name:
                 touched.update(paths)
-        return self._recompute(touched)
+        return touched
+
+    def _signal(self, scope: Scope, signal: str, up: bool, reason: str,
+                at: float) -> list[RouteOp]:
+        """One signal about a tunnel. Down takes its routes away at once (their paths stay
+        held); up returns them when every signal is up and the hold-down has passed."""
+        before = self.scope_usable(scope)
+        sigs = self.down.get(scope, {})
+        flap = False
+        if up:
+            if signal not in sigs:
+                return []
+            del sigs[signal]
+            if sigs:
+                return []
+            del self.down[scope]
+            if self.settings.hold_down > 0:
+                self.holding[scope] = at + self.settings.hold_down
+        else:
+            if scope in self.holding:
+                del self.holding[scope]
+                flap = True
+            already = signal in sigs
+            sigs[signal] = reason
+            self.down[scope] = sigs
+            if already:
+                return []
+        after = self.scope_usable(scope)
+        if before != after or flap:
+            self.changes.append(TunnelChange(scope, after, f"{signal}: {reason}", flap))
+        return self._recompute(self._affected(scope)) if before != after else []
+
+    def _tick(self, now: float) -> list[RouteOp]:
+        ops: list[RouteOp] = []
+        for scope in [sc for sc, until in self.holding.items() if until <= now]:
+            del self.holding[scope]
+            self.changes.append(TunnelChange(scope, True, "hold-down passed"))
+            ops += self._recompute(self._affected(scope))
+        return ops
 
     def _recompute(self, prefixes: Iterable[Prefix]) -> list[RouteOp]:
         ops: list[RouteOp] = []

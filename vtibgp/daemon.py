@@ -25,7 +25,7 @@ from . import __version__
 from . import metrics as m
 from .config import Config
 from .control import ControlError, ControlServer
-from .core import Core, CoreSettings, PeerPolicy, coalesce
+from .core import Core, CoreSettings, PeerPolicy, TunnelChange, coalesce
 from .exabgp_input import LineKind, parse_adj_rib_line, parse_line
 from .model import (
     Announce,
@@ -33,6 +33,7 @@ from .model import (
     EndOfRib,
     Event,
     GraceExpired,
+    IpsecState,
     KernelRoute,
     KernelRoutesFound,
     NextHop,
@@ -44,6 +45,7 @@ from .model import (
     ResyncDone,
     RouteFailed,
     RouteOp,
+    Tick,
     Withdraw,
 )
 
@@ -51,6 +53,7 @@ log = logging.getLogger("vtibgp")
 
 DRAIN_MAX = 512  # lines folded into one kernel batch at most
 REQUEST_TIMEOUT = 5.0
+GAUGE_INTERVAL = 1.0  # seconds between route-count gauge updates
 TICK = 0.25  # seconds: how often timers and signals are looked at when idle
 
 
@@ -93,6 +96,7 @@ def core_settings(cfg: Config) -> CoreSettings:
             p.address: PeerPolicy(p.interface, p.preference, p.gateway, p.families)
             for p in cfg.peers
         },
+        hold_down=cfg.hold_down,
     )
 
 
@@ -143,6 +147,14 @@ class Daemon:
         self._discovered: set[str] = set()
         self._sync_reported = False
         self.peer_since: dict[str, float] = {}
+        self.next_reconcile = time.monotonic() + cfg.reconcile_interval
+        self.next_gauges = 0.0
+        self.flaps: dict[str, int] = {}
+        # tunnel devices we route into, with the VPN connection each belongs to
+        self.vpn_of: dict[str, str] = {}
+        for p in cfg.peers:
+            if p.interface and (p.vpn or p.interface not in self.vpn_of):
+                self.vpn_of[p.interface] = p.vpn
         self.device_since: dict[str, tuple[float, str]] = {}
 
     # ------------------------------------------------------------------ inputs
@@ -185,6 +197,10 @@ class Daemon:
 
     def startup(self, resync: bool) -> None:
         """Adopt our routes left in the kernel, then ask ExaBGP what it already holds."""
+        for dev in self.vpn_of:
+            self._tunnel_gauges(dev)
+        m.RELOAD_OK.set(1)
+        m.RELOAD_TIME.set(time.time())
         found = self.writer.dump()
         if found:
             log.info("start: %d routes of ours already in the kernel; keeping them until the "
@@ -385,12 +401,109 @@ class Daemon:
         ops.extend(self.core.handle(PeerDevice(peer, dev)))
 
     def _timers(self) -> None:
-        if self.grace_deadline is not None and time.monotonic() >= self.grace_deadline:
+        now = time.monotonic()
+        ops = self.core.handle(Tick(now))
+        if self.grace_deadline is not None and now >= self.grace_deadline:
             self.grace_deadline = None
             if not self.core.synced:
                 log.info("start: grace timer (%gs) ran out; removing unconfirmed routes",
                          self.cfg.grace_time)
-            self._apply(self.core.handle(GraceExpired()))
+            ops += self.core.handle(GraceExpired())
+        self._apply(ops)
+        if self.cfg.reconcile_interval and now >= self.next_reconcile:
+            self.next_reconcile = now + self.cfg.reconcile_interval
+            self.reconcile()
+        if now >= self.next_gauges:
+            self.next_gauges = now + GAUGE_INTERVAL
+            self._route_gauges()
+
+    def reconcile(self) -> None:
+        """Periodic scan: repair what the kernel lost or someone else changed."""
+        if not self.core.synced:
+            return  # start-up adoption is still sorting the kernel out
+        ops, kinds = self.core.reconcile(self.writer.dump())
+        if ops:
+            for kind, n in kinds.items():
+                m.REPAIRS.labels(kind).inc(n)
+            log.warning("reconcile: repairing %s", ", ".join(f"{n} {k}" for k, n in
+                                                             sorted(kinds.items())))
+            self._apply(ops)
+
+    def _tunnel_changes(self) -> None:
+        """Log and count what the core's tunnel state did."""
+        changes, self.core.changes = self.core.changes, []
+        for ch in changes:
+            self._tunnel_change(ch)
+
+    def _tunnel_change(self, ch: TunnelChange) -> None:
+        kind, name = ch.scope
+        what = f"tunnel {name}" if kind == "device" else f"tunnel of peer {name}"
+        if ch.flap:
+            log.warning("%s flapped (%s) during its %gs hold-down", what, ch.reason,
+                        self.cfg.hold_down)
+        else:
+            log.log(logging.INFO if ch.up else logging.WARNING, "%s %s (%s)", what,
+                    "up: routes return" if ch.up else "down: routes moved off it", ch.reason)
+        if kind != "device":
+            return
+        if ch.flap:
+            m.TUNNEL_FLAPS.labels(name).inc()
+            self.flaps[name] = self.flaps.get(name, 0) + 1
+        else:
+            m.TUNNEL_TRANSITIONS.labels(name, "up" if ch.up else "down").inc()
+            m.TUNNEL_SINCE.labels(name).set(time.time())
+            self.device_since[name] = (time.time(), ch.reason)
+        self._tunnel_gauges(name)
+
+    def _tunnel_gauges(self, device: str) -> None:
+        down = self.core.down.get(("device", device), {})
+        m.TUNNEL_UP.labels(device, self.vpn_of.get(device, "")).set(
+            1 if self.core.scope_usable(("device", device)) else 0)
+        for sig in ("link", "ipsec"):
+            m.TUNNEL_SIGNAL_UP.labels(device, sig).set(0 if sig in down else 1)
+
+    def ipsec(self, body: dict[str, Any]) -> dict[str, Any]:
+        """An updown notification: map the connection to its device or peers, and tell the
+        core. Keyed on the connection name (PLUTO_UNIQUEID changes on rekey)."""
+        state, conn = body.get("state"), body.get("connection")
+        dev = body.get("device")
+        if state not in ("up", "down") or not isinstance(conn, str):
+            return {"error": 'tunnel: expected "state": "up"|"down" and a "connection"'}
+        entries = [t for t in self.cfg.tunnels if t.connection == conn]
+        events: list[IpsecState] = []
+        now = time.monotonic()
+        reason = f"ipsec {conn}: {body.get('verb') or state}"
+        for t in entries:
+            if t.peers:
+                events.append(IpsecState(None, t.peers, state == "up", reason, now))
+            elif t.device or isinstance(dev, str):
+                events.append(IpsecState(t.device or str(dev), (), state == "up", reason, now))
+        if not entries and isinstance(dev, str) and dev:
+            events.append(IpsecState(dev, (), state == "up", reason, now))
+        if not events:
+            return {"error": f"unknown connection {conn!r} and no device given: map it under "
+                             f"tunnels: in {self.cfg.source}"}
+        log.info("%s (%s)", reason, ", ".join(e.device or "peers " + " ".join(e.peers)
+                                              for e in events))
+        ops: list[RouteOp] = []
+        for ev in events:
+            ops += self.core.handle(ev)
+        if state == "down":
+            self._teardown(entries, events)
+        self._apply(ops)
+        return {"ok": True, "applied": len(events)}
+
+    def _teardown(self, entries: list[Any], events: list[IpsecState]) -> None:
+        """Reset the BGP sessions over a tunnel that went down, where configured, so that
+        ExaBGP resyncs when the tunnel returns (Cease 4, Administrative Reset)."""
+        if self.commands is None or not any(t.teardown for t in entries):
+            return
+        peers = {p for ev in events for p in ev.peers}
+        peers.update(p.address for p in self.cfg.peers for ev in events
+                     if ev.device and self.core.device_of(p.address) == ev.device)
+        for peer in sorted(peers):
+            log.info("tunnel down: resetting the BGP session with %s", peer)
+            self._command(f"neighbor {peer} teardown 4", lambda t: [], lambda ok: [])
 
     # ------------------------------------------------------------------ control requests
 
@@ -401,7 +514,9 @@ class Daemon:
         if cmd == "routes":
             prefix = body.get("prefix")
             return self.route_table(prefix if isinstance(prefix, str) else None)
-        return {"error": f"unknown command {cmd!r}; known: status, routes"}
+        if cmd == "tunnel":
+            return self.ipsec(body)
+        return {"error": f"unknown command {cmd!r}; known: status, routes, tunnel"}
 
     def _roles(self) -> dict[NextHop, list[int]]:
         """For every nexthop in use: [best routes, backup routes] through it."""
@@ -425,13 +540,7 @@ class Daemon:
         for addr in addresses:
             pc = self.cfg.peer(addr)
             dev = self.core.device_of(addr)
-            pol = self.core.policy.get(addr)
-            best = backup = 0
-            for hop, (b, k) in roles.items():
-                if hop.device == dev and (hop.gateway is None or not (pol and pol.gateway)
-                                          or hop.gateway == addr):
-                    best += b
-                    backup += k
+            best, backup = self._peer_counts(addr, roles)
             peers.append({
                 "peer": addr,
                 "description": pc.description if pc else "",
@@ -454,6 +563,9 @@ class Daemon:
             devices.append({
                 "device": name,
                 "usable": name not in self.core.unusable_devices,
+                "down": sorted(self.core.down.get(("device", name), {})),
+                "holding": ("device", name) in self.core.holding,
+                "flaps": self.flaps.get(name, 0),
                 "reason": reason,
                 "since": since,
                 "best": by_device.get(name, [0, 0])[0],
@@ -540,18 +652,38 @@ class Daemon:
             m.STALE_SWEPT.inc(swept)
             m.SYNCED.set(1)
             log.info("start: sync complete; %d unconfirmed routes removed", swept)
-        self._route_gauges()
+        if self.core.changes:
+            self._tunnel_changes()
 
     def _route_gauges(self) -> None:
+        """Route counts by role, per device and per peer (at most once a second: it walks
+        every route)."""
+        per_dev: dict[str, list[int]] = {d: [0, 0] for d in self.vpn_of}
+        per_hop = self._roles()
+        for hop, (best, backup) in per_hop.items():
+            tot = per_dev.setdefault(hop.device, [0, 0])
+            tot[0] += best
+            tot[1] += backup
+        for dev, (best, backup) in per_dev.items():
+            m.TUNNEL_ROUTES.labels(dev, "best").set(best)
+            m.TUNNEL_ROUTES.labels(dev, "backup").set(backup)
+        m.ROUTES_INSTALLED.labels("best").set(sum(b for b, _ in per_dev.values()))
+        m.ROUTES_INSTALLED.labels("backup").set(sum(k for _, k in per_dev.values()))
+        for p in self.cfg.peers:
+            best, backup = self._peer_counts(p.address, per_hop)
+            m.PEER_ROUTES.labels(p.address, "best").set(best)
+            m.PEER_ROUTES.labels(p.address, "backup").set(backup)
+
+    def _peer_counts(self, addr: str, roles: dict[NextHop, list[int]]) -> tuple[int, int]:
+        dev = self.core.device_of(addr)
+        pol = self.core.policy.get(addr)
         best = backup = 0
-        base = self.cfg.metric
-        for r in self.core.routes():
-            if r.metric == base:
-                best += 1
-            else:
-                backup += 1
-        m.ROUTES_INSTALLED.labels("best").set(best)
-        m.ROUTES_INSTALLED.labels("backup").set(backup)
+        for hop, (b, k) in roles.items():
+            if hop.device == dev and (hop.gateway is None or not (pol and pol.gateway)
+                                      or hop.gateway == addr):
+                best += b
+                backup += k
+        return best, backup
 
     # ------------------------------------------------------------------ exit
 

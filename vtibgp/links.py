@@ -8,6 +8,7 @@ import contextlib
 import ipaddress
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,16 +20,26 @@ from .model import DeviceState
 log = logging.getLogger("vtibgp.links")
 
 IFF_UP = 0x1
+IFF_LOWER_UP = 0x10000  # carrier: a VTI/XFRM device always has it once up; a veth loses it
+# when its peer end goes down
 
 
-def _usable(msg: Any) -> bool:
-    return bool(msg["flags"] & IFF_UP)
+def _state(msg: Any) -> tuple[bool, str]:
+    """Usable or not, and why, from an RTM_NEWLINK / RTM_DELLINK message."""
+    if msg["event"] == "RTM_DELLINK":
+        return False, "deleted"
+    flags = msg["flags"]
+    if not flags & IFF_UP:
+        return False, "admin down"
+    if not flags & IFF_LOWER_UP:
+        return False, "carrier lost"
+    return True, "up"
 
 
 class LinkMonitor:
     """Watches every link; `sink` gets a DeviceState whenever a device's usability changes
-    (exists and administratively up). Subscribes to link events only, so bulk route installs
-    cannot overflow its socket."""
+    (exists, administratively up, carrier). Subscribes to link events only, so bulk route
+    installs cannot overflow its socket."""
 
     def __init__(self, sink: Callable[[DeviceState], None]) -> None:
         self._sink = sink
@@ -38,10 +49,10 @@ class LinkMonitor:
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="vtibgp-links", daemon=True)
 
-    def snapshot(self) -> dict[str, bool]:
-        """Current devices and whether each is usable."""
+    def snapshot(self) -> dict[str, tuple[bool, str]]:
+        """Current devices: usable or not, and why."""
         with IPRoute() as ip:
-            return {str(m.get("ifname")): _usable(m) for m in ip.get_links()}
+            return {str(m.get("ifname")): _state(m) for m in ip.get_links()}
 
     def start(self, devices: set[str]) -> list[DeviceState]:
         """Subscribe, record the current state, and follow changes in the background.
@@ -53,11 +64,13 @@ class LinkMonitor:
         if self._error is not None:
             raise self._error
         snap = self.snapshot()
-        self._state.update(snap)
+        now = time.monotonic()
+        for name, (usable, _why) in snap.items():
+            self._state.setdefault(name, usable)
         return [
-            DeviceState(d, False, "missing" if d not in snap else "admin down")
+            DeviceState(d, False, snap[d][1] if d in snap else "missing", now)
             for d in sorted(devices)
-            if not snap.get(d, False)
+            if not snap.get(d, (False, ""))[0]
         ]
 
     def _open(self) -> None:
@@ -84,12 +97,8 @@ class LinkMonitor:
                 return
             for m in msgs:
                 name = m.get("ifname")
-                if not name:
-                    continue
-                usable = m["event"] == "RTM_NEWLINK" and _usable(m)
-                reason = "deleted" if m["event"] == "RTM_DELLINK" else (
-                    "admin up" if usable else "admin down")
-                self._update(str(name), usable, reason)
+                if name:
+                    self._update(str(name), *_state(m))
 
     def _reopen(self) -> None:
         with contextlib.suppress(Exception):
@@ -97,13 +106,13 @@ class LinkMonitor:
         self._open()
         snap = self.snapshot()
         for name in set(self._state) | set(snap):
-            self._update(name, snap.get(name, False), "resync")
+            self._update(name, *snap.get(name, (False, "missing")))
 
     def _update(self, name: str, usable: bool, reason: str) -> None:
         if self._state.get(name) == usable:
             return
         self._state[name] = usable
-        self._sink(DeviceState(name, usable, reason))
+        self._sink(DeviceState(name, usable, reason, time.monotonic()))
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -89,11 +89,32 @@ class ExabgpShutdown:
 
 @dataclass(frozen=True, slots=True)
 class DeviceState:
-    """A tunnel device is usable (exists, admin up) or not, as the link monitor sees it."""
+    """The link signal of a tunnel device: usable means it exists, is administratively up and
+    has carrier, as the link monitor sees it. `at` is the shell's monotonic clock."""
 
     device: str
     usable: bool
     reason: str = ""
+    at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class IpsecState:
+    """The IPsec signal (an updown notification): the tunnel behind `device` is up or down,
+    or, on a shared device, only the tunnels of `peers`."""
+
+    device: str | None
+    peers: tuple[PeerAddr, ...]
+    up: bool
+    reason: str = ""
+    at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passes (the shell's monotonic clock): hold-downs that ran out end."""
+
+    now: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +161,8 @@ Event = (
     | NotificationReceived
     | ExabgpShutdown
     | DeviceState
+    | IpsecState
+    | Tick
     | PeerDevice
     | KernelRoutesFound
     | ResyncDone

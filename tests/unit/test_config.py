@@ -66,13 +66,19 @@ def test_addresses_are_canonical() -> None:
         ({"metrics": {"listen": "localhost"}}, "metrics.listen: expected ADDRESS:PORT"),
         ({"colour": 1}, "colour: unknown key; allowed here: log_level"),
         ({"peers": [{"address": "10.0.0.1"}, {"address": "10.0.0.1"}]},
-         "peers[1].address: each peer once; already configured at peers[0]"),
+         "peers[1].address: each address once; already configured at peers[0]"),
         ({"peers": [{"address": "10.0.0.1", "interface": "a-very-long-device-name"}]},
          "peers[0].interface: expected a device name of 1-15"),
         ({"peers": [{"address": "10.0.0.1", "families": ["ipv4", "evpn"]}]},
          "peers[0].families: expected a non-empty list of ipv4, ipv6"),
         ({"peers": []}, "peers: at least one peer"),
         ([1, 2], "(top level): expected a mapping"),
+        ({"peers": [{"address": "10.0.0.1"}], "tunnels": [{"device": "vti01"}]},
+         "tunnels[0]: missing required key 'connection'"),
+        ({"peers": [{"address": "10.0.0.1"}],
+          "tunnels": [{"connection": "aws1", "peers": ["10.0.0.2"]}]},
+         "tunnels[0].peers[0]: an address listed under peers:"),
+        ({"tunnel": {"hold_down": "2s"}}, "tunnel.hold_down: expected a number"),
     ],
 )
 def test_errors_name_file_key_and_allowed(data: object, needle: str) -> None:
@@ -99,3 +105,16 @@ def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     bad.write_text(yaml.safe_dump({"peers": [{"address": "10.0.0.1", "preference": -1}]}))
     assert main(["check-config", str(bad)]) == 1
     assert "peers[0].preference: expected an integer from 0" in capsys.readouterr().err
+
+
+def test_tunnels_map_connections_to_devices_and_peers() -> None:
+    cfg = parse({
+        "peers": [{"address": "169.254.10.1", "interface": "vti01", "vpn": "vpn-1"}],
+        "tunnels": [{"connection": "aws-1", "device": "vti01", "peers": ["169.254.10.1"],
+                     "teardown": True}],
+        "tunnel": {"hold_down": 0.5},
+    })
+    t = cfg.tunnels[0]
+    assert (t.connection, t.device, t.peers, t.teardown) == (
+        "aws-1", "vti01", ("169.254.10.1",), True)
+    assert cfg.hold_down == 0.5 and cfg.peers[0].vpn == "vpn-1"

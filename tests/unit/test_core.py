@@ -16,6 +16,7 @@ from vtibgp.model import (
     EndOfRib,
     Event,
     GraceExpired,
+    IpsecState,
     KernelRoute,
     KernelRoutesFound,
     NextHop,
@@ -26,6 +27,7 @@ from vtibgp.model import (
     ResyncDone,
     RouteFailed,
     RouteOp,
+    Tick,
     Withdraw,
 )
 
@@ -285,6 +287,8 @@ def reference(core: Core) -> dict[tuple[str, int], KernelRoute]:
             dev = pol.device if pol and pol.device else core.discovered.get(peer)
             if pol is None or dev is None or dev in core.unusable_devices:
                 continue
+            if not core.scope_usable(("peer", peer)):
+                continue
             a = paths[prefix]
             lp = 100 if a.local_pref is None else a.local_pref
             plen = len(a.as_path) + (1 if a.as_set else 0)
@@ -327,7 +331,12 @@ events = st.one_of(
     st.builds(Announce, peers_st, st.just(V4), path_attrs, prefix_lists),
     st.builds(Withdraw, peers_st, st.just(V4), prefix_lists),
     st.builds(PeerState, peers_st, st.sampled_from(["connected", "up", "down"])),
-    st.builds(DeviceState, st.sampled_from(DEVICES), st.booleans()),
+    st.builds(DeviceState, st.sampled_from(DEVICES), st.booleans(),
+              at=st.sampled_from([0.0, 1.0, 2.0])),
+    st.builds(IpsecState, st.none() | st.sampled_from(DEVICES),
+              st.sampled_from([(), (P1,), (P2, P3)]), st.booleans(),
+              at=st.sampled_from([0.0, 1.0, 2.0])),
+    st.builds(Tick, st.sampled_from([0.5, 1.5, 3.0, 9.0])),
     st.builds(PeerDevice, peers_st, st.none() | st.sampled_from(DEVICES)),
     st.builds(EndOfRib, peers_st, st.just(V4)),
 )
@@ -349,12 +358,15 @@ policies = st.fixed_dictionaries(
     pols=policies,
     ecmp=st.booleans(),
     max_paths=st.integers(1, 4),
+    hold_down=st.sampled_from([0.0, 1.0]),
     evs=st.lists(events, max_size=40),
 )
 def test_incremental_equals_from_scratch(
-    pols: dict[str, PeerPolicy], ecmp: bool, max_paths: int, evs: list[Event]
+    pols: dict[str, PeerPolicy], ecmp: bool, max_paths: int, hold_down: float,
+    evs: list[Event],
 ) -> None:
-    core = Core(CoreSettings(metric=100, max_paths=max_paths, ecmp=ecmp, peers=pols))
+    core = Core(CoreSettings(metric=100, max_paths=max_paths, ecmp=ecmp, peers=pols,
+                             hold_down=hold_down))
     kernel = Kernel()
     for ev in evs:
         kernel.apply(core.handle(ev))
@@ -421,3 +433,60 @@ def test_ipv6_ecmp_goes_via_next_hops() -> None:
          Announce(P2, six, attrs("fd00:11::1"), ("2001:db8::/32",)))
     assert k.routes == {("2001:db8::/32", 100): KernelRoute(
         "2001:db8::/32", 100, (NextHop("vti01", "fd00:10::1"), NextHop("vti02", "fd00:11::1")))}
+
+
+def test_tunnel_down_keeps_paths_and_hold_down_damps_the_return() -> None:
+    core = Core(CoreSettings(metric=100, peers={P1: PeerPolicy("vti01"),
+                                                P2: PeerPolicy("vti02")}, hold_down=2.0))
+    k = Kernel()
+    feed(core, k, ann(P1, "10.0.0.0/16"), ann(P2, "10.0.0.0/16", med=1))
+    feed(core, k, IpsecState("vti01", (), up=False, reason="down-client", at=10.0))
+    assert list(k.routes.values()) == [KernelRoute("10.0.0.0/16", 100, (NextHop("vti02"),))]
+    assert core.rib[P1]  # kept: a short outage returns without waiting for BGP
+    assert feed(core, k, IpsecState("vti01", (), up=True, at=11.0)) == []  # held down
+    assert feed(core, k, Tick(12.9)) == []
+    # it flaps inside the hold-down: counted, and no route moves
+    assert feed(core, k, IpsecState("vti01", (), up=False, at=12.95)) == []
+    assert [c.flap for c in core.changes] == [False, True]
+    assert feed(core, k, IpsecState("vti01", (), up=True, at=13.0), Tick(14.9)) == []
+    ops = feed(core, k, Tick(15.0))
+    assert {(o.kind, o.route.metric) for o in ops} == {(OpKind.REPLACE, 100), (OpKind.ADD, 101)}
+    assert k.routes[("10.0.0.0/16", 100)].nexthops == (NextHop("vti01"),)
+    assert core.changes[-1].up and core.changes[-1].reason == "hold-down passed"
+
+
+def test_every_signal_must_be_up() -> None:
+    core, k = make_core(), Kernel()
+    feed(core, k, ann(P1, "10.0.0.0/16"), ann(P2, "10.0.0.0/16", med=1))
+    feed(core, k, DeviceState("vti01", False, "carrier lost"),
+         IpsecState("vti01", (), up=False))
+    feed(core, k, DeviceState("vti01", True, "carrier"))  # IPsec still down
+    assert k.routes[("10.0.0.0/16", 100)].nexthops == (NextHop("vti02"),)
+    feed(core, k, IpsecState("vti01", (), up=True))
+    assert k.routes[("10.0.0.0/16", 100)].nexthops == (NextHop("vti01"),)
+
+
+def test_shared_device_peer_event_touches_only_that_peer() -> None:
+    pols = {P1: PeerPolicy("vti09", gateway=True), P2: PeerPolicy("vti09", gateway=True),
+            P3: PeerPolicy("vti03")}
+    core, k = make_core(**pols), Kernel()
+    feed(core, k, ann(P1, "10.1.0.0/16"), ann(P2, "10.2.0.0/16"), ann(P3, "10.1.0.0/16", med=5))
+    feed(core, k, IpsecState(None, (P1,), up=False, reason="down-client"))
+    assert k.routes == {
+        ("10.1.0.0/16", 100): KernelRoute("10.1.0.0/16", 100, (NextHop("vti03"),)),
+        ("10.2.0.0/16", 100): KernelRoute("10.2.0.0/16", 100, (NextHop("vti09", P2),)),
+    }
+
+
+def test_reconcile_repairs_missing_changed_and_stray() -> None:
+    core, k = make_core(), Kernel()
+    feed(core, k, ann(P1, "10.0.0.0/16", "10.1.0.0/16"), ann(P2, "10.0.0.0/16", med=1))
+    assert core.reconcile(k.routes.values()) == ([], {})  # in agreement: nothing to do
+    del k.routes[("10.0.0.0/16", 101)]  # the kernel lost one
+    k.routes[("10.1.0.0/16", 100)] = KernelRoute("10.1.0.0/16", 100, (NextHop("vti02"),))
+    stray = KernelRoute("10.9.0.0/16", 100, (NextHop("vti01"),))
+    k.routes[stray.key] = stray
+    ops, kinds = core.reconcile(k.routes.values())
+    assert kinds == {"missing": 1, "changed": 1, "stray": 1}
+    k.apply(ops)
+    assert k.routes == installed(core)
