@@ -137,3 +137,20 @@ def test_flapping_tunnel_causes_no_route_churn(
         wait_fib(gateway, topology, BOTH, timeout=5)
     finally:
         mon.stop()
+
+
+def test_teardown_option_resets_the_bgp_session(
+    topology: harness.Topology, bird_peer: harness.BirdPeer, exabgp_gateway: GatewayFactory,
+    tmp_path: Path,
+) -> None:
+    bird_peer.announce(V4)
+    cfg = write_config(tmp_path / "v.yaml", tunnels=[
+        {"connection": "aws-vpn-1-tunnel-1", "device": "vti01", "teardown": True}])
+    gw = exabgp_gateway(plugin(cfg))
+    wait_fib(gw, topology, {**expect(V4, "vti01", "vti02")})
+    assert updown(tmp_path, **LIBRESWAN_DOWN).returncode == 0
+    # ExaBGP sends a Cease (6/4, Administrative Reset) to the VGW over tunnel 1 only
+    harness.wait_until(lambda: "Administrative reset" in bird_peer.log_text(), 10,
+                       what="BIRD to log the reset")
+    assert bird_peer.log_text().count("Administrative reset") == 1
+    gw.wait_for_log("resetting the BGP session with 169.254.10.1")
