@@ -51,6 +51,7 @@ from .model import (
 )
 
 DEFAULT_LOCAL_PREF = 100
+SHAPE_CACHE = 4096  # distinct (family, candidate paths) combinations remembered
 ESRCH, ENOENT, EEXIST = 3, 2, 17
 
 
@@ -77,6 +78,7 @@ class CoreSettings:
 
 
 Scope = tuple[str, str]  # ("device", name) or ("peer", address): what a tunnel signal is about
+Shape = tuple[tuple[int, tuple[NextHop, ...]], ...]  # (metric, nexthops) per route of a prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +121,8 @@ class Core:
         self.eor_seen: dict[PeerAddr, set[Family]] = {}
         self.stats: Counter[str] = Counter()
         self._order_cache: dict[PeerAddr, tuple[int, int]] = {}
+        self._usable_memo: frozenset[PeerAddr] | None = None
+        self._shapes: dict[tuple[object, ...], tuple[tuple[PathAttrs, ...], Shape]] = {}
 
     # ---------------------------------------------------------------- queries
 
@@ -154,22 +158,54 @@ class Core:
     def route_count(self) -> int:
         return sum(len(m) for m in self.installed.values())
 
+    def _usable_peers(self) -> frozenset[PeerAddr]:
+        if self._usable_memo is None:
+            self._usable_memo = frozenset(p for p in self.rib if self.usable(p))
+        return self._usable_memo
+
+    def _invalidate(self) -> None:
+        """Usability or policy changed: forget what was derived from it."""
+        self._usable_memo = None
+        self._shapes.clear()
+
+    def _candidates(self, prefix: Prefix) -> list[tuple[PeerAddr, PathAttrs]]:
+        usable = self._usable_peers()
+        return [(peer, paths[prefix]) for peer, paths in self.rib.items()
+                if peer in usable and prefix in paths]
+
     def ranked(self, prefix: Prefix) -> list[tuple[PeerAddr, PathAttrs]]:
         """Every usable path for a prefix, best first."""
-        cands = [
-            (peer, paths[prefix])
-            for peer, paths in self.rib.items()
-            if prefix in paths and self.usable(peer)
-        ]
+        cands = self._candidates(prefix)
         if len(cands) > 1:
             cands.sort(key=self._rank_key)
         return cands
 
     def desired(self, prefix: Prefix) -> dict[int, KernelRoute]:
-        """The kernel routes this prefix should have, keyed by metric."""
-        cands = self.ranked(prefix)
+        """The kernel routes this prefix should have, keyed by metric.
+
+        The routes depend on the prefix only through its family, and one PathAttrs object is
+        shared by every prefix of an UPDATE, so the ranking and nexthops are computed once
+        per (family, candidate paths) and reused ("shapes"; dropped when usability changes).
+        """
+        cands = self._candidates(prefix)
         if not cands:
             return {}
+        v6 = ":" in prefix
+        key = (v6, *[(peer, id(attrs)) for peer, attrs in cands])
+        hit = self._shapes.get(key)
+        if hit is not None and all(a is b for (_, a), b in zip(cands, hit[0], strict=True)):
+            shape = hit[1]
+        else:
+            if len(self._shapes) >= SHAPE_CACHE:
+                self._shapes.clear()
+            shape = self._shape(prefix, cands)
+            # the attrs objects are kept alive with the entry, so their ids stay theirs
+            self._shapes[key] = (tuple(a for _, a in cands), shape)
+        return {metric: KernelRoute(prefix, metric, hops) for metric, hops in shape}
+
+    def _shape(self, prefix: Prefix, cands: list[tuple[PeerAddr, PathAttrs]]) -> Shape:
+        if len(cands) > 1:
+            cands = sorted(cands, key=self._rank_key)
         groups: list[list[tuple[PeerAddr, PathAttrs]]] = []
         last = None
         for cand in cands:
@@ -179,7 +215,7 @@ class Core:
             else:
                 groups.append([cand])
             last = key
-        out: dict[int, KernelRoute] = {}
+        out: list[tuple[int, tuple[NextHop, ...]]] = []
         metric = self.settings.metric
         for group in groups[: self.settings.max_paths]:
             hopset = {self._nexthop(prefix, peer, attrs) for peer, attrs in group}
@@ -187,10 +223,9 @@ class Core:
                 # The kernel refuses IPv6 multipath without gateways: every path of the
                 # group goes via its next-hop (onlink).
                 hopset = {self._nexthop(prefix, peer, attrs, True) for peer, attrs in group}
-            hops = tuple(sorted(hopset, key=NextHop.sort_key))
-            out[metric] = KernelRoute(prefix, metric, hops)
+            out.append((metric, tuple(sorted(hopset, key=NextHop.sort_key))))
             metric += 1
-        return out
+        return tuple(out)
 
     def desired_all(self) -> dict[Prefix, dict[int, KernelRoute]]:
         """From scratch, over every path held: what `installed` must equal once synced."""
@@ -228,6 +263,7 @@ class Core:
             case PeerDevice():
                 before = self.device_of(event.peer)
                 self.discovered[event.peer] = event.device
+                self._invalidate()
                 if self.device_of(event.peer) == before:
                     return []
                 return self._recompute(self.rib.get(event.peer, {}))
@@ -307,7 +343,10 @@ class Core:
         if not self.known(ev.peer):
             self.stats["prefixes_unknown_peer"] += len(ev.prefixes)
             return []
-        paths = self.rib.setdefault(ev.peer, {})
+        paths = self.rib.get(ev.peer)
+        if paths is None:
+            paths = self.rib[ev.peer] = {}
+            self._usable_memo = None  # a peer the usable set has not seen yet
         for prefix in ev.prefixes:
             paths[prefix] = ev.attrs
         self.stats["prefixes_announced"] += len(ev.prefixes)
@@ -365,6 +404,8 @@ class Core:
             if already:
                 return []
         after = self.scope_usable(scope)
+        if before != after:
+            self._invalidate()
         if before != after or flap:
             self.changes.append(TunnelChange(scope, after, f"{signal}: {reason}", flap))
         return self._recompute(self._affected(scope)) if before != after else []
@@ -373,6 +414,7 @@ class Core:
         ops: list[RouteOp] = []
         for scope in [sc for sc, until in self.holding.items() if until <= now]:
             del self.holding[scope]
+            self._invalidate()
             self.changes.append(TunnelChange(scope, True, "hold-down passed"))
             ops += self._recompute(self._affected(scope))
         return ops

@@ -1,0 +1,182 @@
+"""Pipeline benchmark: ExaBGP JSON lines -> parse -> decide -> kernel, end to end through the
+daemon's own loop (reader thread, batching, coalescing, the kernel writer), replayed from a
+file of lines in ExaBGP 5.0's exact format, over two peers.
+
+Prints prefixes/s for:
+  decide  parse + core, with a writer that accepts everything (no kernel)
+  kernel  the same into a real kernel (network namespace with veths vti01/vti02)
+and, for decide, peak RSS per path (the memory target is <= 512 bytes per path).
+
+  python benchmarks/pipeline.py                 # 100,000 prefixes x 2 peers
+  python benchmarks/pipeline.py --prefixes 1000000 --mode decide
+Run as root for --mode kernel (the default runs both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import ipaddress
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from vtibgp.config import parse
+from vtibgp.daemon import Daemon
+from vtibgp.model import KernelRoute, OpResult, RouteOp
+
+PEERS = (("169.254.10.1", "169.254.10.2", "vti01", 1), ("169.254.11.1", "169.254.11.2", "vti02", 2))
+PER_LINE = 16_000  # prefixes per UPDATE line (extended messages: ~500 KB lines)
+
+
+def lines_for(n: int) -> list[bytes]:
+    """State up + packed announcements for n /24s from each peer (peer 2 prepended)."""
+    base = int(ipaddress.ip_address("20.0.0.0"))
+    out: list[bytes] = []
+    for counter, (peer, local, _dev, hops) in enumerate(PEERS, 1):
+        head = (
+            f'{{ "exabgp": "5.0.0", "time": 1.0, "host" : "b", "pid" : 1, "ppid" : 1, '
+            f'"counter": {counter}, "type": "%s", "neighbor": {{ "address": {{ "local": '
+            f'"{local}", "peer": "{peer}" }}, "asn": {{ "local": 65000, "peer": 64512 }}, '
+            f'"router-id": "{local}" , '
+        )
+        out.append((head % "state" + '"state": "up" } }\n').encode())
+        path = ", ".join(["64512"] * hops)
+        for start in range(0, n, PER_LINE):
+            nlri = ", ".join(
+                f'{{ "nlri": "{ipaddress.ip_address(base + (i << 8))}/24" }}'
+                for i in range(start, min(n, start + PER_LINE))
+            )
+            out.append((
+                head % "update" + '"direction": "receive", "message": { "update": { '
+                '"attribute": { "origin": "igp", "as-path": {"0": {"element": '
+                f'"as-sequence", "value": [{path}]}}}} }}, "announce": {{ "ipv4 unicast": '
+                f'{{ "{peer}": [ {nlri} ] }} }} }} }} }} }}\n'
+            ).encode())
+    return out
+
+
+class NullWriter:
+    def apply(self, ops: Sequence[RouteOp]) -> OpResult:
+        return OpResult(applied=len(ops))
+
+    def dump(self) -> list[KernelRoute]:
+        return []
+
+    def forget(self, name: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def run_daemon(data: Path, writer: object) -> float:
+    cfg = parse({
+        "peers": [{"address": p, "interface": d} for p, _l, d, _h in PEERS],
+        "metrics": {"listen": None}, "control": {"socket": None}, "on_exit": "retain",
+        "kernel": {"reconcile_interval": 0},
+    }, "bench")
+    daemon = Daemon(cfg, writer, None)  # type: ignore[arg-type]
+    gc.collect()
+    with data.open("rb") as f:
+        t0 = time.perf_counter()
+        daemon.startup(resync=False)
+        daemon.start_reader(f)
+        daemon.run()
+        return time.perf_counter() - t0
+
+
+def sh(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+def kernel_run(data: Path) -> float:
+    from vtibgp.kernel import KernelWriter
+
+    ns = f"vtibgp-bench-{uuid.uuid4().hex[:6]}"
+    sh("ip", "netns", "add", ns)
+    try:
+        for n, (_p, local, dev, _h) in enumerate(PEERS, 1):
+            sh("ip", "-n", ns, "link", "add", dev, "type", "veth", "peer", "name", f"p{n}")
+            sh("ip", "-n", ns, "addr", "add", f"{local}/30", "dev", dev)
+            for d in (dev, f"p{n}"):
+                sh("ip", "-n", ns, "link", "set", d, "up")
+        writer = KernelWriter(netns=ns)
+        try:
+            return run_daemon(data, writer)
+        finally:
+            writer.close()
+    finally:
+        sh("ip", "netns", "del", ns)
+
+
+def ip_batch(n: int) -> float:
+    """ip -batch adding the same 2n routes (n prefixes x 2 metrics) in a fresh namespace."""
+    ns = f"vtibgp-bench-{uuid.uuid4().hex[:6]}"
+    sh("ip", "netns", "add", ns)
+    try:
+        for k, (_p, local, dev, _h) in enumerate(PEERS, 1):
+            sh("ip", "-n", ns, "link", "add", dev, "type", "veth", "peer", "name", f"p{k}")
+            sh("ip", "-n", ns, "addr", "add", f"{local}/30", "dev", dev)
+            for d in (dev, f"p{k}"):
+                sh("ip", "-n", ns, "link", "set", d, "up")
+        base = int(ipaddress.ip_address("20.0.0.0"))
+        with tempfile.NamedTemporaryFile("w", suffix=".batch", delete=False) as f:
+            for i in range(n):
+                p = ipaddress.ip_address(base + (i << 8))
+                f.write(f"route add {p}/24 dev vti01 proto 186 metric 100 scope link\n")
+                f.write(f"route add {p}/24 dev vti02 proto 186 metric 101 scope link\n")
+        t0 = time.perf_counter()
+        sh("ip", "-n", ns, "-batch", f.name)
+        took = time.perf_counter() - t0
+        os.unlink(f.name)
+        return took
+    finally:
+        sh("ip", "netns", "del", ns)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prefixes", type=int, default=100_000, help="per peer")
+    ap.add_argument("--mode", choices=("decide", "kernel", "both"), default="both")
+    args = ap.parse_args()
+    n = args.prefixes
+    lines = lines_for(n)
+    with tempfile.NamedTemporaryFile("wb", suffix=".jsonl", delete=False) as f:
+        f.writelines(lines)
+        data = Path(f.name)
+    size = data.stat().st_size
+    print(f"{n:,} prefixes x 2 peers = {2 * n:,} paths, {len(lines)} lines, "
+          f"{size / 1e6:.1f} MB of ExaBGP 5.0 JSON")
+    try:
+        if args.mode in ("decide", "both"):
+            rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            took = run_daemon(data, NullWriter())
+            rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            print(f"decide: {took:6.2f} s  {2 * n / took:10,.0f} prefixes/s  "
+                  f"peak RSS growth {(rss1 - rss0) / 1e6:.0f} MB = "
+                  f"{(rss1 - rss0) / (2 * n):.0f} bytes/path")
+        if args.mode in ("kernel", "both"):
+            if os.geteuid() != 0:
+                print("kernel: skipped (needs root)")
+                return 0
+            took = kernel_run(data)
+            ipb = ip_batch(n)
+            print(f"kernel: {took:6.2f} s  {2 * n / took:10,.0f} prefixes/s end to end "
+                  f"({2 * n:,} routes: best + backup)")
+            print(f"ip -batch, same {2 * n:,} routes: {ipb:6.2f} s  {2 * n / ipb:10,.0f} routes/s"
+                  f"  -> vtibgp end to end / ip -batch alone = {ipb / took:.2f}x")
+    finally:
+        data.unlink()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
