@@ -279,6 +279,14 @@ class Core:
                 return []
         raise TypeError(f"not an event: {event!r}")  # pragma: no cover
 
+    def reconfigure(self, settings: CoreSettings) -> list[RouteOp]:
+        """New settings (a config reload): every held path is judged again under them."""
+        self.settings = settings
+        self.policy = dict(settings.peers)
+        self._invalidate()
+        prefixes = {p for paths in self.rib.values() for p in paths} | set(self.installed)
+        return self._recompute(prefixes)
+
     def reconcile(self, kernel: Iterable[KernelRoute]) -> tuple[list[RouteOp], Counter[str]]:
         """Compare what the kernel holds of ours with what we believe is installed (like
         BIRD's periodic scan): routes the kernel lost are added back, changed ones replaced,

@@ -23,7 +23,7 @@ from typing import IO, Any, Protocol
 
 from . import __version__
 from . import metrics as m
-from .config import Config
+from .config import Config, ConfigError, load
 from .control import ControlError, ControlServer
 from .core import Core, CoreSettings, PeerPolicy, TunnelChange, coalesce
 from .exabgp_input import LineKind, parse_adj_rib_line, parse_line
@@ -142,6 +142,7 @@ class Daemon:
         self.pending: deque[_Pending] = deque()
         self.grace_deadline: float | None = None
         self.stop_signal: int | None = None
+        self.reload_requested = False
         self.api_version: str | None = None
         self._known_peers = {p.address for p in cfg.peers}
         self._discovered: set[str] = set()
@@ -190,8 +191,37 @@ class Daemon:
         def stop(signum: int, _frame: object) -> None:
             self.stop_signal = signum
 
+        def reload(_signum: int, _frame: object) -> None:
+            self.reload_requested = True
+
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, reload)
+
+    def reload(self) -> bool:
+        """SIGHUP: read the config file again. A config that does not load leaves the running
+        one in place; one that does is applied to every held path at once. Settings that live
+        outside the loop (metrics.listen, control.socket, kernel table/protocol/batch) need a
+        restart and are reported."""
+        self.reload_requested = False
+        try:
+            new = load(self.cfg.source)
+        except ConfigError as e:
+            m.RELOAD_OK.set(0)
+            log.error("reload failed, keeping the running config: %s", e)
+            return False
+        fixed = [k for k in ("metrics_listen", "control_socket", "table", "protocol", "batch")
+                 if getattr(new, k) != getattr(self.cfg, k)]
+        if fixed:
+            log.warning("reload: %s changed; that takes effect at the next start",
+                        ", ".join(fixed))
+        self.cfg = new
+        self._known_peers = {p.address for p in new.peers}
+        self._apply(self.core.reconfigure(core_settings(new)))
+        m.RELOAD_OK.set(1)
+        m.RELOAD_TIME.set(time.time())
+        log.info("reloaded %s (%d peers)", new.source, len(new.peers))
+        return True
 
     # ------------------------------------------------------------------ start-up
 
@@ -254,6 +284,8 @@ class Daemon:
             if self.stop_signal is not None:
                 log.info("stopping on signal %d", self.stop_signal)
                 break
+            if self.reload_requested:
+                self.reload()
             try:
                 item = self.queue.get(timeout=TICK)
             except queue.Empty:

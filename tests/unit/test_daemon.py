@@ -9,13 +9,14 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from vtibgp import metrics as m
-from vtibgp.config import parse
+from vtibgp.config import load, parse
 from vtibgp.daemon import Daemon
 from vtibgp.exabgp_input import LineKind, parse_line
 from vtibgp.model import KernelRoute, NextHop, OpKind, OpResult, RouteOp
@@ -203,3 +204,43 @@ def test_dry_run_prints_operations_and_exits_zero(tmp_path: Path) -> None:
     assert table == {p: "metric 100 dev vti01" for p in (
         "10.1.0.0/16", "10.2.0.0/24", "10.2.2.0/24", "10.3.0.0/24", "10.4.2.0/24",
         "10.4.3.0/24", "192.168.50.7/32", "2001:db8:2::/48")}
+
+
+def _update(peer: str, prefix: str) -> bytes:
+    return (
+        '{ "exabgp": "5.0.0", "type": "update", "neighbor": { "address": { "local": "x", '
+        f'"peer": "{peer}" }}, "direction": "receive", "message": {{ "update": {{ "attribute": '
+        '{ "origin": "igp", "as-path": {"0": {"element": "as-sequence", "value": [64512]}} }, '
+        f'"announce": {{ "ipv4 unicast": {{ "{peer}": [ {{ "nlri": "{prefix}" }} ] }} }} '
+        '} } } }\n'
+    ).encode()
+
+
+def test_sighup_reload_applies_a_good_config_and_keeps_running_on_a_bad_one(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "vtibgp.yaml"
+
+    def write(pref_b: object) -> None:
+        path.write_text(
+            "metrics: {listen: null}\ncontrol: {socket: null}\npeers:\n"
+            "  - {address: 169.254.10.1, interface: vti01}\n"
+            f"  - {{address: 169.254.11.1, interface: vti02, preference: {pref_b}}}\n")
+
+    write(90)
+    kernel = MemoryKernel()
+    daemon = Daemon(load(path), kernel, None)
+    now = time.monotonic()
+    daemon._process([("line", now, _update(p, "10.7.0.0/16"))
+                     for p in ("169.254.10.1", "169.254.11.1")])
+    assert kernel.routes[("10.7.0.0/16", 100)].nexthops == (NextHop("vti01"),)
+
+    write(200)
+    assert daemon.reload() and m.RELOAD_OK._value.get() == 1
+    assert kernel.routes[("10.7.0.0/16", 100)].nexthops == (NextHop("vti02"),)
+    assert kernel.routes[("10.7.0.0/16", 101)].nexthops == (NextHop("vti01"),)
+
+    write("'high'")
+    assert not daemon.reload() and m.RELOAD_OK._value.get() == 0
+    assert daemon.cfg.peers[1].preference == 200  # the running config stays
+    assert kernel.routes[("10.7.0.0/16", 100)].nexthops == (NextHop("vti02"),)
