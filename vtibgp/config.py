@@ -14,6 +14,14 @@ from typing import Any
 import yaml
 
 from .model import FAMILIES, Family
+from .policy import (
+    MARTIANS,
+    Martian,
+    MaxPrefixSettings,
+    PeerPolicySettings,
+    PolicySettings,
+    PrefixRule,
+)
 
 DEVICE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")  # IFNAMSIZ - 1, no '/' or spaces
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -67,6 +75,8 @@ class Config:
     reconcile_interval: float = 30.0
     peers: tuple[PeerConfig, ...] = field(default_factory=tuple)
     tunnels: tuple[TunnelConfig, ...] = field(default_factory=tuple)
+    # `policy:` with each peer's `policy:`, `outside` and `max_prefix` under policy.peers
+    policy: PolicySettings = field(default_factory=PolicySettings)
 
     def peer(self, address: str) -> PeerConfig | None:
         for p in self.peers:
@@ -179,6 +189,199 @@ def _text(ctx: _Ctx, path: str, v: Any) -> str:
     return v
 
 
+# ------------------------------------------------------------------ import policy
+
+
+def _prefix(ctx: _Ctx, path: str, v: Any) -> str:
+    if isinstance(v, str) and "/" in v:
+        try:
+            return str(ipaddress.ip_network(v))
+        except ValueError:
+            pass
+    raise ctx.fail(path, "expected a prefix such as 10.0.0.0/8 or fd00::/8 (no host bits set)",
+                   v)
+
+
+def _prefixes(ctx: _Ctx, path: str, v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list):
+        raise ctx.fail(path, "expected a list of prefixes such as 10.0.0.0/8", v)
+    return tuple(dict.fromkeys(_prefix(ctx, f"{path}[{i}]", p) for i, p in enumerate(v)))
+
+
+def _protected(ctx: _Ctx, path: str, v: Any) -> tuple[str, ...]:
+    nets = _prefixes(ctx, path, v)
+    for i, p in enumerate(nets):
+        if p.endswith("/0"):
+            raise ctx.fail(f"{path}[{i}]", "a network narrower than /0 (a protected /0 would "
+                           "refuse every route)", p)
+    return nets
+
+
+def _martians(ctx: _Ctx, path: str, v: Any) -> tuple[Martian, ...]:
+    if isinstance(v, str) and v == "default":
+        return MARTIANS
+    if not isinstance(v, list):
+        raise ctx.fail(path, "expected 'default' or a list of prefixes (each a prefix, or "
+                       "{prefix: P, exact: true} to refuse only P itself)", v)
+    out = []
+    for i, item in enumerate(v):
+        ipath = f"{path}[{i}]"
+        if isinstance(item, Mapping):
+            e = _mapping(ctx, ipath, item, _MARTIAN, "")
+            if "prefix" not in e:
+                raise ctx.fail(ipath, "missing required key 'prefix'", dict(item))
+            out.append(Martian(e["prefix"], "configured", not e.get("exact", False)))
+        else:
+            out.append(Martian(_prefix(ctx, ipath, item), "configured"))
+    return tuple(out)
+
+
+_MARTIAN: dict[str, Any] = {"prefix": _prefix, "exact": _boolean}
+_RULE: dict[str, Any] = {
+    "prefix": _prefix,
+    "action": _choice("permit", "deny"),
+    "ge": _int_range(0, 128),
+    "le": _int_range(0, 128),
+}
+
+
+def _prefix_list(ctx: _Ctx, path: str, v: Any) -> tuple[PrefixRule, ...]:
+    """FRR-like entries, tried in order. Refused: lengths outside prefix length..width, ge
+    above le, an entry that an earlier one makes unreachable, and a family with only deny
+    entries (the implicit deny at the end would refuse every prefix of it)."""
+    if not isinstance(v, list):
+        raise ctx.fail(path, "expected a list of entries {prefix, action, ge, le}", v)
+    rules: list[PrefixRule] = []
+    seen: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, int, int]] = []
+    for i, item in enumerate(v):
+        ipath = f"{path}[{i}]"
+        e = _mapping(ctx, ipath, item, _RULE, "expected a mapping with prefix and action "
+                     "(permit or deny), optionally ge and le")
+        for k in ("prefix", "action"):
+            if k not in e:
+                raise ctx.fail(ipath, f"missing required key '{k}'", dict(item))
+        net = ipaddress.ip_network(e["prefix"])
+        for k in ("ge", "le"):
+            if k in e and not net.prefixlen <= e[k] <= net.max_prefixlen:
+                raise ctx.fail(f"{ipath}.{k}", f"expected a length from {net.prefixlen} (the "
+                               f"prefix's) to {net.max_prefixlen}", e[k])
+        if e.get("ge", 0) > e.get("le", 128):
+            raise ctx.fail(ipath, "ge at most le (the entry matches lengths ge to le)",
+                           {"ge": e["ge"], "le": e["le"]})
+        rule = PrefixRule(**e)
+        lo, hi = rule.lengths()
+        for j, (other, olo, ohi) in enumerate(seen):
+            inside = net.version == other.version and \
+                int(other.network_address) <= int(net.network_address) <= \
+                int(net.broadcast_address) <= int(other.broadcast_address)
+            if inside and olo <= lo <= hi <= ohi:
+                raise ctx.fail(ipath, f"an entry that can match; {path}[{j}] before it already "
+                               "matches every prefix this one would", e["prefix"])
+        seen.append((net, lo, hi))
+        rules.append(rule)
+    for version, default, width in ((4, "0.0.0.0/0", 32), (6, "::/0", 128)):
+        mine = [r for r in rules if ipaddress.ip_network(r.prefix).version == version]
+        if mine and all(r.action == "deny" for r in mine):
+            raise ctx.fail(path, f"at least one permit entry for IPv{version}: what no entry "
+                           f"permits is refused, so deny entries alone refuse every IPv{version} "
+                           f"prefix (end the list with {{prefix: {default}, le: {width}, "
+                           "action: permit}} to let the rest through)",
+                           [r.prefix for r in mine])
+    return tuple(rules)
+
+
+def _max_length(ctx: _Ctx, path: str, v: Any) -> dict[str, int]:
+    return _mapping(ctx, path, v, _MAX_LENGTH, "expected a mapping with ipv4 and/or ipv6")
+
+
+_MAX_LENGTH: dict[str, Any] = {"ipv4": _int_range(1, 32), "ipv6": _int_range(1, 128)}
+
+# keys of `policy:` and of `peers[].policy:` (martians is global only)
+_PEER_POLICY: dict[str, Any] = {
+    "allow_martians": _prefixes,
+    "allow_default": _boolean,
+    "max_length": _max_length,
+    "prefix_list": _prefix_list,
+    "first_as_must_be_peer": _boolean,
+    "max_as_path_length": _int_range(1, 1000),
+    "protected": _protected,
+}
+_POLICY: dict[str, Any] = {"martians": _martians, **_PEER_POLICY}
+
+
+def _policy_fields(values: dict[str, Any]) -> dict[str, Any]:
+    """Parsed policy keys as PolicySettings / PeerPolicySettings fields."""
+    out = dict(values)
+    for fam, n in out.pop("max_length", {}).items():
+        out[f"max_length_{fam}"] = n
+    return out
+
+
+def _peer_policy(ctx: _Ctx, path: str, v: Any) -> dict[str, Any]:
+    return _policy_fields(_mapping(ctx, path, v, _PEER_POLICY, "expected a mapping of keys"))
+
+
+def _fraction(ctx: _Ctx, path: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= 1:
+        raise ctx.fail(path, "expected a fraction of the limit above 0 and at most 1 "
+                       "(0.8: warn at 80%)", v)
+    return float(v)
+
+
+_MAX_PREFIX: dict[str, Any] = {
+    "limit": _int_range(1, 10_000_000),
+    "warn_at": _fraction,
+    "action": _choice("warn", "stop", "teardown"),
+    "restart_delay": _number_range(0, 86400),
+}
+
+
+def _max_prefix(ctx: _Ctx, path: str, v: Any) -> MaxPrefixSettings:
+    e = _mapping(ctx, path, v, _MAX_PREFIX, "expected a mapping with at least 'limit'")
+    if "limit" not in e:
+        raise ctx.fail(path, "missing required key 'limit'", dict(v))
+    if "restart_delay" in e and e.get("action") != "teardown":
+        raise ctx.fail(f"{path}.restart_delay", "only with action: teardown (how long a torn "
+                       "down session stays down)", e["restart_delay"])
+    return MaxPrefixSettings(**e)
+
+
+def _outside(ctx: _Ctx, path: str, v: Any) -> tuple[str, ...]:
+    if isinstance(v, list) and v:
+        return tuple(dict.fromkeys(_address(ctx, f"{path}[{i}]", a) for i, a in enumerate(v)))
+    if isinstance(v, str):
+        return (_address(ctx, path, v),)
+    raise ctx.fail(path, "expected the tunnel's outside (public) IPsec endpoint address, or a "
+                   "list of them", v)
+
+
+def _check_allow_martians(ctx: _Ctx, path: str, allowed: tuple[str, ...],
+                          martians: tuple[Martian, ...]) -> None:
+    nets = [ipaddress.ip_network(m.prefix) for m in martians]
+    for i, p in enumerate(allowed):
+        net = ipaddress.ip_network(p)
+        if not any(net.version == m.version and net.overlaps(m) for m in nets):
+            raise ctx.fail(f"{path}[{i}]", "a prefix overlapping a martian range (see "
+                           "policy.martians); others need no allowing", p)
+
+
+def _policy(ctx: _Ctx, data: Any, peers: tuple[PeerConfig, ...],
+            own: list[PeerPolicySettings | None]) -> PolicySettings:
+    values = {} if data is None else _mapping(ctx, "policy", data, _POLICY,
+                                              "expected a mapping of keys")
+    settings = PolicySettings(
+        **_policy_fields(values),
+        peers={p.address: o for p, o in zip(peers, own, strict=True) if o is not None},
+    )
+    _check_allow_martians(ctx, "policy.allow_martians", settings.allow_martians,
+                          settings.martians)
+    for i, o in enumerate(own):
+        if o is not None:
+            _check_allow_martians(ctx, f"peers[{i}].policy.allow_martians", o.allow_martians,
+                                  settings.martians)
+    return settings
+
+
 # key -> (Config field, check). Sections are nested dicts in YAML, flat fields here.
 _TOP: dict[str, Any] = {
     "log_level": ("log_level", _choice(*LOG_LEVELS)),
@@ -217,6 +420,9 @@ _PEER: dict[str, Any] = {
     "families": _families,
     "description": _text,
     "vpn": _text,
+    "outside": _outside,
+    "max_prefix": _max_prefix,
+    "policy": _peer_policy,
 }
 
 
@@ -256,6 +462,20 @@ def _walk(ctx: _Ctx, schema: dict[str, Any], data: Any, path: str, out: dict[str
             out[name] = check(ctx, kpath, value)
 
 
+def _mapping(ctx: _Ctx, path: str, data: Any, schema: dict[str, Any],
+             expected: str) -> dict[str, Any]:
+    """One mapping, each key checked by `schema[key]`; an unknown key is an error."""
+    if not isinstance(data, Mapping):
+        raise ctx.fail(path, expected, data)
+    values: dict[str, Any] = {}
+    for k, value in data.items():
+        check = schema.get(k) if isinstance(k, str) else None
+        if check is None:
+            raise ctx.fail(f"{path}.{k}", "unknown key; allowed here: " + ", ".join(schema), k)
+        values[k] = check(ctx, f"{path}.{k}", value)
+    return values
+
+
 def _items(ctx: _Ctx, name: str, data: Any, schema: dict[str, Any],
            key: str) -> list[dict[str, Any]]:
     """A list of mappings, each checked against `schema`, `key` required and unique."""
@@ -267,15 +487,7 @@ def _items(ctx: _Ctx, name: str, data: Any, schema: dict[str, Any],
     seen: dict[Any, int] = {}
     for i, item in enumerate(data):
         path = f"{name}[{i}]"
-        if not isinstance(item, Mapping):
-            raise ctx.fail(path, f"expected a mapping with at least '{key}'", item)
-        values: dict[str, Any] = {}
-        for k, value in item.items():
-            check = schema.get(k) if isinstance(k, str) else None
-            if check is None:
-                raise ctx.fail(f"{path}.{k}", "unknown key; allowed here: " + ", ".join(schema),
-                               k)
-            values[k] = check(ctx, f"{path}.{k}", value)
+        values = _mapping(ctx, path, item, schema, f"expected a mapping with at least '{key}'")
         if key not in values:
             raise ctx.fail(path, f"missing required key '{key}'", dict(item))
         if values[key] in seen:
@@ -298,8 +510,18 @@ def _tunnels(ctx: _Ctx, data: Any, peers: tuple[PeerConfig, ...]) -> tuple[Tunne
     return tuple(out)
 
 
-def _peers(ctx: _Ctx, data: Any) -> tuple[PeerConfig, ...]:
+def _peers(ctx: _Ctx, data: Any
+           ) -> tuple[tuple[PeerConfig, ...], list[PeerPolicySettings | None]]:
+    """The peers, and each one's policy settings (None: it has none of its own)."""
     raw = _items(ctx, "peers", data, _PEER, "address")
+    own: list[PeerPolicySettings | None] = []
+    for i, v in enumerate(raw):
+        pol = {k: v.pop(k) for k in ("outside", "max_prefix") if k in v}
+        pol.update(v.pop("policy", {}))
+        if v["address"] in pol.get("outside", ()):
+            raise ctx.fail(f"peers[{i}].outside", "the tunnel's outside (public) endpoint, not "
+                           "the BGP neighbor's (inside) address", v["address"])
+        own.append(PeerPolicySettings(**pol) if pol else None)
     sharing: dict[str, int] = {}
     for v in raw:
         if "interface" in v:
@@ -309,7 +531,7 @@ def _peers(ctx: _Ctx, data: Any) -> tuple[PeerConfig, ...]:
         gw = v.pop("gateway", "auto")
         shared = sharing.get(v.get("interface", ""), 0) > 1
         peers.append(PeerConfig(gateway=gw == "yes" or (gw == "auto" and shared), **v))
-    return tuple(peers)
+    return tuple(peers), own
 
 
 def parse(data: Any, source: str = "<config>") -> Config:
@@ -320,11 +542,12 @@ def parse(data: Any, source: str = "<config>") -> Config:
     if not isinstance(data, Mapping):
         raise ctx.fail("(top level)", "expected a mapping of keys", data)
     data = dict(data)
-    peers = _peers(ctx, data.pop("peers", None))
+    peers, own = _peers(ctx, data.pop("peers", None))
     tunnels = _tunnels(ctx, data.pop("tunnels", None), peers)
+    policy = _policy(ctx, data.pop("policy", None), peers, own)
     fields: dict[str, Any] = {}
-    _walk(ctx, {**_TOP, "peers": None, "tunnels": None}, data, "", fields)
-    cfg = Config(source=source, peers=peers, tunnels=tunnels, **fields)
+    _walk(ctx, {**_TOP, "peers": None, "tunnels": None, "policy": None}, data, "", fields)
+    cfg = Config(source=source, peers=peers, tunnels=tunnels, policy=policy, **fields)
     if cfg.protocol in _RESERVED_PROTOCOLS:
         raise ctx.fail("kernel.protocol", "a routing protocol id, not one the kernel reserves "
                        f"({cfg.protocol} is '{_RESERVED_PROTOCOLS[cfg.protocol]}')", cfg.protocol)

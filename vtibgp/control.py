@@ -139,13 +139,18 @@ def request(path: str, req: dict[str, Any], timeout: float = TIMEOUT) -> dict[st
             raise ControlError(f"{path}: permission denied (run as root)") from None
         except OSError as e:
             raise ControlError(f"{path}: {e.strerror or e}") from None
-        s.sendall(json.dumps(req).encode() + b"\n")
+        # the server may refuse before reading (e.g. wrong user): its answer says why
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            s.sendall(json.dumps(req).encode() + b"\n")
         data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        try:
+            while not data.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except OSError as e:
+            raise ControlError(f"{path}: {e.strerror or e}") from None
     try:
         answer = json.loads(data)
     except ValueError:

@@ -49,9 +49,11 @@ from .model import (
     Tick,
     Withdraw,
 )
+from .policy import MaxPrefix, Policy, PolicySettings
 
 DEFAULT_LOCAL_PREF = 100
 SHAPE_CACHE = 4096  # distinct (family, candidate paths) combinations remembered
+REJECT_SAMPLES = 100  # refused prefixes kept for the shell to log, per drain
 ESRCH, ENOENT, EEXIST = 3, 2, 17
 
 
@@ -75,6 +77,7 @@ class CoreSettings:
     peers: Mapping[PeerAddr, PeerPolicy] = field(default_factory=dict)
     accept_unconfigured_peers: bool = False
     hold_down: float = 0.0  # seconds a tunnel must stay up before routes return to it
+    policy: PolicySettings | None = None  # import policy; None: accept everything
 
 
 Scope = tuple[str, str]  # ("device", name) or ("peer", address): what a tunnel signal is about
@@ -122,6 +125,13 @@ class Core:
         self.stats: Counter[str] = Counter()
         self._order_cache: dict[PeerAddr, tuple[int, int]] = {}
         self._usable_memo: frozenset[PeerAddr] | None = None
+        self.now = 0.0  # the shell's monotonic clock, from the last Tick
+        self._set_policy(settings.policy)
+        # Drained by the shell: refusals by (peer, reason), a few samples to log, and
+        # max-prefix events (warn, limit, teardown) per peer.
+        self.rejected: Counter[tuple[PeerAddr, str]] = Counter()
+        self.rejected_samples: list[tuple[PeerAddr, Prefix, str]] = []
+        self.limit_events: list[tuple[PeerAddr, str]] = []
         self._shapes: dict[tuple[object, ...], tuple[tuple[PathAttrs, ...], Shape]] = {}
 
     # ---------------------------------------------------------------- queries
@@ -157,6 +167,15 @@ class Core:
 
     def route_count(self) -> int:
         return sum(len(m) for m in self.installed.values())
+
+    def _set_policy(self, settings: PolicySettings | None) -> None:
+        self.import_policy = Policy(settings) if settings is not None else None
+        self.max_prefix: dict[PeerAddr, MaxPrefix] = {}
+        if self.import_policy is not None:
+            for peer in self.policy:
+                mp = self.import_policy.max_prefix(peer)
+                if mp is not None:
+                    self.max_prefix[peer] = MaxPrefix(mp)
 
     def _usable_peers(self) -> frozenset[PeerAddr]:
         if self._usable_memo is None:
@@ -283,7 +302,18 @@ class Core:
         """New settings (a config reload): every held path is judged again under them."""
         self.settings = settings
         self.policy = dict(settings.peers)
+        self._set_policy(settings.policy)
         self._invalidate()
+        if self.import_policy is not None:
+            for peer, paths in self.rib.items():
+                for prefix, attrs in list(paths.items()):
+                    # a held path no longer allowed goes; peer AS is not kept per path, so the
+                    # first-AS rule is left to the next announcement
+                    reason = self.import_policy.check(peer, None, _family_of(prefix), prefix,
+                                                      attrs)
+                    if reason is not None:
+                        del paths[prefix]
+                        self._refuse(peer, prefix, reason)
         prefixes = {p for paths in self.rib.values() for p in paths} | set(self.installed)
         return self._recompute(prefixes)
 
@@ -355,10 +385,33 @@ class Core:
         if paths is None:
             paths = self.rib[ev.peer] = {}
             self._usable_memo = None  # a peer the usable set has not seen yet
-        for prefix in ev.prefixes:
-            paths[prefix] = ev.attrs
         self.stats["prefixes_announced"] += len(ev.prefixes)
-        return self._recompute(ev.prefixes)
+        accepted: Iterable[Prefix] = ev.prefixes
+        touched: list[Prefix] = []
+        if self.import_policy is not None:
+            accepted, refused = self.import_policy.partition(
+                ev.peer, ev.peer_as, ev.family, ev.prefixes, ev.attrs)
+            for prefix, reason in refused:
+                self._refuse(ev.peer, prefix, reason)
+                if paths.pop(prefix, None) is not None:  # refused replacement: implicit withdraw
+                    touched.append(prefix)
+        limit = self.max_prefix.get(ev.peer)
+        for prefix in accepted:
+            if limit is not None:
+                decision = limit.admit(len(paths), prefix not in paths, self.now)
+                if decision.event is not None:
+                    self.limit_events.append((ev.peer, decision.event))
+                if not decision.accept:
+                    self._refuse(ev.peer, prefix, "max_prefix")
+                    continue
+            paths[prefix] = ev.attrs
+            touched.append(prefix)
+        return self._recompute(touched)
+
+    def _refuse(self, peer: PeerAddr, prefix: Prefix, reason: str) -> None:
+        self.rejected[(peer, reason)] += 1
+        if len(self.rejected_samples) < REJECT_SAMPLES:
+            self.rejected_samples.append((peer, prefix, reason))
 
     def _withdraw(self, ev: Withdraw) -> list[RouteOp]:
         paths = self.rib.get(ev.peer)
@@ -375,6 +428,8 @@ class Core:
         # down: ExaBGP sends no withdraws, so the peer's paths go now. up: a new session
         # re-sends everything, so anything still held from before is stale.
         self.eor_seen.pop(ev.peer, None)
+        if ev.peer in self.max_prefix:
+            self.max_prefix[ev.peer].reset()
         paths = self.rib.pop(ev.peer, None)
         return self._recompute(paths) if paths else []
 
@@ -419,6 +474,7 @@ class Core:
         return self._recompute(self._affected(scope)) if before != after else []
 
     def _tick(self, now: float) -> list[RouteOp]:
+        self.now = now
         ops: list[RouteOp] = []
         for scope in [sc for sc, until in self.holding.items() if until <= now]:
             del self.holding[scope]
@@ -542,3 +598,6 @@ def coalesce(ops: Iterable[RouteOp]) -> list[RouteOp]:
             out.append(op)
     return out
 
+
+def _family_of(prefix: Prefix) -> Family:
+    return "ipv6 unicast" if ":" in prefix else "ipv4 unicast"

@@ -26,6 +26,7 @@ from . import metrics as m
 from .config import Config, ConfigError, load
 from .control import ControlError, ControlServer
 from .core import Core, CoreSettings, PeerPolicy, TunnelChange, coalesce
+from .exabgp_input import REASONS as INPUT_REASONS
 from .exabgp_input import LineKind, parse_adj_rib_line, parse_line
 from .model import (
     Announce,
@@ -48,12 +49,14 @@ from .model import (
     Tick,
     Withdraw,
 )
+from .policy import REASONS as POLICY_REASONS
 
 log = logging.getLogger("vtibgp")
 
 DRAIN_MAX = 512  # lines folded into one kernel batch at most
 REQUEST_TIMEOUT = 5.0
 GAUGE_INTERVAL = 1.0  # seconds between route-count gauge updates
+LOGGED_REJECTIONS = 10_000  # (peer, prefix, reason) remembered so each is logged once
 TICK = 0.25  # seconds: how often timers and signals are looked at when idle
 
 
@@ -97,6 +100,7 @@ def core_settings(cfg: Config) -> CoreSettings:
             for p in cfg.peers
         },
         hold_down=cfg.hold_down,
+        policy=cfg.policy,
     )
 
 
@@ -151,6 +155,7 @@ class Daemon:
         self.next_reconcile = time.monotonic() + cfg.reconcile_interval
         self.next_gauges = 0.0
         self.flaps: dict[str, int] = {}
+        self._logged_rejections: set[tuple[str, str, str]] = set()
         # tunnel devices we route into, with the VPN connection each belongs to
         self.vpn_of: dict[str, str] = {}
         for p in cfg.peers:
@@ -218,6 +223,7 @@ class Daemon:
         self.cfg = new
         self._known_peers = {p.address for p in new.peers}
         self._apply(self.core.reconfigure(core_settings(new)))
+        self._limit_gauges()
         m.RELOAD_OK.set(1)
         m.RELOAD_TIME.set(time.time())
         log.info("reloaded %s (%d peers)", new.source, len(new.peers))
@@ -227,8 +233,8 @@ class Daemon:
 
     def startup(self, resync: bool) -> None:
         """Adopt our routes left in the kernel, then ask ExaBGP what it already holds."""
-        for dev in self.vpn_of:
-            self._tunnel_gauges(dev)
+        self._zero_series()
+        self._limit_gauges()
         m.RELOAD_OK.set(1)
         m.RELOAD_TIME.set(time.time())
         found = self.writer.dump()
@@ -414,6 +420,11 @@ class Daemon:
         if known:
             m.PEER_UP.labels(ev.peer).set(1 if ev.state == "up" else 0)
             m.PEER_STATE_SINCE.labels(ev.peer).set(self.peer_since[ev.peer])
+        limit = self.core.max_prefix.get(ev.peer)
+        if ev.state == "up" and limit is not None and limit.suppressed(time.monotonic()):
+            log.warning("peer %s: session up inside the max-prefix restart delay; resetting",
+                        ev.peer)
+            self._send(f"neighbor {ev.peer} teardown 1")
         if ev.state == "up":
             self._discovered.discard(ev.peer)  # a new session: look again
             if self.core.device_of(ev.peer) is None:
@@ -462,6 +473,80 @@ class Daemon:
             log.warning("reconcile: repairing %s", ", ".join(f"{n} {k}" for k, n in
                                                              sorted(kinds.items())))
             self._apply(ops)
+
+    def _zero_series(self) -> None:
+        """Create every series with a known label set at start, so a peer that never comes
+        up still alerts and rate() sees the first increment of each counter."""
+        now = time.time()
+        for dev in self.vpn_of:
+            self._tunnel_gauges(dev)
+            m.TUNNEL_SINCE.labels(dev).set(now)
+            for role in ("best", "backup"):
+                m.TUNNEL_ROUTES.labels(dev, role).set(0)
+        for p in self.cfg.peers:
+            m.PEER_UP.labels(p.address).set(0)
+            m.PEER_STATE_SINCE.labels(p.address).set(now)
+            m.PREFIXES_RECEIVED.labels(p.address).inc(0)
+            m.WITHDRAWS_RECEIVED.labels(p.address).inc(0)
+            m.PEER_PATHS.labels(p.address).set(0)
+            for reason in (*POLICY_REASONS, "max_prefix"):
+                m.PREFIXES_REJECTED.labels(p.address, reason).inc(0)
+        for reason in INPUT_REASONS:
+            m.INPUT_REJECTED.labels(reason).inc(0)
+        for line_kind in LineKind:
+            m.INPUT_LINES.labels(line_kind.value).inc(0)
+        for op in OpKind:
+            for result in ("ok", "conflict", "error"):
+                m.ROUTE_OPS.labels(op.value, result).inc(0)
+        m.PREFIXES_IGNORED.labels("unknown_peer").inc(0)
+        for repair in ("missing", "changed", "stray"):
+            m.REPAIRS.labels(repair).inc(0)
+
+    def _limit_gauges(self) -> None:
+        for p in self.cfg.peers:
+            mp = self.core.max_prefix.get(p.address)
+            m.PEER_MAX_PREFIXES.labels(p.address).set(mp.settings.limit if mp else 0)
+
+    def _policy_outcomes(self) -> None:
+        """Count refusals by peer and reason, log each (peer, prefix, reason) once, and act
+        on max-prefix thresholds."""
+        for (peer, reason), n in self.core.rejected.items():
+            m.PREFIXES_REJECTED.labels(peer, reason).inc(n)
+        total = sum(self.core.rejected.values())
+        self.core.rejected.clear()
+        logged = 0
+        for peer, prefix, reason in self.core.rejected_samples:
+            key = (peer, prefix, reason)
+            if key in self._logged_rejections:
+                continue
+            if len(self._logged_rejections) >= LOGGED_REJECTIONS:
+                self._logged_rejections.clear()
+            self._logged_rejections.add(key)
+            log.warning("peer %s: refused %s (%s)", peer, prefix, reason)
+            logged += 1
+        self.core.rejected_samples.clear()
+        if total > logged and logged:
+            log.warning("… and %d more refusals in this batch (see "
+                        "vtibgp_prefixes_rejected_total)", total - logged)
+        events, self.core.limit_events = self.core.limit_events, []
+        for peer, event in events:
+            m.MAX_PREFIX_EVENTS.labels(peer, event).inc()
+            limit = self.core.max_prefix[peer].settings.limit
+            held = len(self.core.rib.get(peer, ()))
+            if event == "warn":
+                log.warning("peer %s: %d prefixes, near its limit of %d", peer, held, limit)
+            elif event == "limit":
+                log.error("peer %s: prefix limit %d reached; %s", peer, limit,
+                          "refusing new prefixes" if self.core.max_prefix[peer].settings.action
+                          == "stop" else "warning only")
+            else:
+                log.error("peer %s: prefix limit %d exceeded: resetting the session (Cease 1, "
+                          "maximum number of prefixes reached)", peer, limit)
+                self._send(f"neighbor {peer} teardown 1")
+
+    def _send(self, command: str) -> None:
+        if self.commands is not None:
+            self._command(command, lambda t: [], lambda ok: [])
 
     def _tunnel_changes(self) -> None:
         """Log and count what the core's tunnel state did."""
@@ -537,7 +622,7 @@ class Daemon:
                      if ev.device and self.core.device_of(p.address) == ev.device)
         for peer in sorted(peers):
             log.info("tunnel down: resetting the BGP session with %s", peer)
-            self._command(f"neighbor {peer} teardown 4", lambda t: [], lambda ok: [])
+            self._send(f"neighbor {peer} teardown 4")
 
     # ------------------------------------------------------------------ control requests
 
@@ -690,6 +775,8 @@ class Daemon:
             log.info("start: sync complete; %d unconfirmed routes removed", swept)
         if self.core.changes:
             self._tunnel_changes()
+        if self.core.rejected or self.core.limit_events:
+            self._policy_outcomes()
 
     def _route_gauges(self) -> None:
         """Route counts by role, per device and per peer (at most once a second: it walks

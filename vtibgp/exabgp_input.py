@@ -384,12 +384,24 @@ def _update(neighbor: dict[str, Any], api: str | None) -> Parsed:
         if type(announce) is not dict:
             issues.add(REASON_SHAPE, "announce is not an object")
         else:
-            _announces(peer, announce, update.get("attribute"), issues, announces)
+            _announces(peer, announce, update.get("attribute"), issues, announces,
+                       _peer_as(neighbor))
 
     events = tuple(withdraws + announces)
     if not events and issues.reason == REASON_SHAPE:
         return Parsed(LineKind.INVALID, (), api, issues.summary(), issues.reason)
     return Parsed(LineKind.UPDATE, events, api, issues.summary(), issues.reason)
+
+
+def _peer_as(neighbor: dict[str, Any]) -> int | None:
+    """The session's peer AS for eBGP checks; None if absent, malformed, or iBGP."""
+    asn = neighbor.get("asn")
+    if type(asn) is not dict:
+        return None
+    peer, local = asn.get("peer"), asn.get("local")
+    if not _is_u32(peer) or peer == local:
+        return None
+    return peer
 
 
 def _announces(
@@ -398,6 +410,7 @@ def _announces(
     attribute: object,
     issues: _Issues,
     out: list[Event],
+    peer_as: int | None = None,
 ) -> None:
     values: tuple[int, tuple[int, ...], tuple[int, ...], int, int | None] | None = None
     for name, by_next_hop in announce.items():
@@ -430,7 +443,7 @@ def _announces(
             if prefixes:
                 origin, as_path, as_set, med, local_pref = values
                 attrs = PathAttrs(next_hop, origin, as_path, as_set, med, local_pref)
-                out.append(Announce(peer, family, attrs, prefixes))
+                out.append(Announce(peer, family, attrs, prefixes, peer_as))
 
 
 def _eor(peer: str, eor: object, api: str | None) -> Parsed:
@@ -745,4 +758,8 @@ def parse_adj_rib_line(text: str, *, api_version: str | None = None) -> Announce
     if next_hop is None:
         return None
     attrs = PathAttrs(next_hop, origin, path[0], path[1], med, local_pref)
-    return Announce(peer, family, attrs, prefixes)
+    header = dict(zip(tokens[2:at:2], tokens[3:at:2], strict=False))
+    peer_as = _text_u32(header.get("peer-as", ""))
+    if peer_as is not None and peer_as == _text_u32(header.get("local-as", "")):
+        peer_as = None  # iBGP
+    return Announce(peer, family, attrs, prefixes, peer_as)

@@ -103,6 +103,11 @@ PREFIXES_REJECTED = Counter(
     "Prefixes from the peer that import policy refused, by reason",
     ["peer", "reason"], registry=REGISTRY,
 )
+MAX_PREFIX_EVENTS = Counter(
+    "vtibgp_peer_max_prefix_events_total",
+    "Max-prefix thresholds crossed, by event (warn, limit, teardown)", ["peer", "event"],
+    registry=REGISTRY,
+)
 PEER_MAX_PREFIXES = Gauge(
     "vtibgp_peer_max_prefixes", "The peer's configured prefix limit (0: none)", ["peer"],
     registry=REGISTRY,

@@ -59,6 +59,7 @@ class Announce:
     family: Family
     attrs: PathAttrs
     prefixes: tuple[Prefix, ...]
+    peer_as: int | None = None  # the session's peer AS (None when unknown, or iBGP)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ def test_lab_demo_shows_failover_and_cleans_up() -> None:
     assert "10.0.0.0/16 dev vti01 scope link metric 100" in up
     assert "10.0.0.0/16 dev vti02 scope link metric 101" in up
     assert "10.0.0.0/16 dev vti02 scope link metric 100" in failed and "vti01" not in failed
-    assert "2001:db8:100::/56 dev vti01 metric 100" in back
+    assert "fd10:100::/56 dev vti01 metric 100" in back
     status = next(s for s in sections if s.startswith("vtibgp status"))
     assert "169.254.10.1  up" in status and "169.254.11.1  up" in status
     assert set(lab.list_namespaces()) <= before

@@ -20,7 +20,7 @@ import yaml
 from vtibgp import lab as harness
 
 V4 = ["10.100.0.0/16", "10.101.0.0/24", "10.102.0.0/24"]
-V6 = ["2001:db8:100::/48"]
+V6 = ["fd10:100::/48"]  # ULA: documentation prefixes are martians
 P1, P2 = harness.TUNNELS[1].aws_v4, harness.TUNNELS[2].aws_v4
 Fib = dict[tuple[str, int], tuple[str, ...]]
 
@@ -147,7 +147,7 @@ def check_status_and_routes(sock: Path, discover: bool) -> None:
         (P1, "best", 100), (P2, "backup", 101)]
     assert entry["paths"][1]["as_path"] == [64512, 64512, 64512]
     human = vtibgp("routes", "--socket", str(sock)).stdout
-    assert "2001:db8:100::/48" in human and "backup" in human, human
+    assert "fd10:100::/48" in human and "backup" in human, human
     bad = vtibgp("status", "--socket", str(sock) + ".missing")
     assert bad.returncode == 1 and "is vtibgp running?" in bad.stderr
 

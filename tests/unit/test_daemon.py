@@ -62,7 +62,9 @@ class MemoryKernel:
 
 def config(**kw: object) -> object:
     data = {"peers": [{"address": PEER, "interface": "vti01", "families": ["ipv4", "ipv6"]}],
-            "metrics": {"listen": None}}
+            "metrics": {"listen": None},
+            # the captures announce documentation prefixes, martians by default
+            "policy": {"allow_martians": ["2001:db8::/32"]}}
     data.update(kw)
     return parse(data, "test.yaml")
 
@@ -182,7 +184,8 @@ def test_foreign_route_is_left_alone_and_counted() -> None:
 def test_dry_run_prints_operations_and_exits_zero(tmp_path: Path) -> None:
     cfg = tmp_path / "vtibgp.yaml"
     cfg.write_text(f"peers:\n  - address: {PEER}\n    interface: vti01\n"
-                   "metrics:\n  listen: null\non_exit: retain\n")
+                   "metrics:\n  listen: null\non_exit: retain\n"
+                   "policy:\n  allow_martians: [2001:db8::/32]\n")
     stream = b"".join(until_first_down(capture("4.2.21")))
     proc = subprocess.run(
         [sys.executable, "-m", "vtibgp", "run", "--dry-run", "--config", str(cfg)],
@@ -244,3 +247,46 @@ def test_sighup_reload_applies_a_good_config_and_keeps_running_on_a_bad_one(
     assert not daemon.reload() and m.RELOAD_OK._value.get() == 0
     assert daemon.cfg.peers[1].preference == 200  # the running config stays
     assert kernel.routes[("10.7.0.0/16", 100)].nexthops == (NextHop("vti02"),)
+
+
+def _update_many(peer: str, prefixes: list[str], path: str = "64512") -> bytes:
+    nlri = ", ".join(f'{{ "nlri": "{p}" }}' for p in prefixes)
+    return (
+        '{ "exabgp": "5.0.0", "type": "update", "neighbor": { "address": { "local": "x", '
+        f'"peer": "{peer}" }}, "asn": {{ "local": 65000, "peer": 64512 }}, "direction": '
+        '"receive", "message": { "update": { "attribute": { "origin": "igp", "as-path": '
+        f'{{"0": {{"element": "as-sequence", "value": [{path}]}}}} }}, "announce": {{ '
+        f'"ipv4 unicast": {{ "{peer}": [ {nlri} ] }} }} }} }} }} }}\n'
+    ).encode()
+
+
+def test_import_policy_and_max_prefix_guard_the_kernel_and_count() -> None:
+    """Martians, default routes, a wrong first AS, the loop guard and the prefix limit: none
+    reaches the kernel, each is counted by reason, the rest is installed."""
+    cfg = parse({
+        "metrics": {"listen": None}, "control": {"socket": None},
+        "peers": [{"address": PEER, "interface": "vti01", "outside": "198.18.7.1",
+                   "max_prefix": {"limit": 3, "action": "stop"}}],
+        "policy": {"allow_martians": ["198.18.0.0/15"]},
+    }, "t.yaml")
+    kernel = MemoryKernel()
+    daemon = Daemon(cfg, kernel, None)  # type: ignore[arg-type]
+    counter = m.PREFIXES_REJECTED.labels
+
+    def rejected(reason: str) -> float:
+        return float(counter(PEER, reason)._value.get())
+
+    before = {r: rejected(r) for r in ("martian", "default_route", "as_path_first", "loop",
+                                       "max_prefix")}
+    now = time.monotonic()
+    daemon._process([
+        ("line", now, _update_many(PEER, ["127.0.0.0/8", "0.0.0.0/0", "10.1.0.0/16",
+                                          "198.18.0.0/16"])),
+        ("line", now, _update_many(PEER, ["10.9.0.0/16"], path="65999, 64512")),
+        ("line", now, _update_many(PEER, ["10.2.0.0/16", "10.3.0.0/16", "10.4.0.0/16"])),
+    ])
+    assert {p for p, _ in kernel.routes} == {"10.1.0.0/16", "10.2.0.0/16", "10.3.0.0/16"}
+    after = {r: rejected(r) - before[r] for r in before}
+    assert after == {"martian": 1, "default_route": 1, "as_path_first": 1, "loop": 1,
+                     "max_prefix": 1}
+    assert m.MAX_PREFIX_EVENTS.labels(PEER, "limit")._value.get() >= 1

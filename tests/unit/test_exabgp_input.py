@@ -123,6 +123,7 @@ def test_announce_multi_with_med(version: str) -> None:
         "ipv4 unicast",
         attrs(med=20),
         ("10.4.0.0/24", "10.4.1.0/24", "10.4.2.0/24", "10.4.3.0/24"),
+        64512,
     )
     three = next(a for a in announces if a.prefixes[0] == "10.2.0.0/24" and len(a.prefixes) == 3)
     assert three.prefixes == ("10.2.0.0/24", "10.2.1.0/24", "10.2.2.0/24")
@@ -304,7 +305,8 @@ def first_session_announces(results: list[Parsed]) -> dict[str, Announce]:
         for event in result.events:
             if isinstance(event, Announce):
                 for prefix in event.prefixes:
-                    routes[prefix] = Announce(event.peer, event.family, event.attrs, (prefix,))
+                    routes[prefix] = Announce(event.peer, event.family, event.attrs, (prefix,),
+                                              event.peer_as)
     return routes
 
 
@@ -338,7 +340,7 @@ def test_adj_rib_line_forms() -> None:
     # 5.0: ( sequence ) [ set ] {( confed sequence )} {[ confed set ]}
     five = parse_adj_rib_line(f"{route} as-path ( 64512 ) [ 65001 65002 ] {{( 65010 )}} med 5")
     assert five == Announce(
-        PEER, "ipv4 unicast", attrs(as_set=(65001, 65002), med=5), ("10.5.0.0/24",)
+        PEER, "ipv4 unicast", attrs(as_set=(65001, 65002), med=5), ("10.5.0.0/24",), 64512
     )
     # 4.2: [ sequence ( set ) ] and the confederation part glued on: [ … ][ … ]
     four = parse_adj_rib_line(f"{route} as-path [ 64512 ( 65001 65002 ) ][ 65010 ] med 5")
@@ -364,7 +366,7 @@ def test_adj_rib_line_forms() -> None:
         "origin incomplete as-path ( 64512 )"
     )
     assert pathinfo == Announce(
-        PEER, "ipv6 unicast", attrs(next_hop=V6_NH, origin=2), ("2001:db8::/32",)
+        PEER, "ipv6 unicast", attrs(next_hop=V6_NH, origin=2), ("2001:db8::/32",), 64512
     )
 
 
@@ -442,8 +444,8 @@ def test_compact_add_path_and_both_lists() -> None:
     assert result.events == (  # withdrawals first (RFC 4271 4.3)
         Withdraw(PEER, "ipv4 unicast", ("10.9.0.0/16",)),
         Withdraw(PEER, "ipv6 unicast", ("::/0",)),
-        Announce(PEER, "ipv4 unicast", attrs(), ("10.0.0.0/24", "10.0.1.0/24")),
-        Announce(PEER, "ipv6 unicast", attrs(next_hop=V6_NH), ("2001:db8::/32",)),
+        Announce(PEER, "ipv4 unicast", attrs(), ("10.0.0.0/24", "10.0.1.0/24"), 64512),
+        Announce(PEER, "ipv6 unicast", attrs(next_hop=V6_NH), ("2001:db8::/32",), 64512),
     )
 
 
@@ -479,7 +481,7 @@ def test_other_families_are_skipped_but_the_rest_kept() -> None:
         )
     )
     assert result.kind is LineKind.UPDATE
-    assert result.events == (Announce(PEER, "ipv4 unicast", attrs(), ("10.0.0.0/24",)),)
+    assert result.events == (Announce(PEER, "ipv4 unicast", attrs(), ("10.0.0.0/24",), 64512),)
     assert result.reason == "family"
     assert result.error is not None and "+2 more" in result.error
 
@@ -581,6 +583,7 @@ def test_as_path_42() -> None:
             "ipv4 unicast",
             attrs(origin=2, as_path=(64512, 1), as_set=(3, 4), local_pref=0),
             ("10.0.0.0/8",),
+            64512,
         ),
     )
 
@@ -628,13 +631,15 @@ def test_bad_next_hop_drops_only_its_group() -> None:
             }
         )
     )
-    assert result.events == (Announce(PEER, "ipv4 unicast", attrs(), ("11.0.0.0/8",)),)
+    assert result.events == (Announce(PEER, "ipv4 unicast", attrs(), ("11.0.0.0/8",), 64512),)
     assert result.reason == "attribute"
 
 
 def test_missing_attributes_take_defaults() -> None:
     result = parse_line(update_line({"announce": {"ipv4 unicast": {PEER: ["10.0.0.0/8"]}}}))
-    assert result.events == (Announce(PEER, "ipv4 unicast", attrs(as_path=()), ("10.0.0.0/8",)),)
+    assert result.events == (
+        Announce(PEER, "ipv4 unicast", attrs(as_path=()), ("10.0.0.0/8",), 64512),
+    )
 
 
 def test_sent_updates_and_unknown_types_are_ignored() -> None:
