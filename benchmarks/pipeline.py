@@ -15,6 +15,7 @@ Run as root for --mode kernel (the default runs both).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import ipaddress
 import os
@@ -24,7 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from vtibgp.config import parse
@@ -96,28 +97,9 @@ def sh(*argv: str) -> None:
     subprocess.run(argv, check=True, capture_output=True)
 
 
-def kernel_run(data: Path) -> float:
-    from vtibgp.kernel import KernelWriter
-
-    ns = f"vtibgp-bench-{uuid.uuid4().hex[:6]}"
-    sh("ip", "netns", "add", ns)
-    try:
-        for n, (_p, local, dev, _h) in enumerate(PEERS, 1):
-            sh("ip", "-n", ns, "link", "add", dev, "type", "veth", "peer", "name", f"p{n}")
-            sh("ip", "-n", ns, "addr", "add", f"{local}/30", "dev", dev)
-            for d in (dev, f"p{n}"):
-                sh("ip", "-n", ns, "link", "set", d, "up")
-        writer = KernelWriter(netns=ns)
-        try:
-            return run_daemon(data, writer)
-        finally:
-            writer.close()
-    finally:
-        sh("ip", "netns", "del", ns)
-
-
-def ip_batch(n: int) -> float:
-    """ip -batch adding the same 2n routes (n prefixes x 2 metrics) in a fresh namespace."""
+@contextlib.contextmanager
+def bench_namespace() -> Iterator[str]:
+    """A fresh namespace with vti01/vti02 (veths) and the peers' local addresses."""
     ns = f"vtibgp-bench-{uuid.uuid4().hex[:6]}"
     sh("ip", "netns", "add", ns)
     try:
@@ -126,19 +108,37 @@ def ip_batch(n: int) -> float:
             sh("ip", "-n", ns, "addr", "add", f"{local}/30", "dev", dev)
             for d in (dev, f"p{k}"):
                 sh("ip", "-n", ns, "link", "set", d, "up")
-        base = int(ipaddress.ip_address("20.0.0.0"))
-        with tempfile.NamedTemporaryFile("w", suffix=".batch", delete=False) as f:
-            for i in range(n):
-                p = ipaddress.ip_address(base + (i << 8))
-                f.write(f"route add {p}/24 dev vti01 proto 186 metric 100 scope link\n")
-                f.write(f"route add {p}/24 dev vti02 proto 186 metric 101 scope link\n")
-        t0 = time.perf_counter()
-        sh("ip", "-n", ns, "-batch", f.name)
-        took = time.perf_counter() - t0
-        os.unlink(f.name)
-        return took
+        yield ns
     finally:
         sh("ip", "netns", "del", ns)
+
+
+def kernel_run(data: Path) -> float:
+    from vtibgp.kernel import KernelWriter
+
+    with bench_namespace() as ns:
+        writer = KernelWriter(netns=ns)
+        try:
+            return run_daemon(data, writer)
+        finally:
+            writer.close()
+
+
+def ip_batch(n: int) -> float:
+    """ip -batch adding the same 2n routes (n prefixes x 2 metrics) in a fresh namespace."""
+    base = int(ipaddress.ip_address("20.0.0.0"))
+    with tempfile.NamedTemporaryFile("w", suffix=".batch", delete=False) as f:
+        for i in range(n):
+            p = ipaddress.ip_address(base + (i << 8))
+            f.write(f"route add {p}/24 dev vti01 proto 186 metric 100 scope link\n")
+            f.write(f"route add {p}/24 dev vti02 proto 186 metric 101 scope link\n")
+    try:
+        with bench_namespace() as ns:
+            t0 = time.perf_counter()
+            sh("ip", "-n", ns, "-batch", f.name)
+            return time.perf_counter() - t0
+    finally:
+        os.unlink(f.name)
 
 
 def main() -> int:
