@@ -481,6 +481,8 @@ class Daemon:
         for dev in self.vpn_of:
             self._tunnel_gauges(dev)
             m.TUNNEL_SINCE.labels(dev).set(now)
+            usable = self.core.scope_usable(("device", dev))
+            self.device_since.setdefault(dev, (now, "at start" if usable else "down at start"))
             for role in ("best", "backup"):
                 m.TUNNEL_ROUTES.labels(dev, role).set(0)
         for p in self.cfg.peers:
