@@ -10,6 +10,12 @@ Layout (one :class:`Topology`)::
       vti01 169.254.10.2/30 fd00:10::2/64  <-veth->  tun1 169.254.10.1/30 fd00:10::1/64
       vti02 169.254.11.2/30 fd00:11::2/64  <-veth->  tun2 169.254.11.1/30 fd00:11::1/64
 
+Optionally (``Topology(tunnels=(1, 2, 3))``, and ``tunnels=(1, 2, 3)`` for :class:`BirdPeer` and
+:class:`ExaBGPGateway`) a third BGP session shares tunnel 1's veth pair, the way several
+IPsec tunnels share one device with libreswan's ``vti-shared=yes`` (road warriors)::
+
+      vti01 += 169.254.12.2/30 fd00:12::2/64        tun1 += 169.254.12.1/30 fd00:12::1/64
+
 Every instance gets a random tag, so parallel or aborted runs never collide. Before creating
 anything, a marker naming the owning process is written to ``/run/vtibgp-harness/<tag>``;
 :func:`cleanup_stale` deletes the namespaces (and kills the processes inside them) whose owner
@@ -84,12 +90,28 @@ class Tunnel:
     aws_v6: str
     plen_v4: int = 30
     plen_v6: int = 64
+    # the tunnel whose veth pair this one rides on (its addresses are extra ones on those
+    # devices: libreswan's vti-shared=yes); None: it owns its pair
+    shares: int | None = None
+
+    @property
+    def owner(self) -> int:
+        """The tunnel that owns the devices (``n`` itself unless this one is shared)."""
+        return self.n if self.shares is None else self.shares
 
 
+# the two tunnels of an AWS Site-to-Site VPN connection, each with its own device
 TUNNELS: Mapping[int, Tunnel] = {
     1: Tunnel(1, "vti01", "tun1", "169.254.10.2", "169.254.10.1", "fd00:10::2", "fd00:10::1"),
     2: Tunnel(2, "vti02", "tun2", "169.254.11.2", "169.254.11.1", "fd00:11::2", "fd00:11::1"),
 }
+# sessions over a device of TUNNELS, only in a topology that asks for them
+SHARED_TUNNELS: Mapping[int, Tunnel] = {
+    3: Tunnel(3, "vti01", "tun1", "169.254.12.2", "169.254.12.1", "fd00:12::2", "fd00:12::1",
+              shares=1),
+}
+ALL_TUNNELS: Mapping[int, Tunnel] = {**TUNNELS, **SHARED_TUNNELS}
+DEFAULT_TUNNELS = (1, 2)
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -354,16 +376,32 @@ def netns_usable() -> str | None:
 class Topology:
     """Two namespaces (gateway and aws) joined by two veth pairs (see module docstring)."""
 
-    def __init__(self, tag: str | None = None, *, link_local: bool = True) -> None:
+    def __init__(
+        self,
+        tag: str | None = None,
+        *,
+        link_local: bool = True,
+        tunnels: Iterable[int] = DEFAULT_TUNNELS,
+    ) -> None:
         """``link_local=False`` gives the aws ends no IPv6 link-local address, so BIRD sends
         only the global IPv6 next hop (16 bytes). With it (the default, like a real router
         on a direct link) BIRD sends global + link-local (32 bytes), which ExaBGP (4.2 and 5.0)
-        prints as two next-hop keys, global first, each listing the same prefixes."""
+        prints as two next-hop keys, global first, each listing the same prefixes.
+
+        ``tunnels`` picks from :data:`ALL_TUNNELS`; a shared one (3) needs its owner (1)."""
         self.tag = tag or secrets.token_hex(3)
         self.link_local = link_local
         self.gw = f"{NS_PREFIX}-{self.tag}-gw"
         self.aws = f"{NS_PREFIX}-{self.tag}-aws"
-        self.tunnels = TUNNELS
+        wanted = sorted(set(tunnels))
+        unknown = [n for n in wanted if n not in ALL_TUNNELS]
+        if unknown or not wanted:
+            raise ValueError(f"tunnels must be a non-empty subset of {sorted(ALL_TUNNELS)}")
+        for n in wanted:
+            if ALL_TUNNELS[n].owner not in wanted:
+                raise ValueError(f"tunnel {n} shares tunnel {ALL_TUNNELS[n].owner}'s devices: "
+                                 f"include it too")
+        self.tunnels: Mapping[int, Tunnel] = {n: ALL_TUNNELS[n] for n in wanted}
         self._marker: Path | None = None
 
     def __repr__(self) -> str:
@@ -388,8 +426,9 @@ class Topology:
                     "net.ipv6.conf.default.accept_dad=0",
                 )
                 _ip(ns, "link", "set", "lo", "up")
-            for n in self.tunnels:
-                self.recreate_link(n)
+            for n, t in self.tunnels.items():
+                if t.shares is None:  # a shared tunnel's addresses come with its owner's pair
+                    self.recreate_link(n)
         except BaseException:
             self.down()
             raise
@@ -459,10 +498,18 @@ class Topology:
         """Delete a gateway-side device (e.g. "vti01"); its veth peer goes with it."""
         self.ip("gw", "link", "del", "dev", dev)
 
+    def riders(self, n: int) -> list[Tunnel]:
+        """The tunnels of this topology whose addresses live on tunnel ``n``'s veth pair:
+        its owner first, then the ones sharing it (``n`` may be either)."""
+        owner = self.tunnels[n].owner
+        return [t for t in self.tunnels.values() if t.owner == owner]
+
     def recreate_link(self, n: int, wait: bool = True) -> None:
         """(Re)create veth pair ``n`` with its addresses, both ends up (and, with ``wait``,
-        operational). An existing pair is deleted first."""
-        t = self.tunnels[n]
+        operational). An existing pair is deleted first. The pair carries the addresses of
+        every tunnel riding on it: for a shared tunnel this recreates its owner's pair."""
+        riders = self.riders(n)
+        t = riders[0]
         if self.link("gw", t.gw_dev) is not None:
             self.delete_link(t.gw_dev)
         if self.link("aws", t.aws_dev) is not None:
@@ -471,12 +518,13 @@ class Topology:
         # root namespace, so parallel topologies cannot clash
         peer = ["peer", "name", t.aws_dev, "netns", self.aws]
         self.ip("gw", "link", "add", t.gw_dev, "type", "veth", *peer)
-        for ns, dev, v4, v6 in (
-            ("gw", t.gw_dev, t.gw_v4, t.gw_v6),
-            ("aws", t.aws_dev, t.aws_v4, t.aws_v6),
-        ):
-            self.ip(ns, "addr", "add", f"{v4}/{t.plen_v4}", "dev", dev)
-            self.ip(ns, "-6", "addr", "add", f"{v6}/{t.plen_v6}", "dev", dev, "nodad")
+        for r in riders:
+            for ns, dev, v4, v6 in (
+                ("gw", r.gw_dev, r.gw_v4, r.gw_v6),
+                ("aws", r.aws_dev, r.aws_v4, r.aws_v6),
+            ):
+                self.ip(ns, "addr", "add", f"{v4}/{r.plen_v4}", "dev", dev)
+                self.ip(ns, "-6", "addr", "add", f"{v6}/{r.plen_v6}", "dev", dev, "nodad")
         if not self.link_local:
             self.ip("aws", "link", "set", "dev", t.aws_dev, "addrgenmode", "none")
         for ns, dev in (("gw", t.gw_dev), ("aws", t.aws_dev)):
@@ -523,6 +571,17 @@ class Topology:
 
 
 # --------------------------------------------------------------------------- processes
+
+
+def _sessions(topology: Topology, tunnels: Iterable[int]) -> tuple[int, ...]:
+    """``tunnels`` as a tuple, checked against what ``topology`` was built with (a session
+    over tunnel 3 needs ``Topology(tunnels=(1, 2, 3))``: its addresses exist only there)."""
+    out = tuple(tunnels)
+    missing = [n for n in out if n not in topology.tunnels]
+    if missing:
+        raise ValueError(f"tunnel(s) {missing} not in {topology!r} (built with tunnels="
+                         f"{tuple(topology.tunnels)})")
+    return out
 
 
 class _Daemon:
@@ -577,6 +636,8 @@ def tail(text: str, lines: int = 40) -> str:
 
 class BirdPeer(_Daemon):
     """BIRD 2 in the aws namespace, AS 64512, one BGP session per tunnel to the gateway.
+    ``tunnels`` picks the sessions (protocols ``tun1``, ``tun2``, and ``tun3`` over tunnel 1's
+    device when asked for; the topology must have been built with them).
 
     Routes are originated by static ``blackhole`` routes, one static protocol and one table
     per tunnel and family, so each tunnel can announce a different set (and MED). The static
@@ -600,6 +661,7 @@ class BirdPeer(_Daemon):
         birdc: str = "birdc",
     ) -> None:
         self.topology = topology
+        self.tunnels = _sessions(topology, tunnels)  # before anything is created on disk
         self._own_workdir = workdir is None
         self.workdir = Path(
             workdir if workdir is not None else tempfile.mkdtemp(prefix=f"vtb-{topology.tag}-")
@@ -615,7 +677,6 @@ class BirdPeer(_Daemon):
         self.hold_time = hold_time
         self.keepalive_time = keepalive_time
         self.passive = passive
-        self.tunnels = tuple(tunnels)
         self.prepend: dict[int, int] = dict(prepend or {})
         self.disabled: set[int] = set()
         # tunnel -> prefix -> (med, communities)
@@ -641,7 +702,8 @@ class BirdPeer(_Daemon):
             lines.append(f"ipv4 table t{n}v4; ipv6 table t{n}v6;")
         lines.append(f'include "{self.routes_path}";')
         for n in self.tunnels:
-            t = TUNNELS[n]
+            t = self.topology.tunnels[n]
+            shared = f", shared with tunnel {t.shares}" if t.shares is not None else ""
             prep = "".join(f" bgp_path.prepend({AWS_ASN});" for _ in range(self.prepend.get(n, 0)))
             # MED from the static route is only sent to an eBGP peer if the export filter
             # sets it ("fresh" attribute), hence the self-assignment
@@ -650,7 +712,7 @@ class BirdPeer(_Daemon):
             keep = f"keepalive time {self.keepalive_time};" if self.keepalive_time else ""
             lines.append(
                 f"""protocol bgp tun{n} {{
-  description "tunnel {n} ({t.aws_dev} -> {t.gw_dev})";
+  description "tunnel {n} ({t.aws_dev} -> {t.gw_dev}{shared})";
   disabled {"yes" if n in self.disabled else "no"};
   local {t.aws_v4} as {AWS_ASN};
   neighbor {t.gw_v4} as {GW_ASN};
@@ -789,7 +851,7 @@ class BirdPeer(_Daemon):
         """Originate ``prefixes`` on the given tunnels (replacing their MED/communities)."""
         comms = tuple(communities)
         plist = [str(ipaddress.ip_network(p)) for p in prefixes]
-        for n in tunnels:
+        for n in self._own(tunnels):
             for p in plist:
                 self.announced[n][p] = (med, comms)
         self.configure()
@@ -797,11 +859,19 @@ class BirdPeer(_Daemon):
 
     def withdraw(self, prefixes: Iterable[str], tunnels: Iterable[int] = (1, 2)) -> None:
         plist = [str(ipaddress.ip_network(p)) for p in prefixes]
-        for n in tunnels:
+        for n in self._own(tunnels):
             for p in plist:
                 self.announced[n].pop(p, None)
         self.configure()
         self.wait_originated()
+
+    def _own(self, tunnels: Iterable[int]) -> tuple[int, ...]:
+        out = tuple(tunnels)
+        missing = [n for n in out if n not in self.announced]
+        if missing:
+            raise ValueError(f"BIRD has no session for tunnel(s) {missing} (it was started "
+                             f"with tunnels={self.tunnels})")
+        return out
 
     def set_prepend(self, tunnel: int, count: int) -> None:
         """Prepend AS 64512 ``count`` extra times on ``tunnel`` (AWS-style backup tunnel).
@@ -901,6 +971,8 @@ class ExaBGPGateway(_Daemon):
     ``command`` is an argv list; it is started through a generated ``/bin/sh`` wrapper
     (ExaBGP wants one executable path) that also records the plugin's PID, so that
     :meth:`stop` can kill a plugin orphaned by an ExaBGP that had to be SIGKILLed.
+    One neighbor per entry of ``tunnels``, each with its own local address (so two sessions
+    can share one device, e.g. tunnels 1 and 3 over vti01).
     """
 
     def __init__(
@@ -919,6 +991,7 @@ class ExaBGPGateway(_Daemon):
         if not command:
             raise ValueError("command must be a non-empty argv list")
         self.topology = topology
+        self.tunnels = _sessions(topology, tunnels)  # before anything is created on disk
         self.command = list(command)
         self._own_workdir = workdir is None
         self.workdir = Path(
@@ -927,7 +1000,6 @@ class ExaBGPGateway(_Daemon):
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.exabgp = exabgp or default_exabgp()
         self.hold_time = hold_time
-        self.tunnels = tuple(tunnels)
         self.process_name = process_name
         self.extra_env = dict(env or {})
         self.extra_api = extra_api
@@ -944,7 +1016,7 @@ class ExaBGPGateway(_Daemon):
             f"process {self.process_name} {{\n    run {self.wrapper_path};\n    encoder json;\n}}\n"
         ]
         for n in self.tunnels:
-            t = TUNNELS[n]
+            t = self.topology.tunnels[n]
             parts.append(
                 f"""neighbor {t.aws_v4} {{
     router-id {TUNNELS[1].gw_v4};
