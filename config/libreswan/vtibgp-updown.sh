@@ -1,0 +1,37 @@
+#!/bin/sh
+# leftupdown= for route-based tunnels with vtibgp (libreswan).
+#
+# pluto runs this with /bin/sh -c and describes the event in the environment (PLUTO_VERB,
+# PLUTO_CONNECTION, VTI_IFACE, PLUTO_PEER, ...). First the stock updown does its usual work
+# (creating the VTI device, its address and sysctls, ...); then, for the verbs that say a
+# tunnel now carries traffic or has stopped, `vtibgp updown` tells the running vtibgp, which
+# moves the routes off a tunnel that went down (libreswan leaves the VTI device up, so nothing
+# else would tell it) and brings them back after its hold-down when the tunnel returns.
+#
+# The exit status is always the stock script's: vtibgp being stopped or slow must never make
+# pluto believe the tunnel set-up failed. `vtibgp updown` gives up after 5 s.
+#
+# Overridable from the environment (e.g. in the leftupdown= line itself):
+#   VTIBGP_STOCK_UPDOWN  the stock script             (default: ipsec _updown)
+#   VTIBGP               the vtibgp command            (default: /usr/local/bin/vtibgp)
+#   VTIBGP_SOCKET        vtibgp's control socket      (default: /run/vtibgp/vtibgp.sock)
+
+stock=${VTIBGP_STOCK_UPDOWN:-ipsec _updown}
+vtibgp=${VTIBGP:-/usr/local/bin/vtibgp}
+socket=${VTIBGP_SOCKET:-/run/vtibgp/vtibgp.sock}
+
+# word splitting of $stock is wanted: it is a command with its arguments
+# shellcheck disable=SC2086
+$stock "$@"
+status=$?
+
+case "${PLUTO_VERB:-}" in
+    up-client|down-client|up-host|down-host|up-client-v6|down-client-v6|up-host-v6|down-host-v6)
+        # only these start Python: prepare-*, route-*, unroute-* say nothing about the tunnel
+        if ! "$vtibgp" updown --socket "$socket" --strict; then
+            echo "vtibgp-updown: vtibgp was not told: $PLUTO_VERB ${PLUTO_CONNECTION:-?}" \
+                 "(${VTI_IFACE:-no VTI_IFACE}); its routes follow the BGP session only" >&2
+        fi
+        ;;
+esac
+exit "$status"
