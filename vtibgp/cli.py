@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
-import logging
-import logging.handlers
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .config import Config, ConfigError, load
 from .control import DEFAULT_SOCKET, ControlError, request
+
+if TYPE_CHECKING:
+    from .config import Config
+
+# The config module (and YAML) is imported only by the commands that read a config, so that
+# `vtibgp updown`, run by the IPsec daemon on every tunnel event, starts fast.
 
 DEFAULT_CONFIG = "/etc/vtibgp/vtibgp.yaml"
 
 
 def setup_logging(level: str, use_syslog: bool) -> None:
     """One line per event on stderr (ExaBGP copies the plugin's stderr into its own log)."""
+    import logging
+    import logging.handlers
+
     root = logging.getLogger("vtibgp")
     root.handlers.clear()
     root.setLevel(level.upper())
@@ -35,6 +40,8 @@ def setup_logging(level: str, use_syslog: bool) -> None:
 
 
 def _load(path: str) -> Config | None:
+    from .config import ConfigError, load
+
     try:
         return load(path)
     except ConfigError as e:
@@ -131,6 +138,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_routes(args: argparse.Namespace) -> int:
+    import ipaddress
+
     req: dict[str, Any] = {"cmd": "routes"}
     if args.prefix:
         try:
@@ -175,8 +184,10 @@ def cmd_updown(args: argparse.Namespace) -> int:
         return fail
     if req is None:
         return 0
-    answer = _ask(args, req)
-    if answer is None:
+    try:  # the socket from --socket or the default: no config to read on this path
+        request(args.socket or DEFAULT_SOCKET, req)
+    except ControlError as e:
+        print(f"vtibgp updown: {e}", file=sys.stderr)
         print(f"vtibgp updown: could not tell vtibgp that {req['connection']} is "
               f"{req['state']}", file=sys.stderr)
         return fail
@@ -223,9 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     upd.add_argument("--connection", help="the connection name (default: $PLUTO_CONNECTION)")
     upd.add_argument("--strict", action="store_true",
                      help="exit 1 when vtibgp cannot be told (default: warn, exit 0)")
-    upd.add_argument("--socket", help=f"control socket (default: from --config, else "
-                     f"{DEFAULT_SOCKET})")
-    upd.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    upd.add_argument("--socket", default=DEFAULT_SOCKET,
+                     help="the daemon's control.socket (default: %(default)s)")
     upd.set_defaults(func=cmd_updown)
 
     lab = sub.add_parser("lab", help="the lab in network namespaces (root)")

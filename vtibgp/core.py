@@ -54,6 +54,7 @@ from .policy import MaxPrefix, Policy, PolicySettings
 DEFAULT_LOCAL_PREF = 100
 SHAPE_CACHE = 4096  # distinct (family, candidate paths) combinations remembered
 REJECT_SAMPLES = 100  # refused prefixes kept for the shell to log, per drain
+ATTRS_INTERN = 65536  # distinct attribute sets shared between prefixes
 ESRCH, ENOENT, EEXIST = 3, 2, 17
 
 
@@ -126,6 +127,7 @@ class Core:
         self._order_cache: dict[PeerAddr, tuple[int, int]] = {}
         self._usable_memo: frozenset[PeerAddr] | None = None
         self.now = 0.0  # the shell's monotonic clock, from the last Tick
+        self._attrs: dict[PathAttrs, PathAttrs] = {}
         self._set_policy(settings.policy)
         # Drained by the shell: refusals by (peer, reason), a few samples to log, and
         # max-prefix events (warn, limit, teardown) per peer.
@@ -386,11 +388,18 @@ class Core:
             paths = self.rib[ev.peer] = {}
             self._usable_memo = None  # a peer the usable set has not seen yet
         self.stats["prefixes_announced"] += len(ev.prefixes)
+        # One object per distinct attribute set: the resync gives every prefix its own, and
+        # shared objects are what the shape cache and memory use rely on.
+        attrs = self._attrs.get(ev.attrs)
+        if attrs is None:
+            if len(self._attrs) >= ATTRS_INTERN:
+                self._attrs.clear()
+            attrs = self._attrs[ev.attrs] = ev.attrs
         accepted: Iterable[Prefix] = ev.prefixes
         touched: list[Prefix] = []
         if self.import_policy is not None:
             accepted, refused = self.import_policy.partition(
-                ev.peer, ev.peer_as, ev.family, ev.prefixes, ev.attrs)
+                ev.peer, ev.peer_as, ev.family, ev.prefixes, attrs)
             for prefix, reason in refused:
                 self._refuse(ev.peer, prefix, reason)
                 if paths.pop(prefix, None) is not None:  # refused replacement: implicit withdraw
@@ -404,7 +413,7 @@ class Core:
                 if not decision.accept:
                     self._refuse(ev.peer, prefix, "max_prefix")
                     continue
-            paths[prefix] = ev.attrs
+            paths[prefix] = attrs
             touched.append(prefix)
         return self._recompute(touched)
 

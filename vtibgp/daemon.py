@@ -54,6 +54,7 @@ from .policy import REASONS as POLICY_REASONS
 log = logging.getLogger("vtibgp")
 
 DRAIN_MAX = 512  # lines folded into one kernel batch at most
+READ_CHUNK = 1 << 20
 REQUEST_TIMEOUT = 5.0
 GAUGE_INTERVAL = 1.0  # seconds between route-count gauge updates
 LOGGED_REJECTIONS = 10_000  # (peer, prefix, reason) remembered so each is logged once
@@ -168,11 +169,26 @@ class Daemon:
     def start_reader(self, stream: IO[bytes]) -> threading.Thread:
         """Read stdin in its own thread so kernel work never stalls ExaBGP's pipe."""
 
+        # os.read on the descriptor, not the buffered reader: a thread blocked inside a
+        # buffered read aborts the interpreter at exit (ExaBGP sends SIGTERM while our stdin
+        # is still open), and lines may be 500 KB and more.
+        fd = stream.fileno()
+
         def run() -> None:
+            pending = bytearray()
             try:
-                for line in iter(stream.readline, b""):
-                    self.queue.put(("line", time.monotonic(), line))
-            except (OSError, ValueError) as e:
+                while chunk := os.read(fd, READ_CHUNK):
+                    pending += chunk
+                    end = pending.rfind(b"\n")
+                    if end < 0:
+                        continue
+                    now = time.monotonic()
+                    for line in bytes(pending[: end + 1]).splitlines(keepends=True):
+                        self.queue.put(("line", now, line))
+                    del pending[: end + 1]
+                if pending:
+                    self.queue.put(("line", time.monotonic(), bytes(pending)))
+            except OSError as e:
                 log.error("stdin: read failed: %s", e)
             self.queue.put(("eof", time.monotonic(), None))
 
@@ -583,7 +599,7 @@ class Daemon:
         for sig in ("link", "ipsec"):
             m.TUNNEL_SIGNAL_UP.labels(device, sig).set(0 if sig in down else 1)
 
-    def ipsec(self, body: dict[str, Any]) -> dict[str, Any]:
+    def ipsec(self, body: dict[str, Any], ops: list[RouteOp]) -> dict[str, Any]:
         """An updown notification: map the connection to its device or peers, and tell the
         core. Keyed on the connection name (PLUTO_UNIQUEID changes on rekey)."""
         state, conn = body.get("state"), body.get("connection")
@@ -606,12 +622,10 @@ class Daemon:
                              f"tunnels: in {self.cfg.source}"}
         log.info("%s (%s)", reason, ", ".join(e.device or "peers " + " ".join(e.peers)
                                               for e in events))
-        ops: list[RouteOp] = []
         for ev in events:
-            ops += self.core.handle(ev)
+            ops += self.core.handle(ev)  # applied with the batch, after the caller is answered
         if state == "down":
             self._teardown(entries, events)
-        self._apply(ops)
         return {"ok": True, "applied": len(events)}
 
     def _teardown(self, entries: list[Any], events: list[IpsecState]) -> None:
@@ -636,7 +650,7 @@ class Daemon:
             prefix = body.get("prefix")
             return self.route_table(prefix if isinstance(prefix, str) else None)
         if cmd == "tunnel":
-            return self.ipsec(body)
+            return self.ipsec(body, ops)
         return {"error": f"unknown command {cmd!r}; known: status, routes, tunnel"}
 
     def _roles(self) -> dict[NextHop, list[int]]:
@@ -745,7 +759,9 @@ class Daemon:
 
     def _apply(self, ops: list[RouteOp]) -> None:
         """Apply ops; feed refusals back to the core (which may answer with more ops)."""
-        ops = coalesce(ops)
+        # One op per key; within a batch, traffic moves first (adds and replaces), then the
+        # deletes of routes nothing uses any more.
+        ops = sorted(coalesce(ops), key=lambda op: op.kind is OpKind.DELETE)
         for _round in range(4):
             if not ops:
                 break

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -290,3 +291,27 @@ def test_import_policy_and_max_prefix_guard_the_kernel_and_count() -> None:
     assert after == {"martian": 1, "default_route": 1, "as_path_first": 1, "loop": 1,
                      "max_prefix": 1}
     assert m.MAX_PREFIX_EVENTS.labels(PEER, "limit")._value.get() >= 1
+
+
+def test_sigterm_with_stdin_still_open_exits_cleanly(tmp_path: Path) -> None:
+    """ExaBGP writes its shutdown line and sends SIGTERM while our stdin is still open: the
+    process must run its exit policy and end with status 0, not abort."""
+    cfg = tmp_path / "vtibgp.yaml"
+    cfg.write_text(f"peers:\n  - address: {PEER}\n    interface: vti01\n"
+                   "metrics:\n  listen: null\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vtibgp", "run", "--dry-run", "--config", str(cfg)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None
+    proc.stdin.write(b"".join(until_first_down(capture("5.0.15"))))
+    proc.stdin.flush()
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)  # stdin stays open until the process is gone
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = proc.stdout.read(), proc.stderr.read()
+    proc.stdin.close()
+    assert proc.returncode == 0, err.decode()
+    assert b"Fatal Python error" not in err
+    assert b"stopping on signal 15" in err
+    assert out.decode().splitlines()[-1].startswith("delete ")  # on_exit: withdraw ran
