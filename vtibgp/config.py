@@ -5,6 +5,7 @@ names the file, the key path and what is allowed."""
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -70,6 +71,8 @@ class Config:
     on_exit: str = "withdraw"
     accept_unconfigured_peers: bool = False
     metrics_listen: str | None = "127.0.0.1:10179"
+    metrics_tls_cert: str | None = None  # serve /metrics over HTTPS with this certificate
+    metrics_tls_key: str | None = None
     control_socket: str | None = "/run/vtibgp/vtibgp.sock"
     hold_down: float = 2.0
     reconcile_interval: float = 30.0
@@ -154,6 +157,14 @@ def _listen(ctx: _Ctx, path: str, v: Any) -> str | None:
         if ok:
             return v
     raise ctx.fail(path, "expected ADDRESS:PORT (e.g. 127.0.0.1:10179, [::1]:10179) or null", v)
+
+
+def _readable_file(ctx: _Ctx, path: str, v: Any) -> str:
+    if not isinstance(v, str) or not v.startswith("/"):
+        raise ctx.fail(path, "expected an absolute path to a PEM file", v)
+    if not os.access(v, os.R_OK):
+        raise ctx.fail(path, "expected a readable file (it is missing or unreadable)", v)
+    return v
 
 
 def _socket_path(ctx: _Ctx, path: str, v: Any) -> str | None:
@@ -403,6 +414,8 @@ _TOP: dict[str, Any] = {
     },
     "metrics": {
         "listen": ("metrics_listen", _listen),
+        "tls_cert": ("metrics_tls_cert", _readable_file),
+        "tls_key": ("metrics_tls_key", _readable_file),
     },
     "control": {
         "socket": ("control_socket", _socket_path),
@@ -551,6 +564,9 @@ def parse(data: Any, source: str = "<config>") -> Config:
     if cfg.protocol in _RESERVED_PROTOCOLS:
         raise ctx.fail("kernel.protocol", "a routing protocol id, not one the kernel reserves "
                        f"({cfg.protocol} is '{_RESERVED_PROTOCOLS[cfg.protocol]}')", cfg.protocol)
+    if (cfg.metrics_tls_cert is None) != (cfg.metrics_tls_key is None):
+        raise ctx.fail("metrics.tls_cert" if cfg.metrics_tls_cert is None else "metrics.tls_key",
+                       "tls_cert and tls_key together (or neither)", None)
     if not cfg.peers and not cfg.accept_unconfigured_peers:
         raise ctx.fail("peers", "at least one peer (or accept_unconfigured_peers: true)", [])
     return cfg

@@ -231,7 +231,8 @@ class Daemon:
             m.RELOAD_OK.set(0)
             log.error("reload failed, keeping the running config: %s", e)
             return False
-        fixed = [k for k in ("metrics_listen", "control_socket", "table", "protocol", "batch")
+        fixed = [k for k in ("metrics_listen", "metrics_tls_cert", "metrics_tls_key",
+                             "control_socket", "table", "protocol", "batch")
                  if getattr(new, k) != getattr(self.cfg, k)]
         if fixed:
             log.warning("reload: %s changed; that takes effect at the next start",
@@ -879,7 +880,7 @@ def run(cfg: Config, *, dry_run: bool, stdin: IO[bytes] | None = None) -> int:
     daemon = Daemon(cfg, writer, sys.stdout, discover=find_device)
     daemon.install_signals()
     if cfg.metrics_listen:
-        m.serve(cfg.metrics_listen)
+        m.serve(cfg.metrics_listen, cfg.metrics_tls_cert, cfg.metrics_tls_key)
     control = None
     if cfg.control_socket:
         control = ControlServer(cfg.control_socket, daemon.ask)

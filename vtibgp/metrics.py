@@ -166,14 +166,16 @@ def set_build(api_version: str) -> None:
     BUILD.info({"version": __version__, "exabgp_api": api_version})
 
 
-def serve(listen: str) -> Any:
-    """Start the HTTP exporter; returns the server (or None if it could not bind)."""
+def serve(listen: str, certfile: str | None = None, keyfile: str | None = None) -> Any:
+    """Start the exporter (HTTPS when a certificate is given); returns the server, or None if
+    it could not start: the daemon's job is routes, so it goes on without metrics."""
     host, _, port = listen.rpartition(":")
     host = host.strip("[]")
     try:
-        server, _thread = start_http_server(int(port), addr=host, registry=REGISTRY)
-    except OSError as e:
-        log.error("metrics: cannot listen on %s: %s; continuing without metrics", listen, e)
+        server, _thread = start_http_server(int(port), addr=host, registry=REGISTRY,
+                                            certfile=certfile, keyfile=keyfile)
+    except (OSError, ValueError) as e:
+        log.error("metrics: cannot serve on %s: %s; continuing without metrics", listen, e)
         return None
-    log.info("metrics: serving on http://%s/metrics", listen)
+    log.info("metrics: serving on %s://%s/metrics", "https" if certfile else "http", listen)
     return server

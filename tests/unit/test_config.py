@@ -311,3 +311,16 @@ def test_policy_errors_name_file_key_and_allowed(data: dict[str, object], needle
     msg = str(e.value)
     assert msg.startswith("/etc/vtibgp/vtibgp.yaml: "), msg
     assert needle in msg, msg
+
+
+def test_metrics_tls_needs_both_readable_files(tmp_path: Path) -> None:
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_text("x")
+    key.write_text("x")
+    base = {"peers": [{"address": "10.0.0.1"}]}
+    cfg = parse({**base, "metrics": {"tls_cert": str(cert), "tls_key": str(key)}})
+    assert (cfg.metrics_tls_cert, cfg.metrics_tls_key) == (str(cert), str(key))
+    with pytest.raises(ConfigError, match=r"metrics\.tls_key: tls_cert and tls_key together"):
+        parse({**base, "metrics": {"tls_cert": str(cert)}})
+    with pytest.raises(ConfigError, match=r"metrics\.tls_cert: expected a readable file"):
+        parse({**base, "metrics": {"tls_cert": str(tmp_path / "none"), "tls_key": str(key)}})
