@@ -803,8 +803,9 @@ def profile(n: int, nets: list[str]) -> None:
                         apply = _Timed(writer.apply)
                         writer.apply = apply  # type: ignore[method-assign]
                         t = time.perf_counter()
-                        if event is None:
-                            d.ipsec(dict(updown))
+                        if event is None:  # as the loop does: answer, then the batch
+                            d._process([("request", time.monotonic(),
+                                         daemon_mod._Request(dict(updown)))])
                         else:
                             d._process([("event", time.monotonic(), event)])
                         total = time.perf_counter() - t
