@@ -194,6 +194,38 @@ def cmd_updown(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_aws_import(args: argparse.Namespace) -> int:
+    from .aws_import import AwsImportError, import_vpn
+
+    try:
+        with open(args.xml, encoding="utf-8") as f:
+            xml = f.read()
+        paths = import_vpn(xml, args.out, our_asn=args.our_asn, devices=tuple(args.devices),
+                           table=int(args.table) if args.table.isdigit() else args.table,
+                           region=args.region, overwrite=args.force)
+    except (OSError, AwsImportError) as e:
+        print(f"vtibgp: aws-import: {e}", file=sys.stderr)
+        return 1
+    print("\n".join(str(p) for p in paths))
+    return 0
+
+
+def cmd_exabgp_config(args: argparse.Namespace) -> int:
+    from .exabgp_config import ExabgpConfigError, render
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    command = f"{args.vtibgp} run --config {os.path.abspath(args.config)}"
+    try:
+        print(render(cfg, plugin_command=command, local_as=args.local_as, peer_as=args.peer_as,
+                     hold_time=args.hold_time, router_id=args.router_id), end="")
+    except ExabgpConfigError as e:
+        print(f"vtibgp: exabgp-config: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_lab_demo(args: argparse.Namespace) -> int:
     from .lab_cli import demo
 
@@ -237,6 +269,26 @@ def main(argv: list[str] | None = None) -> int:
     upd.add_argument("--socket", default=DEFAULT_SOCKET,
                      help="the daemon's control.socket (default: %(default)s)")
     upd.set_defaults(func=cmd_updown)
+
+    imp = sub.add_parser("aws-import", help="write vtibgp, ExaBGP, libreswan and sysctl "
+                         "configs from AWS's VPN connection XML")
+    imp.add_argument("xml", help="the CustomerGatewayConfiguration XML")
+    imp.add_argument("--out", required=True, help="directory to write into")
+    imp.add_argument("--our-asn", type=int, help="override the customer gateway ASN")
+    imp.add_argument("--region", help="AWS region (some ASNs are reserved per region)")
+    imp.add_argument("--devices", nargs=2, default=["vti01", "vti02"])
+    imp.add_argument("--table", default="main")
+    imp.add_argument("--force", action="store_true", help="overwrite existing files")
+    imp.set_defaults(func=cmd_aws_import)
+
+    exa = sub.add_parser("exabgp-config", help="render ExaBGP's config from vtibgp.yaml")
+    exa.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+    exa.add_argument("--local-as", type=int, required=True)
+    exa.add_argument("--peer-as", type=int, default=64512)
+    exa.add_argument("--hold-time", type=int, default=30)
+    exa.add_argument("--router-id")
+    exa.add_argument("--vtibgp", default="/usr/local/bin/vtibgp", help="path of the command")
+    exa.set_defaults(func=cmd_exabgp_config)
 
     lab = sub.add_parser("lab", help="the lab in network namespaces (root)")
     lab_sub = lab.add_subparsers(dest="lab_command", required=True)

@@ -1,0 +1,86 @@
+"""vtibgp.exabgp_config: the ExaBGP config rendered from vtibgp.yaml, checked by ExaBGP."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vtibgp.config import parse
+from vtibgp.exabgp_config import ExabgpConfigError, Session, aws_local_address, render
+
+REPO = Path(__file__).resolve().parents[2]
+EXABGP = shutil.which("exabgp") or str(Path(sys.executable).parent / "exabgp")
+PLUGIN = f"{sys.executable} -m vtibgp run --config /etc/vtibgp/vtibgp.yaml"
+
+
+def exabgp_validate(path: Path) -> subprocess.CompletedProcess[str]:
+    if not os.access(EXABGP, os.X_OK):
+        pytest.skip("exabgp is not installed")
+    env = {**os.environ, "exabgp.daemon.user": "root"}
+    return subprocess.run([EXABGP, "validate", str(path)], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+def cfg(peers: list[dict[str, object]]):  # type: ignore[no-untyped-def]
+    return parse({"peers": peers}, "test.yaml")
+
+
+def test_example_config_renders_and_validates(tmp_path: Path) -> None:
+    from vtibgp.config import load
+
+    text = render(load(REPO / "config" / "vtibgp.yaml"), plugin_command=PLUGIN, local_as=65000)
+    assert "neighbor 169.254.10.1 {" in text and "local-address 169.254.10.2;" in text
+    assert "neighbor 169.254.11.1 {" in text and "local-address 169.254.11.2;" in text
+    assert text.count("router-id 169.254.10.2;") == 2
+    assert "hold-time 30;" in text and "peer-as 64512;" in text
+    assert "processes [ vtibgp ];" in text and "encoder json;" in text
+    conf = tmp_path / "exabgp.conf"
+    conf.write_text(text)
+    r = exabgp_validate(conf)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_sessions_override_and_ipv6_family(tmp_path: Path) -> None:
+    c = cfg([{"address": "10.9.0.1", "families": ["ipv4", "ipv6"], "interface": "gre1"},
+             {"address": "fd00:10::1", "families": ["ipv6"]}])
+    text = render(c, plugin_command=PLUGIN, local_as=4200000001, router_id="192.0.2.1",
+                  sessions={"10.9.0.1": Session(local_address="10.9.0.2", peer_as=65100,
+                                                hold_time=90, description="lab"),
+                            "fd00:10:0::1": Session(local_address="fd00:10::2")})
+    assert "family { ipv4 unicast; ipv6 unicast; }" in text
+    assert "peer-as 65100;" in text and "hold-time 90;" in text
+    assert "local-address fd00:10::2;" in text and 'description "lab";' in text
+    conf = tmp_path / "exabgp.conf"
+    conf.write_text(text)
+    r = exabgp_validate(conf)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_aws_local_address() -> None:
+    assert aws_local_address("169.254.80.145") == "169.254.80.146"
+    assert aws_local_address("fd00:0:0:10::1") == "fd00:0:0:10::2"
+    assert aws_local_address("169.254.80.146") is None
+    assert aws_local_address("10.0.0.1") is None
+
+
+@pytest.mark.parametrize(("peers", "kwargs", "match"), [
+    ([{"address": "10.0.0.1"}], {}, r"peers\[0\] \(10.0.0.1\): no local address"),
+    ([{"address": "169.254.10.1"}], {"local_as": 0}, "local_as"),
+    ([{"address": "169.254.10.1"}], {"hold_time": 2}, "hold_time"),
+    ([{"address": "169.254.10.1"}], {"router_id": "fd00::1"}, "router_id"),
+    ([{"address": "169.254.10.1"}], {"plugin_command": "vtibgp; rm -rf /"}, "plugin_command"),
+    ([{"address": "169.254.10.1"}], {"sessions": {"10.1.1.1": Session()}}, "not peers"),
+    ([{"address": "169.254.10.1", "description": 'a "quoted" one'}], {}, "description"),
+    ([{"address": "169.254.10.1"}],
+     {"sessions": {"169.254.10.1": Session(local_address="fd00::2")}}, "address family"),
+    ([{"address": "fd00:10::1", "families": ["ipv6"]}], {}, "router_id"),
+])
+def test_errors(peers: list[dict[str, object]], kwargs: dict[str, object], match: str) -> None:
+    args: dict[str, object] = {"plugin_command": PLUGIN, "local_as": 65000, **kwargs}
+    with pytest.raises(ExabgpConfigError, match=match):
+        render(cfg(peers), **args)  # type: ignore[arg-type]

@@ -1,0 +1,483 @@
+"""`vtibgp aws-import`: from AWS's VPN connection configuration to a gateway's config files.
+
+Reads the `CustomerGatewayConfiguration` XML of one Site-to-Site VPN connection (what
+`aws ec2 describe-vpn-connections` returns in that field, or the "download configuration"
+XML: a `vpn_connection` element with two `ipsec_tunnel`s) and writes into one directory:
+
+  vtibgp.yaml     peers (VGW inside address, device, vpn id, outside address, max_prefix 1000,
+                  families) and the tunnels: map (connection name -> device)
+  exabgp.conf     rendered from that vtibgp.yaml (vtibgp.exabgp_config.render)
+  ipsec.conf      libreswan conns for both tunnels (route-based, VTI devices)
+  ipsec.secrets   the two pre-shared keys, mode 0600
+  sysctl.conf     the tunnel devices' sysctls
+
+Everything is validated before anything is written; errors name the element path, e.g.
+`vpn_connection/ipsec_tunnel[2]/vpn_gateway/tunnel_inside_address/ip_address`. Files are
+written into a private temporary directory beside the target and moved into place only when
+all of them are complete, so a failure leaves nothing behind.
+
+IPv6 inside addresses (transit gateway VPNs with a /126 from fd00::/8) are handled: the BGP
+session is then IPv6 (ipv6 unicast), the traffic selectors ::/0, and the router id comes from
+the customer gateway's outside IPv4 address unless given.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import shutil
+import tempfile
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import config as vconfig
+from .exabgp_config import ExabgpConfigError, Session, render
+
+V4_LINK_LOCAL = ipaddress.IPv4Network("169.254.0.0/16")
+V6_INSIDE = ipaddress.IPv6Network("fd00::/8")
+# AWS refuses these inside CIDRs (they collide with its own link-local services)
+RESERVED_INSIDE = tuple(ipaddress.IPv4Network(n) for n in (
+    *(f"169.254.{i}.0/30" for i in range(6)), "169.254.169.252/30"))
+# customer ASNs AWS refuses: everywhere, or in one region
+CUSTOMER_ASN_REFUSED = {7224: None, 9059: "eu-west-1", 10124: "ap-northeast-1",
+                        17943: "ap-southeast-1"}
+AS_TRANS = 23456
+PSK_RE = re.compile(r"^[A-Za-z1-9._][A-Za-z0-9._]{7,63}$")  # AWS: 8-64 of these, no leading 0
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
+DEFAULT_PLUGIN = "/usr/local/bin/vtibgp run --config /etc/vtibgp/vtibgp.yaml"
+DEFAULT_UPDOWN = "/usr/local/libexec/vtibgp/vtibgp-updown.sh"
+FILES = ("vtibgp.yaml", "exabgp.conf", "ipsec.conf", "ipsec.secrets", "sysctl.conf")
+
+
+class AwsImportError(ValueError):
+    """The XML cannot be used; the text names the element path and what is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tunnel:
+    number: int  # 1 or 2, the order in the XML
+    cgw_outside: str
+    vgw_outside: str
+    inside: ipaddress.IPv4Network | ipaddress.IPv6Network
+    cgw_inside: str
+    vgw_inside: str
+    customer_asn: int
+    amazon_asn: int
+    hold_time: int
+    psk: str
+    dpd_interval: int
+    dpd_retries: int
+    ike_lifetime: int | None
+    ipsec_lifetime: int | None
+    tcp_mss: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class VpnConnection:
+    vpn_id: str
+    tunnels: tuple[Tunnel, Tunnel]
+
+
+# ------------------------------------------------------------------ reading the XML
+
+
+def _parse_xml(xml_text: str | bytes) -> ET.Element:
+    raw = xml_text.encode() if isinstance(xml_text, str) else xml_text
+    head = raw.upper()
+    if b"<!DOCTYPE" in head or b"<!ENTITY" in head:
+        raise AwsImportError("vpn_connection: DOCTYPE/ENTITY declarations are refused (AWS's "
+                             "document has none; they could expand entities)")
+    try:
+        root = ET.fromstring(raw)
+    except ET.ParseError as e:
+        raise AwsImportError(f"not well-formed XML: {e}") from None
+    if root.tag != "vpn_connection":
+        raise AwsImportError(f"{root.tag}: expected the root element vpn_connection "
+                             "(the CustomerGatewayConfiguration document)")
+    return root
+
+
+def _text(elem: ET.Element, rel: str, base: str, *, required: bool = True) -> str | None:
+    node = elem.find(rel)
+    value = (node.text or "").strip() if node is not None else ""
+    if not value:
+        if required:
+            raise AwsImportError(f"{base}/{rel}: missing or empty")
+        return None
+    return value
+
+
+def _req(elem: ET.Element, rel: str, base: str) -> str:
+    v = _text(elem, rel, base)
+    assert v is not None
+    return v
+
+
+def _int(elem: ET.Element, rel: str, base: str, lo: int, hi: int,
+         *, required: bool = True) -> int | None:
+    v = _text(elem, rel, base, required=required)
+    if v is None:
+        return None
+    try:
+        n = int(v)
+    except ValueError:
+        raise AwsImportError(f"{base}/{rel}: expected an integer, got {v!r}") from None
+    if not lo <= n <= hi:
+        raise AwsImportError(f"{base}/{rel}: expected {lo} to {hi}, got {n}")
+    return n
+
+
+def _ip(elem: ET.Element, rel: str, base: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    v = _req(elem, rel, base)
+    try:
+        return ipaddress.ip_address(v)
+    except ValueError:
+        raise AwsImportError(f"{base}/{rel}: expected an IP address, got {v!r}") from None
+
+
+def _outside(elem: ET.Element, rel: str, base: str) -> str:
+    ip = _ip(elem, rel, base)
+    if ip.version != 4 or ip.is_loopback or ip.is_link_local or ip.is_multicast \
+            or ip.is_unspecified:
+        raise AwsImportError(f"{base}/{rel}: expected a public IPv4 tunnel endpoint, got {ip}")
+    return str(ip)
+
+
+def _inside(t: ET.Element, base: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network,
+                                               str, str]:
+    cbase, vbase = f"{base}/customer_gateway", f"{base}/vpn_gateway"
+    ours = _ip(t, "customer_gateway/tunnel_inside_address/ip_address", base)
+    theirs = _ip(t, "vpn_gateway/tunnel_inside_address/ip_address", base)
+    cidr_path = "customer_gateway/tunnel_inside_address/network_cidr"
+    want = 30 if ours.version == 4 else 126
+    length = _int(t, cidr_path, base, 0, 128, required=False)
+    if length is None:
+        length = want
+    if length != want:
+        raise AwsImportError(f"{base}/{cidr_path}: expected {want} (AWS inside CIDRs are "
+                             f"/{want} for IPv{ours.version}), got {length}")
+    mask = _text(t, "customer_gateway/tunnel_inside_address/network_mask", base,
+                 required=False)
+    if ours.version == 4 and mask is not None and mask != "255.255.255.252":
+        raise AwsImportError(f"{cbase}/tunnel_inside_address/network_mask: expected "
+                             f"255.255.255.252, got {mask!r}")
+    net = ipaddress.ip_network(f"{ours}/{length}", strict=False)
+    if isinstance(net, ipaddress.IPv4Network):
+        if not net.subnet_of(V4_LINK_LOCAL):
+            raise AwsImportError(f"{cbase}/tunnel_inside_address/ip_address: expected an "
+                                 f"address in 169.254.0.0/16, got {ours}")
+        for r in RESERVED_INSIDE:
+            if net == r:
+                raise AwsImportError(f"{cbase}/tunnel_inside_address/ip_address: {net} is "
+                                     "reserved by AWS (169.254.0.0/30 to 169.254.5.0/30 and "
+                                     "169.254.169.252/30 cannot be inside CIDRs)")
+    elif not net.subnet_of(V6_INSIDE):
+        raise AwsImportError(f"{cbase}/tunnel_inside_address/ip_address: expected an address "
+                             f"in fd00::/8, got {ours}")
+    first, second = net.network_address + 1, net.network_address + 2
+    if theirs != first:
+        raise AwsImportError(f"{vbase}/tunnel_inside_address/ip_address: expected {first} "
+                             f"(the first usable address of {net}), got {theirs}")
+    if ours != second:
+        raise AwsImportError(f"{cbase}/tunnel_inside_address/ip_address: expected {second} "
+                             f"(the second usable address of {net}), got {ours}")
+    return net, str(ours), str(theirs)
+
+
+def _customer_asn(n: int, where: str, region: str | None) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 0xFFFFFFFF:
+        raise AwsImportError(f"{where}: expected an ASN from 1 to 4294967295, got {n!r}")
+    if n == AS_TRANS:
+        raise AwsImportError(f"{where}: 23456 is AS_TRANS, not a usable ASN")
+    if n in CUSTOMER_ASN_REFUSED:
+        only = CUSTOMER_ASN_REFUSED[n]
+        if only is None:
+            raise AwsImportError(f"{where}: AWS refuses customer ASN {n} in every region")
+        if region is None or region == only:
+            raise AwsImportError(f"{where}: AWS refuses customer ASN {n} in {only} (pass the "
+                                 "region if the VPN is elsewhere)")
+    return n
+
+
+def _amazon_asn(n: int, where: str) -> int:
+    if not (n == 7224 or 64512 <= n <= 65534 or 4200000000 <= n <= 4294967294):
+        raise AwsImportError(f"{where}: expected an Amazon-side ASN (64512-65534, "
+                             f"4200000000-4294967294, or the legacy 7224), got {n}")
+    return n
+
+
+def _tunnel(t: ET.Element, number: int, our_asn: int | None, region: str | None) -> Tunnel:
+    base = f"vpn_connection/ipsec_tunnel[{number}]"
+    net, ours, theirs = _inside(t, base)
+    asn_path = "customer_gateway/bgp/asn"
+    xml_asn = _int(t, asn_path, base, 1, 0xFFFFFFFF)
+    assert xml_asn is not None
+    customer_asn = _customer_asn(our_asn if our_asn is not None else xml_asn,
+                                 "our_asn" if our_asn is not None else f"{base}/{asn_path}",
+                                 region)
+    amazon = _int(t, "vpn_gateway/bgp/asn", base, 1, 0xFFFFFFFF)
+    assert amazon is not None
+    _amazon_asn(amazon, f"{base}/vpn_gateway/bgp/asn")
+    if amazon == customer_asn:
+        raise AwsImportError(f"{base}/vpn_gateway/bgp/asn: the same as ours ({amazon}); the "
+                             "sessions are eBGP")
+    hold = _int(t, "vpn_gateway/bgp/hold_time", base, 0, 65535, required=False)
+    if hold is None:
+        hold = _int(t, "customer_gateway/bgp/hold_time", base, 0, 65535, required=False)
+    hold = 30 if hold is None else hold
+    if 0 < hold < 3:
+        raise AwsImportError(f"{base}/vpn_gateway/bgp/hold_time: 0 or at least 3, got {hold}")
+    psk = _req(t, "ike/pre_shared_key", base)
+    if not PSK_RE.match(psk):
+        raise AwsImportError(f"{base}/ike/pre_shared_key: expected 8-64 letters, digits, '.' "
+                             "or '_', not starting with 0 (the key itself is not shown)")
+    dpd = "ipsec/dead_peer_detection"
+    interval = _int(t, f"{dpd}/interval", base, 1, 3600)
+    retries = _int(t, f"{dpd}/retries", base, 1, 100)
+    assert interval is not None and retries is not None
+    return Tunnel(
+        number=number,
+        cgw_outside=_outside(t, "customer_gateway/tunnel_outside_address/ip_address", base),
+        vgw_outside=_outside(t, "vpn_gateway/tunnel_outside_address/ip_address", base),
+        inside=net, cgw_inside=ours, vgw_inside=theirs,
+        customer_asn=customer_asn, amazon_asn=amazon, hold_time=hold, psk=psk,
+        dpd_interval=interval, dpd_retries=retries,
+        ike_lifetime=_int(t, "ike/lifetime", base, 60, 86400 * 7, required=False),
+        ipsec_lifetime=_int(t, "ipsec/lifetime", base, 60, 86400 * 7, required=False),
+        tcp_mss=_int(t, "ipsec/tcp_mss_adjustment", base, 500, 9000, required=False),
+    )
+
+
+def parse_vpn(xml_text: str | bytes, *, our_asn: int | None = None,
+              region: str | None = None) -> VpnConnection:
+    """Read and validate the XML; raise AwsImportError naming the element on any problem."""
+    root = _parse_xml(xml_text)
+    vpn_id = (root.get("id") or "").strip()
+    if not ID_RE.match(vpn_id):
+        raise AwsImportError(f"vpn_connection/@id: expected the VPN connection id "
+                             f"(vpn-...), got {vpn_id!r}")
+    elems = root.findall("ipsec_tunnel")
+    if len(elems) != 2:
+        which = "vpn_connection/ipsec_tunnel[2]" if len(elems) == 1 else \
+            "vpn_connection/ipsec_tunnel"
+        raise AwsImportError(f"{which}: expected exactly two ipsec_tunnel elements (one VPN "
+                             f"connection = two tunnels), found {len(elems)}")
+    t1, t2 = (_tunnel(e, i, our_asn, region) for i, e in enumerate(elems, 1))
+    base2 = "vpn_connection/ipsec_tunnel[2]"
+    if t1.inside.overlaps(t2.inside):
+        raise AwsImportError(f"{base2}/customer_gateway/tunnel_inside_address/ip_address: the "
+                             f"same inside CIDR as tunnel 1 ({t1.inside})")
+    if t1.inside.version != t2.inside.version:
+        raise AwsImportError(f"{base2}/customer_gateway/tunnel_inside_address/ip_address: "
+                             "IPv4 and IPv6 inside addresses mixed in one VPN connection")
+    if t1.vgw_outside == t2.vgw_outside:
+        raise AwsImportError(f"{base2}/vpn_gateway/tunnel_outside_address/ip_address: the same "
+                             f"as tunnel 1's ({t1.vgw_outside}); AWS uses two endpoints")
+    if t1.cgw_outside != t2.cgw_outside:
+        raise AwsImportError(f"{base2}/customer_gateway/tunnel_outside_address/ip_address: "
+                             f"{t2.cgw_outside}, tunnel 1 has {t1.cgw_outside} (one customer "
+                             "gateway)")
+    if (t1.customer_asn, t1.amazon_asn) != (t2.customer_asn, t2.amazon_asn):
+        raise AwsImportError(f"{base2}/vpn_gateway/bgp/asn: the ASNs differ from tunnel 1's")
+    return VpnConnection(vpn_id, (t1, t2))
+
+
+# ------------------------------------------------------------------ the files
+
+
+def _connection_name(vpn: VpnConnection, t: Tunnel) -> str:
+    return f"aws-{vpn.vpn_id}-tunnel-{t.number}"
+
+
+def vtibgp_yaml(vpn: VpnConnection, devices: Sequence[str], table: str | int) -> str:
+    family = "ipv4" if vpn.tunnels[0].inside.version == 4 else "ipv6"
+    data: dict[str, Any] = {
+        "kernel": {"table": table},
+        # equal preference: AWS raises MED on a tunnel under maintenance, and MED must decide
+        "peers": [{
+            "address": t.vgw_inside,
+            "interface": dev,
+            "preference": 100,
+            "families": [family],
+            "description": f"aws {vpn.vpn_id} tunnel {t.number}",
+            "vpn": vpn.vpn_id,
+            "outside": t.vgw_outside,
+            "max_prefix": {"limit": 1000, "warn_at": 0.8, "action": "stop"},
+        } for t, dev in zip(vpn.tunnels, devices, strict=True)],
+        "tunnels": [{"connection": _connection_name(vpn, t), "device": dev}
+                    for t, dev in zip(vpn.tunnels, devices, strict=True)],
+    }
+    head = (f"# vtibgp for AWS VPN connection {vpn.vpn_id}, written by `vtibgp aws-import`.\n"
+            "# AWS sends at most 1,000 routes per VPN connection (max_prefix). Defaults apply\n"
+            "# to everything else; see config/vtibgp.yaml in vtibgp for all keys.\n")
+    return head + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
+
+def ipsec_conf(vpn: VpnConnection, devices: Sequence[str], marks: Sequence[int],
+               updown: str) -> str:
+    t1 = vpn.tunnels[0]
+    any_net = "0.0.0.0/0" if t1.inside.version == 4 else "::/0"
+    ike_life = t1.ike_lifetime or 28800
+    sa_life = t1.ipsec_lifetime or 3600
+    dead = t1.dpd_interval * t1.dpd_retries
+    common = f"aws-{vpn.vpn_id}-common"
+    out = [
+        f"# libreswan: AWS VPN connection {vpn.vpn_id}, written by `vtibgp aws-import`.",
+        "# Install as /etc/ipsec.d/aws-vpn.conf; check with",
+        "#     ipsec addconn --checkconfig --config /etc/ipsec.d/aws-vpn.conf",
+        "# Configure the same IKE/ESP algorithms on the VPN tunnel options in AWS.",
+        "" if t1.tcp_mss is None else
+        f"# AWS asks for TCP MSS {t1.tcp_mss} through the tunnels (clamp it on the gateway).",
+        "",
+        f"conn {common}",
+        "    type=tunnel",
+        "    authby=secret",
+        "    ikev2=yes",
+        "    ike=aes256-sha2_256;modp2048",
+        "    esp=aes256-sha2_256;modp2048",
+        f"    ikelifetime={ike_life}s",
+        f"    salifetime={sa_life}s",
+        f"    # dead peer detection as AWS sets it: every {t1.dpd_interval} s, "
+        f"{t1.dpd_retries} retries",
+        f"    dpddelay={t1.dpd_interval}",
+        f"    dpdtimeout={dead}",
+        f"    retransmit-timeout={dead}s",
+        "    dpdaction=restart",
+        "    left=%defaultroute",
+        f"    leftid={t1.cgw_outside}",
+        f"    leftsubnet={any_net}",
+        f"    rightsubnet={any_net}",
+        "    vti-routing=no",
+        "    vti-shared=no",
+        f"    leftupdown={updown}",
+    ]
+    for t, dev, mark in zip(vpn.tunnels, devices, marks, strict=True):
+        out += [
+            "",
+            f"conn {_connection_name(vpn, t)}",
+            f"    also={common}",
+            f"    right={t.vgw_outside}",
+            f"    rightid={t.vgw_outside}",
+            f"    mark={mark}/0xffffffff",
+            f"    vti-interface={dev}",
+            f"    leftvti={t.cgw_inside}/{t.inside.prefixlen}",
+            "    auto=start",
+        ]
+    return "\n".join(out) + "\n"
+
+
+def ipsec_secrets(vpn: VpnConnection) -> str:
+    lines = [f"# pre-shared keys of AWS VPN connection {vpn.vpn_id}: root, mode 0600"]
+    lines += [f'{t.cgw_outside} {t.vgw_outside} : PSK "{t.psk}"' for t in vpn.tunnels]
+    return "\n".join(lines) + "\n"
+
+
+def sysctl_conf(vpn: VpnConnection, devices: Sequence[str]) -> str:
+    out = [f"# tunnel devices of AWS VPN connection {vpn.vpn_id}: /etc/sysctl.d/90-vtibgp.conf",
+           "# disable_xfrm must stay 0: 1 turns off IPsec on the device.",
+           "net.ipv4.ip_forward = 1",
+           "net.ipv4.conf.all.rp_filter = 2",
+           "net.ipv4.conf.default.rp_filter = 2"]
+    if vpn.tunnels[0].inside.version == 6:
+        out.append("net.ipv6.conf.all.forwarding = 1")
+    for dev in devices:
+        out += [f"net.ipv4.conf.{dev}.disable_policy = 1",
+                f"net.ipv4.conf.{dev}.rp_filter = 2",
+                f"net.ipv4.conf.{dev}.forwarding = 1",
+                f"net.ipv4.conf.{dev}.disable_xfrm = 0"]
+    return "\n".join(out) + "\n"
+
+
+def _write(directory: Path, name: str, text: str, mode: int) -> None:
+    fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        os.fchmod(f.fileno(), mode)  # exactly this mode, whatever the umask
+        f.write(text)
+
+
+def import_vpn(xml_text: str | bytes, out_dir: str | Path, *, our_asn: int | None = None,
+               devices: Sequence[str] = ("vti01", "vti02"), table: str | int = "main",
+               marks: Sequence[int] = (100, 200), region: str | None = None,
+               plugin_command: str = DEFAULT_PLUGIN, updown: str = DEFAULT_UPDOWN,
+               router_id: str | None = None, overwrite: bool = False) -> list[Path]:
+    """Validate the XML and write FILES into `out_dir` (created if missing); return the paths.
+
+    `our_asn` overrides the customer gateway's ASN from the XML, `region` allows the
+    region-specific refused ASNs elsewhere, `marks` are the per-tunnel XFRM marks (unique on the
+    host), `plugin_command` the ExaBGP process line (its program must exist when ExaBGP reads
+    the config). Existing files in `out_dir` are an error unless `overwrite`. Raises
+    AwsImportError; nothing is written then."""
+    if len(devices) != 2 or len(set(devices)) != 2 or \
+            any(not vconfig.DEVICE_RE.match(d) for d in devices):
+        raise AwsImportError(f"devices: expected two different device names, got {devices!r}")
+    if len(marks) != 2 or len(set(marks)) != 2 or \
+            any(isinstance(m, bool) or not 1 <= m <= 0xFFFFFFFF for m in marks):
+        raise AwsImportError(f"marks: expected two different marks 1..4294967295, got {marks!r}")
+    if any(c.isspace() for c in updown) or not updown.startswith("/"):
+        raise AwsImportError(f"updown: expected an absolute path without spaces, got {updown!r}")
+    vpn = parse_vpn(xml_text, our_asn=our_asn, region=region)
+    t1 = vpn.tunnels[0]
+
+    yaml_text = vtibgp_yaml(vpn, devices, table)
+    try:
+        cfg = vconfig.parse(yaml.safe_load(yaml_text), "vtibgp.yaml")
+    except vconfig.ConfigError as e:
+        raise AwsImportError(f"the generated vtibgp.yaml does not load: {e}") from None
+    if router_id is None and t1.inside.version == 6:
+        router_id = t1.cgw_outside
+    try:
+        exabgp_text = render(
+            cfg, plugin_command=plugin_command, local_as=t1.customer_asn,
+            peer_as=t1.amazon_asn, hold_time=t1.hold_time, router_id=router_id,
+            sessions={t.vgw_inside: Session(local_address=t.cgw_inside, hold_time=t.hold_time,
+                                            description=f"{vpn.vpn_id} tunnel {t.number} "
+                                                        f"({dev})")
+                      for t, dev in zip(vpn.tunnels, devices, strict=True)},
+            header=f"ExaBGP for AWS VPN connection {vpn.vpn_id}, written by "
+                   "`vtibgp aws-import`.")
+    except ExabgpConfigError as e:
+        raise AwsImportError(f"exabgp.conf: {e}") from None
+    contents = {
+        "vtibgp.yaml": (yaml_text, 0o644),
+        "exabgp.conf": (exabgp_text, 0o644),
+        "ipsec.conf": (ipsec_conf(vpn, devices, marks, updown), 0o644),
+        "ipsec.secrets": (ipsec_secrets(vpn), 0o600),
+        "sysctl.conf": (sysctl_conf(vpn, devices), 0o644),
+    }
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise AwsImportError(f"{out}: exists and is not a directory")
+    if out.is_dir() and not overwrite:
+        present = [n for n in FILES if (out / n).exists() or (out / n).is_symlink()]
+        if present:
+            raise AwsImportError(f"{out}: would overwrite {', '.join(present)} (use overwrite)")
+    parent = out.resolve().parent
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=".vtibgp-aws-import-", dir=parent))  # mode 0700
+    except OSError as e:
+        raise AwsImportError(f"{parent}: cannot write: {e.strerror or e}") from None
+    try:
+        for name, (text, mode) in contents.items():
+            _write(tmp, name, text, mode)
+        if not out.exists():
+            os.chmod(tmp, 0o755)  # the secrets file itself is 0600
+            os.rename(tmp, out)
+        else:
+            for name in FILES:
+                os.replace(tmp / name, out / name)
+    except OSError as e:
+        raise AwsImportError(f"{out}: cannot write: {e.strerror or e}") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return [out / n for n in FILES]
+
+
+__all__ = ["FILES", "AwsImportError", "Tunnel", "VpnConnection", "import_vpn", "parse_vpn"]

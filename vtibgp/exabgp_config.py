@@ -1,0 +1,188 @@
+"""Render ExaBGP's configuration from a vtibgp Config, so that vtibgp.yaml is the one source
+of truth for the peers (`vtibgp exabgp-config`, and `vtibgp aws-import`).
+
+vtibgp.yaml says who the peers are (address, families, description) but not what only the BGP
+session needs. Those come from the arguments of `render`:
+
+* `local_as` (required) and `peer_as` (default 64512, the VGW default), `hold_time` (30, what
+  AWS uses), `router_id` (default: the first IPv4 local address);
+* per peer, an optional `Session` in `sessions` (keyed by the peer address as in vtibgp.yaml)
+  overriding local address, peer AS, hold time or description;
+* a peer without a session's local address gets the AWS one: for an AWS-style inside /30 in
+  169.254.0.0/16 (or /126 in fd00::/8) whose first usable address is the peer, ours is the
+  second. Any other peer without a local address is an error naming it.
+
+The output is checked with `exabgp validate` in the tests (ExaBGP 5.0; the syntax is the one
+that works unchanged on 4.2 as well).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .config import Config, PeerConfig
+
+DEFAULT_PEER_AS = 64512
+DEFAULT_HOLD_TIME = 30
+PROCESS_NAME = "vtibgp"
+_UNSAFE = re.compile(r'[;{}"\n\r\\#]')  # characters that would end or break an ExaBGP token
+
+
+class ExabgpConfigError(ValueError):
+    """The ExaBGP config cannot be rendered; the text names the peer and what is missing."""
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """What a BGP session needs beyond vtibgp.yaml's peer entry; None: the default."""
+
+    local_address: str | None = None
+    peer_as: int | None = None
+    hold_time: int | None = None
+    description: str | None = None
+
+
+def aws_local_address(peer: str) -> str | None:
+    """Our inside address for an AWS tunnel peer (the VGW's, first usable of its /30 in
+    169.254.0.0/16 or /126 in fd00::/8): the second usable one. None when `peer` is not one."""
+    ip = ipaddress.ip_address(peer)
+    if isinstance(ip, ipaddress.IPv4Address):
+        if ip in ipaddress.ip_network("169.254.0.0/16") and int(ip) % 4 == 1:
+            return str(ip + 1)
+    elif ip in ipaddress.ip_network("fd00::/8") and int(ip) % 4 == 1:
+        return str(ip + 1)
+    return None
+
+
+def _check_asn(what: str, v: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 0xFFFFFFFF:
+        raise ExabgpConfigError(f"{what}: expected an AS number from 1 to 4294967295, got {v!r}")
+    return v
+
+
+def _check_hold(what: str, v: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not (v == 0 or 3 <= v <= 65535):
+        raise ExabgpConfigError(f"{what}: expected a hold time of 0 or 3 to 65535 seconds, "
+                                f"got {v!r}")
+    return v
+
+
+def _text(what: str, v: str) -> str:
+    if _UNSAFE.search(v):
+        raise ExabgpConfigError(f"{what}: must not contain ; {{ }} \" # \\ or a line break, "
+                                f"got {v!r}")
+    return v
+
+
+def _family_lines(peer: PeerConfig) -> str:
+    return " ".join(f"{f};" for f in peer.families)
+
+
+def render(cfg: Config, *, plugin_command: str, local_as: int,
+           peer_as: int = DEFAULT_PEER_AS, hold_time: int = DEFAULT_HOLD_TIME,
+           router_id: str | None = None,
+           sessions: Mapping[str, Session] | None = None,
+           header: str = "") -> str:
+    """The ExaBGP config text: the vtibgp process and one neighbor per `cfg.peers` entry.
+
+    `plugin_command` is the process's `run` line, e.g.
+    `/usr/local/bin/vtibgp run --config /etc/vtibgp/vtibgp.yaml` (ExaBGP checks that the program
+    exists). `header` lines are written as comments at the top. Raises ExabgpConfigError."""
+    if not cfg.peers:
+        raise ExabgpConfigError("peers: at least one peer is needed to render neighbors")
+    _text("plugin_command", plugin_command)
+    if not plugin_command.strip().startswith("/"):
+        raise ExabgpConfigError(f"plugin_command: expected an absolute program path, got "
+                                f"{plugin_command!r}")
+    _check_asn("local_as", local_as)
+    _check_asn("peer_as", peer_as)
+    _check_hold("hold_time", hold_time)
+    by_peer: dict[str, Session] = {}
+    for addr, sess in (sessions or {}).items():
+        try:
+            by_peer[str(ipaddress.ip_address(addr))] = sess
+        except ValueError:
+            raise ExabgpConfigError(f"sessions: {addr!r} is not a peer address") from None
+    unknown = set(by_peer) - {p.address for p in cfg.peers}
+    if unknown:
+        raise ExabgpConfigError(f"sessions: not peers in {cfg.source}: "
+                                + ", ".join(sorted(unknown)))
+
+    blocks: list[str] = []
+    locals_: list[str] = []
+    for i, peer in enumerate(cfg.peers):
+        s = by_peer.get(peer.address, Session())
+        what = f"peers[{i}] ({peer.address})"
+        local = s.local_address or aws_local_address(peer.address)
+        if local is None:
+            raise ExabgpConfigError(f"{what}: no local address: not an AWS inside address "
+                                    "(first usable of a 169.254.x.x/30), so give one")
+        try:
+            local_ip = ipaddress.ip_address(local)
+        except ValueError:
+            raise ExabgpConfigError(f"{what}: local address {local!r} is not an IP address"
+                                    ) from None
+        if local_ip.version != ipaddress.ip_address(peer.address).version:
+            raise ExabgpConfigError(f"{what}: local address {local} is not of the peer's "
+                                    "address family")
+        if str(local_ip) == peer.address:
+            raise ExabgpConfigError(f"{what}: the local address is the peer's own")
+        locals_.append(str(local_ip))
+        pas = _check_asn(f"{what}: peer_as", s.peer_as if s.peer_as is not None else peer_as)
+        hold = _check_hold(f"{what}: hold_time",
+                           s.hold_time if s.hold_time is not None else hold_time)
+        desc = _text(f"{what}: description", s.description if s.description is not None
+                     else peer.description or (f"{peer.interface}" if peer.interface else ""))
+        lines = [f"neighbor {peer.address} {{"]
+        if desc:
+            lines.append(f'    description "{desc}";')
+        lines += [
+            "    router-id {router_id};",
+            f"    local-address {local_ip};",
+            f"    local-as {local_as};",
+            f"    peer-as {pas};",
+            f"    hold-time {hold};",
+            "    capability { route-refresh; }",
+            f"    family {{ {_family_lines(peer)} }}",
+            "    api {",
+            f"        processes [ {PROCESS_NAME} ];",
+            "        neighbor-changes;",
+            "        receive { parsed; update; notification; }",
+            "    }",
+            "}",
+        ]
+        blocks.append("\n".join(lines))
+
+    if router_id is None:
+        v4 = [a for a in locals_ if ipaddress.ip_address(a).version == 4]
+        if not v4:
+            raise ExabgpConfigError("router_id: no IPv4 local address to take it from (all "
+                                    "sessions are IPv6), so give one")
+        router_id = v4[0]
+    try:
+        rid = ipaddress.IPv4Address(router_id)
+    except ValueError:
+        raise ExabgpConfigError(f"router_id: expected an IPv4 address, got {router_id!r}"
+                                ) from None
+    if int(rid) == 0:
+        raise ExabgpConfigError("router_id: 0.0.0.0 is not a router id")
+
+    out = [f"# {line}".rstrip() for line in header.splitlines()]
+    out += [
+        f"# Generated from {cfg.source} by vtibgp; the peers are defined there.",
+        "# Run ExaBGP so the plugin keeps CAP_NET_ADMIN (config/systemd/, README \"Privileges\").",
+        "",
+        f"process {PROCESS_NAME} {{",
+        f"    run {plugin_command.strip()};",
+        "    encoder json;",
+        "}",
+        "",
+    ]
+    out.append("\n\n".join(b.replace("{router_id}", str(rid)) for b in blocks))
+    return "\n".join(out) + "\n"
+
+
+__all__ = ["ExabgpConfigError", "Session", "aws_local_address", "render"]
