@@ -300,6 +300,21 @@ class Core:
                 return []
         raise TypeError(f"not an event: {event!r}")  # pragma: no cover
 
+    def learn_outside(self, peer: PeerAddr, addresses: Iterable[str]) -> list[RouteOp]:
+        """The IPsec daemon told us the tunnel's outside endpoint (PLUTO_PEER): from now on
+        no prefix covering it may go into that tunnel; held ones that do are dropped."""
+        if self.import_policy is None or not self.import_policy.set_outside(peer, addresses):
+            return []
+        paths = self.rib.get(peer, {})
+        gone = []
+        for prefix, attrs in list(paths.items()):
+            if self.import_policy.check(peer, None, _family_of(prefix), prefix,
+                                        attrs) == "loop":
+                del paths[prefix]
+                self._refuse(peer, prefix, "loop")
+                gone.append(prefix)
+        return self._recompute(gone)
+
     def reconfigure(self, settings: CoreSettings) -> list[RouteOp]:
         """New settings (a config reload): every held path is judged again under them."""
         self.settings = settings

@@ -625,19 +625,32 @@ class Daemon:
                                               for e in events))
         for ev in events:
             ops += self.core.handle(ev)  # applied with the batch, after the caller is answered
+        outside = body.get("outside")
+        if state == "up" and isinstance(outside, str):
+            # the loop guard learns the tunnel's public endpoint from the IPsec daemon
+            for peer in self._peers_of(events):
+                try:
+                    ops += self.core.learn_outside(peer, [outside])
+                except ValueError:
+                    log.warning("%s: outside endpoint %r is not an address", reason, outside)
+                    break
         if state == "down":
             self._teardown(entries, events)
         return {"ok": True, "applied": len(events)}
+
+    def _peers_of(self, events: list[IpsecState]) -> list[str]:
+        """The configured peers an IPsec event is about: its peers, or those on its device."""
+        peers = {p for ev in events for p in ev.peers}
+        peers.update(p.address for p in self.cfg.peers for ev in events
+                     if ev.device and self.core.device_of(p.address) == ev.device)
+        return sorted(peers)
 
     def _teardown(self, entries: list[Any], events: list[IpsecState]) -> None:
         """Reset the BGP sessions over a tunnel that went down, where configured, so that
         ExaBGP resyncs when the tunnel returns (Cease 4, Administrative Reset)."""
         if self.commands is None or not any(t.teardown for t in entries):
             return
-        peers = {p for ev in events for p in ev.peers}
-        peers.update(p.address for p in self.cfg.peers for ev in events
-                     if ev.device and self.core.device_of(p.address) == ev.device)
-        for peer in sorted(peers):
+        for peer in self._peers_of(events):
             log.info("tunnel down: resetting the BGP session with %s", peer)
             self._send(f"neighbor {peer} teardown 4")
 

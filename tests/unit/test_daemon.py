@@ -18,7 +18,7 @@ import pytest
 
 from vtibgp import metrics as m
 from vtibgp.config import load, parse
-from vtibgp.daemon import Daemon
+from vtibgp.daemon import Daemon, _Request
 from vtibgp.exabgp_input import LineKind, parse_line
 from vtibgp.model import KernelRoute, NextHop, OpKind, OpResult, RouteOp
 
@@ -315,3 +315,23 @@ def test_sigterm_with_stdin_still_open_exits_cleanly(tmp_path: Path) -> None:
     assert b"Fatal Python error" not in err
     assert b"stopping on signal 15" in err
     assert out.decode().splitlines()[-1].startswith("delete ")  # on_exit: withdraw ran
+
+
+def test_loop_guard_learns_the_outside_endpoint_from_updown() -> None:
+    """PLUTO_PEER in an up-client call becomes the tunnel's outside endpoint: a held prefix
+    covering it is removed from that tunnel and a new announcement of it is refused."""
+    cfg = parse({"metrics": {"listen": None}, "control": {"socket": None},
+                 "peers": [{"address": PEER, "interface": "vti01"}],
+                 "tunnels": [{"connection": "aws-1", "device": "vti01"}]}, "t.yaml")
+    kernel = MemoryKernel()
+    daemon = Daemon(cfg, kernel, None)  # type: ignore[arg-type]
+    now = time.monotonic()
+    daemon._process([("line", now, _update_many(PEER, ["100.64.0.0/16", "10.1.0.0/16"]))])
+    assert {p for p, _ in kernel.routes} == {"100.64.0.0/16", "10.1.0.0/16"}
+    before = m.PREFIXES_REJECTED.labels(PEER, "loop")._value.get()
+    req = {"cmd": "tunnel", "state": "up", "connection": "aws-1", "outside": "100.64.1.1"}
+    daemon._process([("request", now, _Request(req))])
+    assert {p for p, _ in kernel.routes} == {"10.1.0.0/16"}
+    daemon._process([("line", now, _update_many(PEER, ["100.64.0.0/10"]))])
+    assert {p for p, _ in kernel.routes} == {"10.1.0.0/16"}
+    assert m.PREFIXES_REJECTED.labels(PEER, "loop")._value.get() - before == 2
