@@ -226,6 +226,17 @@ def cmd_exabgp_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import exit_status, format, run_checks
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    findings = run_checks(cfg, exabgp_conf=args.exabgp_conf)
+    print(format(findings))
+    return exit_status(findings)
+
+
 def cmd_lab_demo(args: argparse.Namespace) -> int:
     from .lab_cli import demo
 
@@ -289,6 +300,13 @@ def main(argv: list[str] | None = None) -> int:
     exa.add_argument("--router-id")
     exa.add_argument("--vtibgp", default="/usr/local/bin/vtibgp", help="path of the command")
     exa.set_defaults(func=cmd_exabgp_config)
+
+    doc = sub.add_parser("doctor", help="check this gateway (devices, sysctls, MTU, ExaBGP "
+                         "config, privileges, metrics port); non-zero exit on any error")
+    doc.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    doc.add_argument("--exabgp-conf", default=None,
+                     help="ExaBGP config to compare with vtibgp.yaml's peers")
+    doc.set_defaults(func=cmd_doctor)
 
     lab = sub.add_parser("lab", help="the lab in network namespaces (root)")
     lab_sub = lab.add_subparsers(dest="lab_command", required=True)
