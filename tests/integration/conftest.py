@@ -113,12 +113,8 @@ def _lab_session() -> Iterator[None]:
 
 @pytest.fixture
 def topology() -> Iterator[harness.Topology]:
-    topo = harness.Topology()
-    try:
-        topo.up()
+    with harness.Topology() as topo:  # up() cleans up itself if it fails half-way
         yield topo
-    finally:
-        topo.down()
 
 
 @pytest.fixture

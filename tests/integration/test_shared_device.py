@@ -55,12 +55,8 @@ DOWN_ENV = {"PLUTO_VERB": "down-client", "PLUTO_CONNECTION": CONN,
 def topology() -> Iterator[harness.Topology]:
     """The conftest topology plus session 3's addresses on vti01/tun1 (overrides it, so the
     exabgp_gateway factory runs in this one)."""
-    topo = harness.Topology(tunnels=(1, 2, 3))
-    try:
-        topo.up()
+    with harness.Topology(tunnels=(1, 2, 3)) as topo:
         yield topo
-    finally:
-        topo.down()
 
 
 @pytest.fixture
