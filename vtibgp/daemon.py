@@ -124,11 +124,6 @@ class _Request:
     answer: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class _Resync:
-    established: set[str] = field(default_factory=set)
-
-
 class Daemon:
     def __init__(
         self,
@@ -264,12 +259,12 @@ class Daemon:
             self._resync()
 
     def _resync(self) -> None:
-        state = _Resync()
+        established: set[str] = set()  # filled by the summary, read when the rib is in
 
         def summary_line(text: str) -> list[Event]:
             cols = text.split()
             if len(cols) >= 4 and cols[3].lower() == "established":
-                state.established.add(cols[0])
+                established.add(cols[0])
             return []
 
         def adj_rib_line(text: str) -> list[Event]:
@@ -282,8 +277,8 @@ class Daemon:
                             "End-of-RIB or the grace timer")
                 return []
             log.info("resync: ExaBGP's adj-rib-in loaded (%d established sessions)",
-                     len(state.established))
-            return [ResyncDone(frozenset(state.established))]
+                     len(established))
+            return [ResyncDone(frozenset(established))]
 
         self._command("show neighbor summary", summary_line, lambda ok: [])
         self._command("show adj-rib in extensive", adj_rib_line, adj_rib_end)
@@ -676,13 +671,18 @@ class Daemon:
                 counts.setdefault(hop, [0, 0])[role] += 1
         return counts
 
-    def status(self) -> dict[str, Any]:
-        roles = self._roles()
-        by_device: dict[str, list[int]] = {}
+    def _per_device(self, roles: dict[NextHop, list[int]]) -> dict[str, list[int]]:
+        """[best, backup] routes per tunnel device, every device we route into included."""
+        per_dev: dict[str, list[int]] = {d: [0, 0] for d in self.vpn_of}
         for hop, (best, backup) in roles.items():
-            tot = by_device.setdefault(hop.device, [0, 0])
+            tot = per_dev.setdefault(hop.device, [0, 0])
             tot[0] += best
             tot[1] += backup
+        return per_dev
+
+    def status(self) -> dict[str, Any]:
+        roles = self._roles()
+        by_device = self._per_device(roles)
         peers = []
         addresses = [p.address for p in self.cfg.peers]
         addresses += sorted(set(self.core.sessions) - set(addresses))
@@ -813,12 +813,8 @@ class Daemon:
     def _route_gauges(self) -> None:
         """Route counts by role, per device and per peer (at most once a second: it walks
         every route)."""
-        per_dev: dict[str, list[int]] = {d: [0, 0] for d in self.vpn_of}
         per_hop = self._roles()
-        for hop, (best, backup) in per_hop.items():
-            tot = per_dev.setdefault(hop.device, [0, 0])
-            tot[0] += best
-            tot[1] += backup
+        per_dev = self._per_device(per_hop)
         for dev, (best, backup) in per_dev.items():
             m.TUNNEL_ROUTES.labels(dev, "best").set(best)
             m.TUNNEL_ROUTES.labels(dev, "backup").set(backup)

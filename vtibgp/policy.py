@@ -45,7 +45,7 @@ from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from socket import inet_pton
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, get_args
 
 from .model import Family, PathAttrs, PeerAddr, Prefix
 
@@ -60,17 +60,7 @@ Reason = Literal[
     "as_path_first",
     "as_path_length",
 ]
-REASONS: tuple[Reason, ...] = (
-    "invalid",
-    "martian",
-    "default_route",
-    "max_length",
-    "prefix_list",
-    "protected",
-    "loop",
-    "as_path_first",
-    "as_path_length",
-)
+REASONS: tuple[Reason, ...] = get_args(Reason)
 Action = Literal["permit", "deny"]
 MaxPrefixAction = Literal["warn", "stop", "teardown"]
 MaxPrefixEvent = Literal["warn", "limit", "teardown"]
