@@ -21,6 +21,11 @@ anything, a marker naming the owning process is written to ``/run/vtibgp-harness
 :func:`cleanup_stale` deletes the namespaces (and kills the processes inside them) whose owner
 is gone. All objects are also registered for an ``atexit`` clean-up.
 
+Objects meant to outlive the process that made them (``vtibgp lab up``) opt out of both:
+a :class:`Topology` given explicit ``names`` (outside the ``vtb-`` prefix) writes no marker,
+:func:`detach` takes objects off the ``atexit`` list, and a later process takes the daemons
+over again with :meth:`_Daemon.adopt` from the record :meth:`_Daemon.record` gave.
+
 BGP session set-up: BIRD is *passive* by default (it only listens; ExaBGP connects). ExaBGP
 connects as soon as it starts, so a session is up ~0.2 s after ExaBGP has loaded, and
 there is no connection collision to resolve. BIRD's own timers that would otherwise add long
@@ -286,6 +291,13 @@ def _unregister(obj: Any) -> None:
         _LIVE.discard(obj)
 
 
+def detach(*objs: object) -> None:
+    """Take ``objs`` (topologies, daemons) off the ``atexit`` clean-up: they outlive this
+    process, and whoever takes them over later (see :meth:`_Daemon.adopt`) removes them."""
+    for obj in objs:
+        _unregister(obj)
+
+
 @atexit.register
 def _cleanup_at_exit() -> None:
     with _LIVE_LOCK:
@@ -382,17 +394,29 @@ class Topology:
         *,
         link_local: bool = True,
         tunnels: Iterable[int] = DEFAULT_TUNNELS,
+        names: tuple[str, str] | None = None,
     ) -> None:
         """``link_local=False`` gives the aws ends no IPv6 link-local address, so BIRD sends
         only the global IPv6 next hop (16 bytes). With it (the default, like a real router
         on a direct link) BIRD sends global + link-local (32 bytes), which ExaBGP (4.2 and 5.0)
         prints as two next-hop keys, global first, each listing the same prefixes.
 
-        ``tunnels`` picks from :data:`ALL_TUNNELS`; a shared one (3) needs its owner (1)."""
+        ``tunnels`` picks from :data:`ALL_TUNNELS`; a shared one (3) needs its owner (1).
+
+        ``names`` (gateway, aws) names the namespaces instead of ``vtb-<tag>-gw/aws``; such a
+        topology writes no marker, so :func:`cleanup_stale` never considers it (the names must
+        then not start with ``vtb-``)."""
         self.tag = tag or secrets.token_hex(3)
         self.link_local = link_local
-        self.gw = f"{NS_PREFIX}-{self.tag}-gw"
-        self.aws = f"{NS_PREFIX}-{self.tag}-aws"
+        if names is None:
+            self.gw = f"{NS_PREFIX}-{self.tag}-gw"
+            self.aws = f"{NS_PREFIX}-{self.tag}-aws"
+        else:
+            if any(n.startswith(f"{NS_PREFIX}-") for n in names) or names[0] == names[1]:
+                raise ValueError(f"names must be two different names outside the "
+                                 f"{NS_PREFIX}- prefix (that one is the harness'): {names}")
+            self.gw, self.aws = names
+        self._use_marker = names is None
         wanted = sorted(set(tunnels))
         unknown = [n for n in wanted if n not in ALL_TUNNELS]
         if unknown or not wanted:
@@ -412,7 +436,8 @@ class Topology:
         """Create namespaces, links and addresses. On any error everything is removed again."""
         _register(self)
         try:
-            self._marker = _write_marker(self.tag)
+            if self._use_marker:
+                self._marker = _write_marker(self.tag)
             for ns in (self.gw, self.aws):
                 _cmd(["ip", "netns", "add", ns])
                 # keep IPv6 addresses across admin down/up, and no DAD delay
@@ -440,7 +465,7 @@ class Topology:
             _delete_netns(ns)
         if self._marker is not None:
             self._marker.unlink(missing_ok=True)
-        else:
+        elif self._use_marker:
             (MARKER_DIR / self.tag).unlink(missing_ok=True)
         _unregister(self)
 
@@ -557,6 +582,21 @@ class Topology:
     def carrier_on(self, n: int) -> None:
         self.set_link("aws", self.tunnels[n].aws_dev, True)
 
+    def add_host_link(self, host_dev: str, ns_dev: str, host_cidr: str, ns_cidr: str) -> None:
+        """A veth pair from the root namespace (``host_dev``, ``host_cidr``) into the gateway
+        namespace (``ns_dev``, ``ns_cidr``), both ends up: a management link, so that the
+        host can reach what the gateway serves. It goes away with the gateway namespace."""
+        _cmd(["ip", "link", "add", host_dev, "type", "veth",
+              "peer", "name", ns_dev, "netns", self.gw])
+        try:
+            _cmd(["ip", "addr", "add", host_cidr, "dev", host_dev])
+            self.ip("gw", "addr", "add", ns_cidr, "dev", ns_dev)
+            _cmd(["ip", "link", "set", "dev", host_dev, "up"])
+            self.set_link("gw", ns_dev, True)
+        except BaseException:
+            _cmd(["ip", "link", "del", "dev", host_dev], check=False)
+            raise
+
     def sysctl(self, ns: str, key: str, value: str | int) -> None:
         self.run(ns, "sysctl", "-qw", f"{key}={value}")
 
@@ -585,9 +625,14 @@ def _sessions(topology: Topology, tunnels: Iterable[int]) -> tuple[int, ...]:
 
 
 class _Daemon:
-    """A subprocess whose stdout+stderr go to a log file."""
+    """A subprocess whose stdout+stderr go to a log file.
+
+    Either started here (:meth:`_spawn`: ``proc`` is set) or adopted (:meth:`adopt`): a
+    process an earlier run started and left running, known by its PID and start time (so
+    a PID the kernel has since given to another process is never taken for it)."""
 
     proc: subprocess.Popen[bytes] | None = None
+    adopted: tuple[int, str | None] | None = None
     log_path: Path
 
     def _spawn(
@@ -604,8 +649,33 @@ class _Daemon:
                 start_new_session=True,  # a ^C at the terminal must not hit it before us
             )
 
+    @property
+    def pid(self) -> int | None:
+        if self.proc is not None:
+            return self.proc.pid
+        return self.adopted[0] if self.adopted is not None else None
+
+    def record(self) -> dict[str, Any]:
+        """What :meth:`adopt` needs to take this process over from another process
+        (JSON-able): ``{"pid": …, "starttime": …}``."""
+        pid = self.pid
+        if pid is None:
+            raise HarnessError(f"{self!r} was never started")
+        return {"pid": pid, "starttime": _proc_starttime(pid)}
+
+    def adopt(self, record: Mapping[str, Any]) -> None:
+        """Take over the process described by ``record`` (from :meth:`record`):
+        :meth:`running` and the stop methods then work on it."""
+        self.proc = None
+        self.adopted = (int(record["pid"]), record.get("starttime"))
+
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        if self.proc is not None:
+            return self.proc.poll() is None
+        if self.adopted is None:
+            return False
+        pid, start = self.adopted
+        return _pid_alive(pid) and not _is_zombie(pid) and _proc_starttime(pid) == start
 
     def log_text(self) -> str:
         try:
@@ -616,6 +686,9 @@ class _Daemon:
     def _terminate(self, timeout: float) -> int | None:
         proc = self.proc
         if proc is None:
+            # an adopted process: not our child, so no exit code to collect
+            if self.adopted is not None and self.running():
+                _kill_pids([self.adopted[0]], timeout)
             return None
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -659,7 +732,10 @@ class BirdPeer(_Daemon):
         tunnels: Sequence[int] = (1, 2),
         bird: str = "bird",
         birdc: str = "birdc",
+        socket: str | os.PathLike[str] | None = None,
     ) -> None:
+        """``socket``: BIRD's control socket (default: in a fresh temp directory, removed by
+        :meth:`stop`); a path given here is left to its owner."""
         self.topology = topology
         self.tunnels = _sessions(topology, tunnels)  # before anything is created on disk
         self._own_workdir = workdir is None
@@ -668,8 +744,12 @@ class BirdPeer(_Daemon):
         )
         self.workdir.mkdir(parents=True, exist_ok=True)
         # unix socket paths are limited to 108 bytes: keep the socket in a short temp dir
-        self.sockdir = Path(tempfile.mkdtemp(prefix=f"{NS_PREFIX}-{topology.tag}-bird-"))
-        self.socket = self.sockdir / "bird.ctl"
+        self.sockdir: Path | None = None
+        if socket is None:
+            self.sockdir = Path(tempfile.mkdtemp(prefix=f"{NS_PREFIX}-{topology.tag}-bird-"))
+            self.socket = self.sockdir / "bird.ctl"
+        else:
+            self.socket = Path(socket)
         self.conf_path = self.workdir / "bird.conf"
         self.routes_path = self.workdir / "routes.conf"
         self.log_path = self.workdir / "bird.log"
@@ -800,7 +880,8 @@ class BirdPeer(_Daemon):
     def stop(self, timeout: float = 5.0) -> int | None:
         """Stop BIRD (SIGTERM, SIGKILL after ``timeout``) and remove the socket dir."""
         rc = self._terminate(timeout)
-        shutil.rmtree(self.sockdir, ignore_errors=True)
+        if self.sockdir is not None:
+            shutil.rmtree(self.sockdir, ignore_errors=True)
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
         _unregister(self)
@@ -820,6 +901,31 @@ class BirdPeer(_Daemon):
             with contextlib.suppress(OSError):
                 text += p.read_text(errors="replace")
         return text
+
+    def snapshot(self) -> dict[str, Any]:
+        """The state the config is generated from (prepending, disabled sessions, announced
+        routes), JSON-able: another process's BirdPeer, built with the same arguments, picks it
+        up with :meth:`load_snapshot` and then changes BIRD the way this one would."""
+        return {
+            "prepend": {str(n): c for n, c in self.prepend.items()},
+            "disabled": sorted(self.disabled),
+            "announced": {
+                str(n): {p: [med, [list(c) for c in comms]] for p, (med, comms) in rib.items()}
+                for n, rib in self.announced.items()
+            },
+        }
+
+    def load_snapshot(self, snap: Mapping[str, Any]) -> None:
+        """Set the state :meth:`snapshot` gave, without touching BIRD or its files."""
+        self.prepend = {int(n): int(c) for n, c in snap["prepend"].items()}
+        self.disabled = {int(n) for n in snap["disabled"]}
+        announced: dict[int, dict[str, tuple[int | None, tuple[tuple[int, int], ...]]]] = {
+            n: {} for n in self.tunnels
+        }
+        for n, rib in snap["announced"].items():
+            for prefix, (med, comms) in rib.items():
+                announced[int(n)][prefix] = (med, tuple((int(a), int(b)) for a, b in comms))
+        self.announced = announced
 
     # -- control
     def birdc(self, *args: str, timeout: float = 10.0) -> str:
