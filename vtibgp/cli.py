@@ -10,7 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .control import DEFAULT_SOCKET, ControlError, request
+from .control_client import DEFAULT_SOCKET, ControlError, request
 
 if TYPE_CHECKING:
     from .config import Config
@@ -237,10 +237,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return exit_status(findings)
 
 
-def cmd_lab_demo(args: argparse.Namespace) -> int:
-    from .lab_cli import demo
+def cmd_lab(args: argparse.Namespace) -> int:
+    from .lab_cli import dispatch
 
-    return demo(args.pause)
+    return dispatch(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -310,9 +310,23 @@ def main(argv: list[str] | None = None) -> int:
 
     lab = sub.add_parser("lab", help="the lab in network namespaces (root)")
     lab_sub = lab.add_subparsers(dest="lab_command", required=True)
+    lab_up = lab_sub.add_parser("up", help="build the lab and leave it running (gateway and "
+                                "AWS VGW namespaces, BIRD, ExaBGP + vtibgp); idempotent")
+    lab_up.add_argument("--no-host-link", action="store_true",
+                        help="no management veth from the host into the gateway namespace "
+                        "(the metrics are then reachable only inside it)")
+    lab_sub.add_parser("status", help="the running lab's tunnels, routes and vtibgp status")
+    lab_fail = lab_sub.add_parser("fail", help="take a tunnel down and show the failover")
+    lab_fail.add_argument("tunnel", help="1 or 2 (or vti01, vti02)")
+    lab_fail.add_argument("--signal", choices=["link", "bgp", "both"], default="link",
+                          help="link: the VGW end goes down, the tunnel device loses carrier "
+                          "(default); bgp: the VGW closes the BGP session; both")
+    lab_restore = lab_sub.add_parser("restore", help="bring a failed tunnel back")
+    lab_restore.add_argument("tunnel", help="1 or 2 (or vti01, vti02)")
+    lab_sub.add_parser("down", help="remove every namespace, process and file of the lab")
     demo = lab_sub.add_parser("demo", help="build the lab, show failover and return, remove it")
     demo.add_argument("--pause", type=float, default=1.0, help="seconds between the steps")
-    demo.set_defaults(func=cmd_lab_demo)
+    lab.set_defaults(func=cmd_lab)
 
     args = ap.parse_args(argv)
     rc: int = args.func(args)

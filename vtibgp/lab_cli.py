@@ -1,21 +1,40 @@
-"""`vtibgp lab demo`: the whole thing on a machine with no AWS.
+"""`vtibgp lab`: the whole thing on a machine with no AWS.
 
 A customer gateway and a simulated AWS VGW in network namespaces, joined by two "tunnels"
 (veth pairs vti01/vti02 with AWS-style inside addresses); BIRD 2 as the VGW announcing a VPC
 CIDR and a few more prefixes on both tunnels, tunnel 2 made less preferred by AS-path
-prepending; the real ExaBGP with vtibgp on the gateway. The demo shows the routes, fails tunnel
-1, shows the failover, restores it, and removes everything it made.
+prepending; the real ExaBGP with vtibgp on the gateway.
+
+Two ways to run it:
+
+* ``lab up | status | fail N | restore N | down``: a lab that stays up between commands. Its
+  namespaces are ``vtibgp-lab-gw`` / ``vtibgp-lab-aws`` and everything it writes is under
+  ``/run/vtibgp-lab/`` (the state file names the daemons by PID and start time, so each
+  command takes them over). Neither is the test harness's: ``vtb-<tag>-`` namespaces and
+  ``/run/vtibgp-harness`` belong to :func:`lab.cleanup_stale`, which would delete a lab whose
+  maker has exited. Every command holds a lock on the state directory, so two at once queue.
+* ``lab demo``: build, show the failover and the return, remove, all in one run (harness
+  namespaces with a random tag: it runs beside a lab that is up).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import fcntl
+import ipaddress
+import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -23,6 +42,33 @@ from . import lab
 
 VPC = ["10.0.0.0/16", "10.1.0.0/16", "10.2.0.0/24", "fd10:100::/56"]
 METRICS = "127.0.0.1:10179"
+PREPEND = {2: 2}  # tunnel 2 less preferred: AWS-style AS-path prepending on the VGW side
+
+STATE_DIR = Path("/run/vtibgp-lab")
+NS_GW = "vtibgp-lab-gw"
+NS_AWS = "vtibgp-lab-aws"
+# the management link: root namespace <-> gateway namespace, so the host reaches the metrics
+HOST_DEV = "vtibgp-lab"
+GW_MGMT_DEV = "mgmt0"
+MGMT_NET = ipaddress.ip_network("169.254.179.0/30")
+HOST_MGMT = "169.254.179.1"
+GW_MGMT = "169.254.179.2"
+METRICS_PORT = 10179
+SIGNALS = ("link", "bgp", "both")
+REPO = Path(__file__).resolve().parents[1]
+
+UP_TIMEOUT = 60.0
+FAIL_TIMEOUT = 30.0
+# a session that BIRD dropped (or whose hold timer ran out) has to be set up again
+RESTORE_TIMEOUT = 90.0
+
+
+class LabError(Exception):
+    """A lab command cannot go on; the message says why and what to do."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _say(text: str) -> None:
@@ -35,15 +81,15 @@ def _show_routes(topo: lab.Topology) -> None:
         print(out.rstrip() or "(none)")
 
 
-def _write_config(path: Path, sock: Path) -> None:
+def _write_config(path: Path, sock: Path, listen: str = METRICS, vpn: str = "") -> None:
     peers = [
         {"address": t.aws_v4, "interface": t.gw_dev, "families": ["ipv4", "ipv6"],
-         "description": f"lab VGW tunnel {n}"}
+         "description": f"lab VGW tunnel {n}", "vpn": vpn}
         for n, t in lab.TUNNELS.items()
     ]
     path.write_text(yaml.safe_dump({
         "peers": peers,
-        "metrics": {"listen": METRICS},
+        "metrics": {"listen": listen},
         "control": {"socket": str(sock)},
         "startup": {"grace_time": 10},
     }, sort_keys=False))
@@ -58,6 +104,18 @@ def _routes_via(topo: lab.Topology, dev: str, metric: int) -> bool:
     return set(VPC) <= got
 
 
+def _preflight() -> None:
+    """Root and the programs the lab runs, or a LabError (status 2) naming what is missing."""
+    if os.geteuid() != 0:
+        raise LabError("needs root (network namespaces)", 2)
+    missing = [p for p in ("ip", "bird", "birdc") if shutil.which(p) is None]
+    if missing:
+        raise LabError(f"{', '.join(missing)} not found (apt-get install iproute2 bird2)", 2)
+    if not os.access(lab.default_exabgp(), os.X_OK):
+        raise LabError(f"exabgp not found at {lab.default_exabgp()} "
+                       f"(pip install 'vtibgp[exabgp]' into this environment)", 2)
+
+
 def demo(pause: float) -> int:
     if os.geteuid() != 0:
         print("vtibgp lab: needs root (network namespaces)", file=sys.stderr)
@@ -66,7 +124,7 @@ def demo(pause: float) -> int:
         print("vtibgp lab: BIRD 2 not found (apt-get install bird2)", file=sys.stderr)
         return 2
     lab.cleanup_stale()
-    work = Path(tempfile.mkdtemp(prefix="vtibgp-lab-"))
+    work = Path(tempfile.mkdtemp(prefix="vtibgp-demo-"))
     topo = lab.Topology()
     bird: lab.BirdPeer | None = None
     gw: lab.ExaBGPGateway | None = None
@@ -113,3 +171,468 @@ def demo(pause: float) -> int:
             bird.stop()
         topo.down()
         shutil.rmtree(work, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- the lasting lab
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """Hold the lab's lock (``STATE_DIR/lock``) for one command. ``down`` removes the directory
+    with the lock in it, so a waiter checks that the file it locked is still the one at that
+    path, and starts again otherwise. When nothing is up the directory goes away again."""
+    lock = STATE_DIR / "lock"
+    while True:
+        STATE_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except FileNotFoundError:  # removed between mkdir and open
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            if {p.name for p in STATE_DIR.iterdir()} <= {"lock"}:
+                shutil.rmtree(STATE_DIR)
+        os.close(fd)
+
+
+def _read_state() -> dict[str, Any] | None:
+    try:
+        state = json.loads((STATE_DIR / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def _write_state(state: Mapping[str, Any]) -> None:
+    path = STATE_DIR / "state.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def _host_dev_exists() -> bool:
+    res = subprocess.run(["ip", "link", "show", "dev", HOST_DEV], capture_output=True,
+                         stdin=subprocess.DEVNULL, check=False)
+    return res.returncode == 0
+
+
+def _self_command() -> str:
+    """How the user ran us, for the hints we print."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    if os.path.basename(argv0) == "vtibgp":
+        return shlex.quote(argv0) if os.sep in argv0 else "vtibgp"
+    return f"{shlex.quote(sys.executable)} -m vtibgp"
+
+
+@dataclass
+class _Lab:
+    """The lab's pieces, built from the state file: the daemons are adopted, not started."""
+
+    state: dict[str, Any]
+    topo: lab.Topology
+    bird: lab.BirdPeer
+    gw: lab.ExaBGPGateway
+
+    @property
+    def failed(self) -> dict[int, str]:
+        return {int(n): how for n, how in self.state.get("failed", {}).items()}
+
+    def save(self) -> None:
+        if self.bird.pid is not None:
+            self.state["bird"] = {**self.bird.record(), "snapshot": self.bird.snapshot()}
+        if self.gw.pid is not None:
+            self.state["exabgp"] = self.gw.record()
+        _write_state(self.state)
+
+    def problems(self) -> list[str]:
+        """Why this lab is not (wholly) up; empty when it is."""
+        out: list[str] = []
+        names = lab.list_namespaces()
+        out += [f"namespace {ns} is missing" for ns in (NS_GW, NS_AWS) if ns not in names]
+        if self.state.get("host_link") and not _host_dev_exists():
+            out.append(f"the host link {HOST_DEV} is missing")
+        if not self.bird.running():
+            out.append("BIRD is not running")
+        if not self.gw.running():
+            out.append("ExaBGP is not running")
+        return out
+
+
+def _make(state: dict[str, Any]) -> _Lab:
+    """The lab's objects for ``state``, created the same way by every command (so that
+    BIRD's config is always generated from the same arguments)."""
+    topo = lab.Topology(tag="lab", names=(NS_GW, NS_AWS))
+    bird = lab.BirdPeer(topo, STATE_DIR / "bird", prepend=PREPEND,
+                        socket=STATE_DIR / "bird.ctl")
+    cfg = STATE_DIR / "vtibgp.yaml"
+    gw = lab.ExaBGPGateway(topo, [sys.executable, "-m", "vtibgp", "run", "--config", str(cfg)],
+                           STATE_DIR / "exabgp")
+    if "bird" in state:
+        bird.adopt(state["bird"])
+        bird.load_snapshot(state["bird"]["snapshot"])
+    if "exabgp" in state:
+        gw.adopt(state["exabgp"])
+    return _Lab(state, topo, bird, gw)
+
+
+def _existing() -> _Lab | None:
+    """The lab as the state file describes it; None when nothing of it is there at all."""
+    state = _read_state()
+    if state is None:
+        if not ({NS_GW, NS_AWS} & set(lab.list_namespaces()) or _host_dev_exists()):
+            return None
+        state = {}  # left by a run that died before writing its state: still ours to remove
+    return _make(state)
+
+
+def _require_up() -> _Lab:
+    found = _existing()
+    if found is None:
+        raise LabError(f"the lab is not up (`{_self_command()} lab up` builds it)")
+    problems = found.problems()
+    if problems:
+        raise LabError(f"the lab is broken: {'; '.join(problems)}\n"
+                       f"(`{_self_command()} lab up` builds it again)")
+    return found
+
+
+def _teardown(found: _Lab) -> list[str]:
+    """Stop the daemons, delete the namespaces, the host link and the state directory.
+    Returns what was removed, for the report. Safe to call on any partial lab."""
+    removed: list[str] = []
+    for name, daemon in (("ExaBGP and vtibgp", found.gw), ("BIRD", found.bird)):
+        if daemon.running():
+            removed.append(f"{name} (pid {daemon.pid})")
+        daemon.stop()  # also kills plugin processes ExaBGP left behind
+    names = set(lab.list_namespaces())
+    removed += [f"namespace {ns}" for ns in (NS_GW, NS_AWS) if ns in names]
+    found.topo.down()  # kills whatever still runs in the namespaces, deletes them
+    if _host_dev_exists():  # normally gone with the gateway namespace (its veth peer)
+        subprocess.run(["ip", "link", "del", "dev", HOST_DEV], capture_output=True,
+                       stdin=subprocess.DEVNULL, check=False)
+        removed.append(f"host link {HOST_DEV}")
+    if any(p.name != "lock" for p in STATE_DIR.iterdir()):
+        removed.append(f"{STATE_DIR}/")
+    for p in STATE_DIR.iterdir():
+        if p.name == "lock":
+            continue  # we hold it: _locked() removes the directory with it
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    return removed
+
+
+def _expected(failed: Mapping[int, str]) -> dict[str, int]:
+    """Device -> metric of the lab's routes when ``failed`` tunnels are down: the working
+    tunnels in order of preference (1 before the prepended 2) at 100, 101."""
+    up = [n for n in sorted(lab.TUNNELS) if n not in failed]
+    return {lab.TUNNELS[n].gw_dev: 100 + i for i, n in enumerate(up)}
+
+
+def _routes_are(topo: lab.Topology, want: Mapping[str, int]) -> bool:
+    """Every lab prefix is routed through exactly the devices and metrics of ``want``."""
+    got: dict[str, set[tuple[str, int]]] = {p: set() for p in VPC}
+    for fam in (4, 6):
+        for r in topo.routes("gw", proto="bgp", family=fam):
+            if r.get("dst") in got:
+                got[r["dst"]].add((str(r.get("dev")), int(r.get("metric", 0))))
+    return all(paths == set(want.items()) for paths in got.values())
+
+
+def _describe(want: Mapping[str, int]) -> str:
+    if not want:
+        return "no routes: both tunnels are down"
+    parts = [f"{'best' if m == 100 else 'backup'} via {dev} (metric {m})"
+             for dev, m in sorted(want.items(), key=lambda kv: kv[1])]
+    return ", ".join(parts)
+
+
+def _took(t0: float) -> str:
+    dt = time.monotonic() - t0
+    return f"{dt * 1000:.0f} ms" if dt < 1 else f"{dt:.1f} s"
+
+
+def _wait_routes(found: _Lab, timeout: float) -> dict[str, int]:
+    want = _expected(found.failed)
+    found.gw.wait_for(lambda: _routes_are(found.topo, want), timeout,
+                      what=f"the gateway's routes: {_describe(want)}")
+    return want
+
+
+def _print_vtibgp_status() -> None:
+    res = subprocess.run([sys.executable, "-m", "vtibgp", "status", "--socket",
+                          str(STATE_DIR / "vtibgp.sock")], capture_output=True, text=True,
+                         stdin=subprocess.DEVNULL, timeout=30, check=False)
+    print((res.stdout + res.stderr).rstrip())
+
+
+def _print_tunnels(found: _Lab) -> None:
+    for n, t in lab.TUNNELS.items():
+        try:
+            bgp = found.bird.session_state(n)
+        except lab.HarnessError as e:
+            bgp = f"unknown ({e})"
+        how = found.failed.get(n)
+        mark = f"FAILED by `lab fail {n} --signal {how}`" if how else "up"
+        print(f"tunnel {n}: {t.gw_dev} {t.gw_v4}/{t.plen_v4} <-> VGW {t.aws_v4}  "
+              f"{mark}; BGP at the VGW: {bgp}")
+
+
+def _print_overview(found: _Lab) -> None:
+    _say(f"tunnels (gateway namespace {NS_GW}, AWS VGW namespace {NS_AWS})")
+    _print_tunnels(found)
+    _say(f"routes in {NS_GW}: {_describe(_expected(found.failed))}")
+    _show_routes(found.topo)
+    _say("vtibgp status")
+    _print_vtibgp_status()
+
+
+def _print_hints(found: _Lab) -> None:
+    me = _self_command()
+    listen = str(found.state.get("metrics", METRICS))
+    if found.state.get("host_link"):
+        metrics = f"curl -s http://{listen}/metrics"
+        prom = f"prometheus --config.file={STATE_DIR}/prometheus.yml " \
+               f"--storage.tsdb.path=/var/tmp/vtibgp-lab-prometheus"
+        grafana_src = "that Prometheus (http://localhost:9090)"
+    else:
+        metrics = f"ip netns exec {NS_GW} curl -s http://{listen}/metrics"
+        prom = "(no host link: `lab down`, then `lab up` without --no-host-link)"
+        grafana_src = "a Prometheus that scrapes the metrics"
+    dashboard = REPO / "grafana" / "vtibgp-dashboard.json"
+    dash = str(dashboard) if dashboard.exists() else "grafana/vtibgp-dashboard.json (repository)"
+    rows = [
+        ("status", f"{me} lab status"),
+        ("failover", f"{me} lab fail 1    (then: {me} lab restore 1; tunnel 1 or 2)"),
+        ("remove it all", f"{me} lab down"),
+        ("logs", f"{found.gw.log_path} (ExaBGP and vtibgp), {found.bird.log_path}"),
+        ("gateway shell", f"ip netns exec {NS_GW} bash"),
+        ("metrics", metrics),
+        ("Prometheus", prom),
+        ("Grafana", f"import {dash}, data source: {grafana_src}"),
+    ]
+    _say("the lab keeps running")
+    for what, how in rows:
+        print(f"  {what:<14} {how}")
+
+
+def _prometheus_config(target: str) -> str:
+    alerts = REPO / "config" / "prometheus" / "vtibgp-alerts.yml"
+    conf: dict[str, Any] = {
+        "global": {"scrape_interval": "15s", "evaluation_interval": "15s"},
+        "scrape_configs": [{
+            "job_name": "vtibgp",
+            "static_configs": [{"targets": [target], "labels": {"instance": "vtibgp-lab"}}],
+        }],
+    }
+    if alerts.exists():
+        conf["rule_files"] = [str(alerts)]
+    return "# written by `vtibgp lab up`, removed by `vtibgp lab down`\n" + yaml.safe_dump(
+        conf, sort_keys=False)
+
+
+def _check_host_net() -> None:
+    out = subprocess.run(["ip", "-j", "-4", "addr", "show"], capture_output=True, text=True,
+                         stdin=subprocess.DEVNULL, check=False).stdout
+    for link in json.loads(out or "[]"):
+        for a in link.get("addr_info", []):
+            net = ipaddress.ip_interface(f"{a['local']}/{a['prefixlen']}").network
+            if net.overlaps(MGMT_NET):
+                raise LabError(f"this host already uses {net} (on {link.get('ifname')}), which "
+                               f"overlaps the lab's host link {MGMT_NET}: run `lab up "
+                               f"--no-host-link`")
+
+
+def _build(host_link: bool) -> _Lab:
+    listen = f"{GW_MGMT}:{METRICS_PORT}" if host_link else METRICS
+    state: dict[str, Any] = {
+        "version": 1, "namespaces": [NS_GW, NS_AWS], "host_link": host_link,
+        "metrics": listen, "failed": {}, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if host_link:
+        _check_host_net()
+    _write_state(state)  # first: whatever happens next, `down` knows this is the lab's
+    found = _make(state)
+    try:
+        _say(f"building namespaces {NS_GW} (gateway) and {NS_AWS} (AWS VGW)")
+        found.topo.up()
+        if host_link:
+            found.topo.add_host_link(HOST_DEV, GW_MGMT_DEV, f"{HOST_MGMT}/{MGMT_NET.prefixlen}",
+                                     f"{GW_MGMT}/{MGMT_NET.prefixlen}")
+        found.bird.start()
+        found.save()
+        found.bird.announce(VPC)
+        found.save()
+        _write_config(STATE_DIR / "vtibgp.yaml", STATE_DIR / "vtibgp.sock", listen,
+                      vpn="vtibgp-lab")
+        (STATE_DIR / "prometheus.yml").write_text(_prometheus_config(listen))
+        print(f"BIRD 2 as the VGW (AS {lab.AWS_ASN}, hold time {found.bird.hold_time} s), "
+              f"announcing {', '.join(VPC)} on both tunnels, tunnel 2 prepended "
+              f"{PREPEND[2]} times; ExaBGP (AS {lab.GW_ASN}) with vtibgp on the gateway")
+        found.gw.start()
+        found.save()
+        _wait_routes(found, UP_TIMEOUT)
+    except BaseException:
+        _teardown(found)
+        raise
+    lab.detach(found.topo, found.bird, found.gw)  # they outlive this command
+    return found
+
+
+def up(host_link: bool = True) -> int:
+    _preflight()
+    with _locked():
+        found = _existing()
+        if found is not None:
+            problems = found.problems()
+            if not problems:
+                had = bool(found.state.get("host_link"))
+                print(f"the lab is already up (since {found.state.get('started', '?')})")
+                if had != host_link:
+                    print(f"(it was built {'with' if had else 'without'} the host link: "
+                          f"`lab down` first to change that)")
+                _print_overview(found)
+                _print_hints(found)
+                return 0
+            print(f"the lab is partly up ({'; '.join(problems)}): removing it and building "
+                  f"it again")
+            _teardown(found)
+        found = _build(host_link)
+        _print_overview(found)
+        _print_hints(found)
+    return 0
+
+
+def status() -> int:
+    _preflight()
+    with _locked():
+        found = _existing()
+        if found is None:
+            raise LabError(f"the lab is not up (`{_self_command()} lab up` builds it)")
+        problems = found.problems()
+        if problems:
+            raise LabError(f"the lab is broken: {'; '.join(problems)}\n"
+                           f"(`{_self_command()} lab up` builds it again, "
+                           f"`{_self_command()} lab down` removes it)")
+        _print_overview(found)
+        _print_hints(found)
+    return 0
+
+
+def tunnel_number(text: str) -> int:
+    """"1", "2", "vti01" or "vti02" -> the tunnel number; LabError (status 2) otherwise."""
+    for n, t in lab.TUNNELS.items():
+        if text.strip() in (str(n), t.gw_dev):
+            return n
+    names = " and ".join(f"{n} ({t.gw_dev})" for n, t in lab.TUNNELS.items())
+    raise LabError(f"no tunnel {text!r}: the lab has tunnels {names}", 2)
+
+
+def fail(tunnel: str, signal: str = "link") -> int:
+    """Take tunnel ``tunnel`` down. ``link``: the VGW end of the veth goes down, so the
+    gateway's device loses carrier (the tunnel is gone; BGP finds out only when its hold time
+    runs out, vtibgp at once from the device); ``bgp``: the VGW closes the BGP session (a
+    Cease, as when AWS resets a tunnel's session); ``both``."""
+    n = tunnel_number(tunnel)
+    if signal not in SIGNALS:
+        raise LabError(f"--signal must be one of {', '.join(SIGNALS)}", 2)
+    _preflight()
+    with _locked():
+        found = _require_up()
+        dev = lab.TUNNELS[n].gw_dev
+        t0 = time.monotonic()
+        if n in found.failed:
+            print(f"tunnel {n} is already failed ({found.failed[n]}); "
+                  f"`{_self_command()} lab restore {n}` brings it back")
+        else:
+            found.state.setdefault("failed", {})[str(n)] = signal
+            found.save()  # before the change: a restore after a crash here still undoes it
+            if signal in ("link", "both"):
+                _say(f"tunnel {n} fails: the VGW end of {dev} goes down ({dev} loses carrier)")
+                found.topo.carrier_off(n)
+            if signal in ("bgp", "both"):
+                _say(f"tunnel {n} fails: the VGW closes its BGP session (Cease)")
+                found.bird.disable_session(n)
+            found.save()
+        want = _wait_routes(found, FAIL_TIMEOUT)
+        print(f"{_describe(want)}: {_took(t0)} after the change")
+        _print_overview(found)
+    return 0
+
+
+def restore(tunnel: str) -> int:
+    """Undo ``fail`` on tunnel ``tunnel`` (carrier back, BGP session enabled: both, whatever
+    the failure was) and wait for the routes to return to it."""
+    n = tunnel_number(tunnel)
+    _preflight()
+    with _locked():
+        found = _require_up()
+        t0 = time.monotonic()
+        how = found.state.get("failed", {}).pop(str(n), None)
+        if how is None:
+            print(f"tunnel {n} is not failed (checking that it is up)")
+        else:
+            _say(f"tunnel {n} restored (it failed by {how})")
+        found.topo.carrier_on(n)
+        if n in found.bird.disabled:
+            found.bird.enable_session(n)
+        found.save()
+        want = _wait_routes(found, RESTORE_TIMEOUT)
+        print(f"{_describe(want)}: {_took(t0)} after the change (vtibgp's tunnel hold-down "
+              f"is 2 s; a session that went down is set up again first)")
+        _print_overview(found)
+    return 0
+
+
+def down() -> int:
+    _preflight()
+    with _locked():
+        found = _existing()
+        if found is None:
+            print("the lab is not up: nothing to remove")
+            return 0
+        removed = _teardown(found)
+    print("removed: " + (", ".join(removed) if removed else "nothing was left"))
+    return 0
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """``vtibgp lab …`` as parsed by cli.py."""
+    try:
+        match args.lab_command:
+            case "up":
+                return up(host_link=not args.no_host_link)
+            case "status":
+                return status()
+            case "fail":
+                return fail(args.tunnel, args.signal)
+            case "restore":
+                return restore(args.tunnel)
+            case "down":
+                return down()
+            case "demo":
+                return demo(args.pause)
+        raise LabError(f"unknown lab command {args.lab_command!r}", 2)
+    except LabError as e:
+        print(f"vtibgp lab {args.lab_command}: {e}", file=sys.stderr)
+        return e.status
+    except (lab.HarnessError, TimeoutError, OSError) as e:
+        print(f"vtibgp lab {args.lab_command}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"vtibgp lab {args.lab_command}: interrupted", file=sys.stderr)
+        return 130

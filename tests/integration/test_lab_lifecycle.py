@@ -1,0 +1,193 @@
+"""`vtibgp lab up | status | fail | restore | down` end to end, through the command itself:
+the lab outlives each command (its daemons are detached), later commands take it over from
+its state file, and `down` leaves no namespace, process or file behind. The test harness's
+clean-up (`cleanup_stale`) must not touch a lab that is up."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vtibgp import lab as harness
+from vtibgp import lab_cli
+
+NAMESPACES = {lab_cli.NS_GW, lab_cli.NS_AWS}
+STATE = lab_cli.STATE_DIR
+BOTH = {"vti01": 100, "vti02": 101}
+ONLY2 = {"vti02": 100}
+# a line of `ip route` as printed (with or without a nexthop id, whatever the kernel writer uses)
+ROUTE_VIA1 = re.compile(r"^10\.0\.0\.0/16 .*dev vti01 .*metric 100\b", re.M)
+
+
+def vtibgp_lab(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vtibgp", "lab", *args], capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+
+
+def ok(*args: str) -> str:
+    res = vtibgp_lab(*args)
+    assert res.returncode == 0, f"lab {' '.join(args)}: rc={res.returncode}\n" \
+                                f"{res.stdout}\n{res.stderr}"
+    return res.stdout
+
+
+def kernel_routes() -> dict[str, dict[str, int]]:
+    """Lab prefix -> {device: metric} of the gateway's BGP routes, read from the kernel."""
+    out: dict[str, dict[str, int]] = {p: {} for p in lab_cli.VPC}
+    for fam in (4, 6):
+        for r in harness.routes(lab_cli.NS_GW, proto="bgp", family=fam):
+            if r["dst"] in out:
+                out[r["dst"]][r["dev"]] = int(r["metric"])
+    return out
+
+
+def assert_routes(want: dict[str, int]) -> None:
+    assert kernel_routes() == {p: want for p in lab_cli.VPC}
+
+
+def lab_pids() -> list[int]:
+    """BIRD, ExaBGP and every vtibgp ExaBGP started, as the lab's state recorded them."""
+    state: dict[str, Any] = json.loads((STATE / "state.json").read_text())
+    pids = [int(state["bird"]["pid"]), int(state["exabgp"]["pid"])]
+    pids += [int(x) for x in (STATE / "exabgp" / "plugin.pids").read_text().split()]
+    return pids
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def processes_naming_lab() -> list[str]:
+    """Command lines of live processes that mention the lab's state directory."""
+    found: list[str] = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmdline = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(STATE) in cmdline:
+            found.append(f"{d.name}: {cmdline}")
+    return found
+
+
+def host_link_exists() -> bool:
+    res = subprocess.run(["ip", "link", "show", "dev", lab_cli.HOST_DEV], capture_output=True,
+                         check=False)
+    return res.returncode == 0
+
+
+@pytest.fixture
+def lab_owned() -> Iterator[None]:
+    """The lab is this test's: none may be up before (the test would take a user's lab
+    over), and whatever happens it is removed afterwards."""
+    if STATE.exists() or NAMESPACES & set(harness.list_namespaces()) or host_link_exists():
+        msg = f"a vtibgp lab is up on this machine ({STATE}): `vtibgp lab down` first"
+        if os.environ.get("VTIBGP_REQUIRE_INTEGRATION", "") not in ("", "0"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    try:
+        yield
+    finally:
+        res = vtibgp_lab("down", timeout=60)
+        # should `down` itself be broken, still leave nothing behind
+        harness.Topology(tag="lab", names=(lab_cli.NS_GW, lab_cli.NS_AWS)).down()
+        subprocess.run(["ip", "link", "del", "dev", lab_cli.HOST_DEV], capture_output=True,
+                       check=False)
+        shutil.rmtree(STATE, ignore_errors=True)
+        assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_lab_up_fail_restore_down(lab_owned: None) -> None:
+    out = ok("up")
+    assert "routes in vtibgp-lab-gw: best via vti01 (metric 100), backup via vti02 (metric " \
+           "101)" in out
+    assert ROUTE_VIA1.search(out) and "169.254.10.1  up" in out  # routes and status
+    assert f"curl -s http://{lab_cli.GW_MGMT}:{lab_cli.METRICS_PORT}/metrics" in out
+    assert "grafana/vtibgp-dashboard.json" in out
+    assert_routes(BOTH)
+    pids = lab_pids()
+    assert len(pids) >= 3 and all(alive(p) for p in pids)
+
+    # the lab is not the test harness's: its stale-namespace clean-up leaves it alone
+    harness.cleanup_stale()
+    assert NAMESPACES.issubset(harness.list_namespaces())
+    assert all(alive(p) for p in pids)
+
+    # metrics from the host, over the management link
+    url = f"http://{lab_cli.GW_MGMT}:{lab_cli.METRICS_PORT}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        metrics = resp.read().decode()
+    assert 'vtibgp_tunnel_up{device="vti01",vpn="vtibgp-lab"} 1.0' in metrics
+
+    status = ok("status")
+    assert ROUTE_VIA1.search(status) and "169.254.11.1  up" in status
+
+    out = ok("fail", "1")
+    assert "FAILED by `lab fail 1 --signal link`" in out
+    assert_routes(ONLY2)
+    assert "vti01   no" in out  # vtibgp's status: the device is unusable
+    assert "already failed" in ok("fail", "1")  # idempotent
+    assert_routes(ONLY2)
+
+    bad = vtibgp_lab("fail", "3")
+    assert bad.returncode == 2 and "no tunnel '3'" in bad.stderr
+
+    ok("restore", "1")
+    assert_routes(BOTH)
+
+    again = ok("up")
+    assert "already up" in again
+    assert lab_pids() == pids  # the same daemons: nothing was rebuilt
+
+    assert "removed:" in ok("down")
+    assert not NAMESPACES & set(harness.list_namespaces())
+    assert not STATE.exists()
+    assert not host_link_exists()
+    assert not [p for p in pids if alive(p)]
+    assert processes_naming_lab() == []
+
+    # idempotent, and clear errors when nothing is up
+    assert "nothing to remove" in ok("down")
+    for args in (("fail", "1"), ("restore", "2"), ("status",)):
+        res = vtibgp_lab(*args)
+        assert res.returncode == 1 and "the lab is not up" in res.stderr, args
+    assert not STATE.exists()
+
+
+def test_lab_bgp_signal_and_a_broken_lab_is_rebuilt(lab_owned: None) -> None:
+    ok("up", "--no-host-link")
+    assert not host_link_exists()
+    out = ok("fail", "2", "--signal", "bgp")
+    assert "BGP at the VGW: down" in out
+    assert_routes({"vti01": 100})
+    ok("restore", "vti02")
+    assert_routes(BOTH)
+
+    # ExaBGP dies: status says so, fail refuses, up builds the lab again
+    exabgp = lab_pids()[1]
+    os.kill(exabgp, signal.SIGTERM)
+    harness.wait_until(lambda: not alive(exabgp), 10, what="ExaBGP to exit")
+    res = vtibgp_lab("status")
+    assert res.returncode == 1 and "ExaBGP is not running" in res.stderr
+    res = vtibgp_lab("fail", "1")
+    assert res.returncode == 1 and "the lab is broken" in res.stderr
+    out = ok("up", "--no-host-link")
+    assert "partly up (ExaBGP is not running)" in out
+    assert_routes(BOTH)
