@@ -233,7 +233,8 @@ def _self_command() -> str:
     """How the user ran us, for the hints we print."""
     argv0 = sys.argv[0] if sys.argv else ""
     if os.path.basename(argv0) == "vtibgp":
-        return shlex.quote(argv0) if os.sep in argv0 else "vtibgp"
+        # a relative path (lab.sh runs .venv/bin/vtibgp) would be wrong from elsewhere
+        return shlex.quote(os.path.abspath(argv0)) if os.sep in argv0 else "vtibgp"
     return f"{shlex.quote(sys.executable)} -m vtibgp"
 
 
@@ -404,15 +405,16 @@ def _print_overview(found: _Lab) -> None:
 def _print_hints(found: _Lab) -> None:
     me = _self_command()
     listen = str(found.state.get("metrics", METRICS))
+    prom = f"prometheus --config.file={STATE_DIR}/prometheus.yml " \
+           f"--storage.tsdb.path=/var/tmp/vtibgp-lab-prometheus"
     if found.state.get("host_link"):
         metrics = f"curl -s http://{listen}/metrics"
-        prom = f"prometheus --config.file={STATE_DIR}/prometheus.yml " \
-               f"--storage.tsdb.path=/var/tmp/vtibgp-lab-prometheus"
         grafana_src = "that Prometheus (http://localhost:9090)"
     else:
         metrics = f"ip netns exec {NS_GW} curl -s http://{listen}/metrics"
-        prom = "(no host link: `lab down`, then `lab up` without --no-host-link)"
-        grafana_src = "a Prometheus that scrapes the metrics"
+        prom = f"ip netns exec {NS_GW} {prom}   (inside the namespace: built with " \
+               f"--no-host-link, the host cannot reach the metrics)"
+        grafana_src = "a Grafana that reaches that Prometheus"
     dashboard = REPO / "grafana" / "vtibgp-dashboard.json"
     dash = str(dashboard) if dashboard.exists() else "grafana/vtibgp-dashboard.json (repository)"
     rows = [
