@@ -465,6 +465,8 @@ class Bench:
                       {"address": T2.aws_v4, "interface": T2.gw_dev}],
             "tunnels": [{"connection": CONNECTION, "device": T1.gw_dev}],
             "tunnel": {"hold_down": self.args.hold_down},
+            "kernel": {"nexthop_objects": "auto" if self.args.nexthop_objects == "auto"
+                       else False},
             "metrics": {"listen": None},
             "control": {"socket": str(self.sock)},
         }, sort_keys=False))
@@ -732,12 +734,12 @@ class _Timed:
             self.total += time.perf_counter() - t
 
 
-def profile(n: int, nets: list[str]) -> None:
+def profile(n: int, nets: list[str], nexthop_objects: bool) -> None:
     """Split vtibgp's "saw -> done" offline: vtibgp's own Daemon (its event path, decision
     core, coalescing, kernel writer and metrics, without ExaBGP, threads or other load) on the
-    same N prefixes and paths, in a scratch namespace with the same devices. Also times two
-    alternatives: the operations that carry traffic sent ahead of the deletes of the old
-    backups, and kernel nexthop objects (one message moves every route)."""
+    same N prefixes and paths, in a scratch namespace with the same devices, its writer using
+    nexthop objects or not as the lab run did. Also times the alternative of sending the
+    operations that carry traffic ahead of the deletes of the old backups."""
     import logging
 
     from vtibgp import daemon as daemon_mod
@@ -768,6 +770,8 @@ def profile(n: int, nets: list[str]) -> None:
     try:
         topo.up()
         with KernelWriter(netns=topo.gw) as writer:
+            if nexthop_objects:
+                writer.enable_nexthop_objects()
             for (case, event, admin), resynced in itertools.product(cases, (False, True)):
                 best: dict[str, float] = {}
                 for rep in range(6):
@@ -823,42 +827,9 @@ def profile(n: int, nets: list[str]) -> None:
                 how = "one attrs per prefix" if resynced else "attrs shared"
                 say(f"  {case:8s} {how:20s} " + ", ".join(f"{k} {v * 1e3:.0f}"
                                                            for k, v in best.items()))
-            try:
-                _nexthop_objects(topo, nets)
-            except lab.HarnessError as exc:
-                say(f"  nexthop objects: not measured ({str(exc).splitlines()[-1]})")
     finally:
         setattr(daemon_mod, "coalesce", real_coalesce)  # noqa: B010
         topo.down()
-
-
-def _nexthop_objects(topo: lab.Topology, nets: list[str]) -> None:
-    """The same table with kernel nexthop objects (Linux >= 5.3): every metric-100 route
-    points at nexthop 1, every backup at nexthop 2; one `ip nexthop replace` moves all."""
-    fd, name = tempfile.mkstemp(prefix="vtibgp-nh-")
-    os.close(fd)
-    batch = Path(name)
-    try:
-        lines = ["nexthop add id 1 dev vti01", "nexthop add id 2 dev vti02"]
-        for p in nets:
-            lines += [f"route add {p} nhid 1 metric 100 proto 186",
-                      f"route add {p} nhid 2 metric 101 proto 186"]
-        batch.write_text("\n".join(lines) + "\n")
-        topo.ip("gw", "-batch", str(batch))
-        spawn = []
-        for _ in range(3):
-            t = time.perf_counter()
-            topo.ip("gw", "nexthop", "show", "id", "1")
-            spawn.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        topo.ip("gw", "nexthop", "replace", "id", "1", "dev", "vti02")
-        took = time.perf_counter() - t
-        moved = topo.ip("gw", "route", "get", "fibmatch", nets[-1].split("/")[0])
-        say(f"  nexthop objects: `ip nexthop replace id 1 dev vti02` {took * 1e3:.1f} ms for "
-            f"all {len(nets):,} routes (an `ip` call alone: {min(spawn) * 1e3:.1f} ms); "
-            f"then: {moved.strip()}")
-    finally:
-        batch.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- report
@@ -912,6 +883,9 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1, help="runs per signal; medians reported")
     ap.add_argument("--signals", default=",".join(s.name for s in SIGNALS),
                     help="comma list of: " + ", ".join(s.name for s in SIGNALS))
+    ap.add_argument("--nexthop-objects", choices=["auto", "false"], default="auto",
+                    help="kernel.nexthop_objects for vtibgp (false: routes carry their "
+                    "nexthops inline, as before nexthop objects)")
     ap.add_argument("--hold-down", type=float, default=0.5, help="tunnel.hold_down (s)")
     ap.add_argument("--hold-time", type=int, default=lab.DEFAULT_HOLD_TIME,
                     help="BGP hold time of both ends (s; AWS uses 30). It never runs out within a "
@@ -972,7 +946,7 @@ def main() -> int:
     finally:
         bench.close()
     if args.profile:
-        profile(args.prefixes, bench.nets)
+        profile(args.prefixes, bench.nets, args.nexthop_objects == "auto")
     return 0
 
 

@@ -76,6 +76,7 @@ class Config:
     control_socket: str | None = "/run/vtibgp/vtibgp.sock"
     hold_down: float = 2.0
     reconcile_interval: float = 30.0
+    nexthop_objects: str = "auto"  # "auto" (where the kernel has them), "on" or "off"
     peers: tuple[PeerConfig, ...] = field(default_factory=tuple)
     tunnels: tuple[TunnelConfig, ...] = field(default_factory=tuple)
     # `policy:` with each peer's `policy:`, `outside` and `max_prefix` under policy.peers
@@ -132,6 +133,15 @@ def _choice(*allowed: str) -> Callable[[_Ctx, str, Any], str]:
         return str(v)
 
     return check
+
+
+def _auto_or_boolean(ctx: _Ctx, path: str, v: Any) -> str:
+    """`auto`, `true` or `false` (YAML also reads on/off/yes/no as booleans)."""
+    if v == "auto":
+        return "auto"
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    raise ctx.fail(path, "expected auto, true or false", v)
 
 
 def _table(ctx: _Ctx, path: str, v: Any) -> int:
@@ -407,6 +417,7 @@ _TOP: dict[str, Any] = {
         "ecmp": ("ecmp", _boolean),
         "batch": ("batch", _int_range(1, 100_000)),
         "reconcile_interval": ("reconcile_interval", _number_range(0, 86400)),
+        "nexthop_objects": ("nexthop_objects", _auto_or_boolean),
     },
     "startup": {
         "grace_time": ("grace_time", _number_range(0, 3600)),

@@ -21,17 +21,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# the client half lives apart, light to import (`vtibgp updown` runs on every tunnel event)
+from .control_client import DEFAULT_SOCKET, TIMEOUT, ControlError, request
+
+__all__ = ["DEFAULT_SOCKET", "MAX_REQUEST", "ControlError", "ControlServer", "request"]
+
 log = logging.getLogger("vtibgp.control")
 
 MAX_REQUEST = 64 * 1024
-TIMEOUT = 5.0
-DEFAULT_SOCKET = "/run/vtibgp/vtibgp.sock"
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
-
-
-class ControlError(RuntimeError):
-    """The daemon could not be asked (not running, refused, or answered an error)."""
 
 
 def _peer_uid(conn: socket.socket) -> int:
@@ -125,38 +124,3 @@ def _alive(path: str) -> bool:
         except OSError:
             return False
     return True
-
-
-def request(path: str, req: dict[str, Any], timeout: float = TIMEOUT) -> dict[str, Any]:
-    """Send one request to the daemon and return its answer."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        try:
-            s.connect(path)
-        except FileNotFoundError:
-            raise ControlError(f"{path}: no such socket; is vtibgp running?") from None
-        except PermissionError:
-            raise ControlError(f"{path}: permission denied (run as root)") from None
-        except OSError as e:
-            raise ControlError(f"{path}: {e.strerror or e}") from None
-        # the server may refuse before reading (e.g. wrong user): its answer says why
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            s.sendall(json.dumps(req).encode() + b"\n")
-        data = b""
-        try:
-            while not data.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        except OSError as e:
-            raise ControlError(f"{path}: {e.strerror or e}") from None
-    try:
-        answer = json.loads(data)
-    except ValueError:
-        raise ControlError(f"{path}: unreadable answer") from None
-    if not isinstance(answer, dict):
-        raise ControlError(f"{path}: unreadable answer")
-    if "error" in answer:
-        raise ControlError(str(answer["error"]))
-    return answer

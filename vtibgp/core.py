@@ -33,6 +33,7 @@ from .model import (
     Family,
     GraceExpired,
     IpsecState,
+    KernelFlushed,
     KernelRoute,
     KernelRoutesFound,
     NextHop,
@@ -281,6 +282,9 @@ class Core:
                 return ops
             case Tick():
                 return self._tick(event.now)
+            case KernelFlushed():
+                self._flushed(event.device)
+                return []
             case PeerDevice():
                 before = self.device_of(event.peer)
                 self.discovered[event.peer] = event.device
@@ -496,6 +500,23 @@ class Core:
         if before != after or flap:
             self.changes.append(TunnelChange(scope, after, f"{signal}: {reason}", flap))
         return self._recompute(self._affected(scope)) if before != after else []
+
+    def _flushed(self, device: str) -> None:
+        """Believe what the kernel did: routes through `device` are gone, multipath ones
+        lost that nexthop. The signal that follows decides what to install instead."""
+        for prefix, per_metric in list(self.installed.items()):
+            for metric, route in list(per_metric.items()):
+                if not any(h.device == device for h in route.nexthops):
+                    continue
+                left = tuple(h for h in route.nexthops if h.device != device)
+                if left:
+                    per_metric[metric] = KernelRoute(prefix, metric, left)
+                else:
+                    del per_metric[metric]
+                    self.stale.discard((prefix, metric))
+            if not per_metric:
+                del self.installed[prefix]
+        self.stats["kernel_flushes"] += 1
 
     def _tick(self, now: float) -> list[RouteOp]:
         self.now = now

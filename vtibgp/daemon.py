@@ -35,6 +35,7 @@ from .model import (
     Event,
     GraceExpired,
     IpsecState,
+    KernelFlushed,
     KernelRoute,
     KernelRoutesFound,
     NextHop,
@@ -62,9 +63,15 @@ TICK = 0.25  # seconds: how often timers and signals are looked at when idle
 
 
 class Writer(Protocol):
+    """What the shell needs of the kernel side (vtibgp.kernel.KernelWriter; see there)."""
+
     def apply(self, ops: Sequence[RouteOp]) -> OpResult: ...
     def dump(self) -> list[KernelRoute]: ...
     def forget(self, name: str) -> None: ...
+    def flush_device(self, name: str) -> bool: ...
+    def flushed(self, name: str) -> bool: ...
+    def collect_garbage(self) -> int: ...
+    def release_nexthops(self) -> int: ...
     def close(self) -> None: ...
 
 
@@ -85,6 +92,18 @@ class PrintWriter:
 
     def forget(self, name: str) -> None:
         pass
+
+    def flush_device(self, name: str) -> bool:
+        return False  # inline nexthops: the ops printed say what goes
+
+    def flushed(self, name: str) -> bool:
+        return False
+
+    def collect_garbage(self) -> int:
+        return 0
+
+    def release_nexthops(self) -> int:
+        return 0
 
     def close(self) -> None:
         pass
@@ -409,6 +428,9 @@ class Daemon:
                 log.warning("peer %s sent NOTIFICATION %d/%d %s", peer, ev.code, ev.subcode,
                             ev.message)
             case DeviceState(device=dev):
+                if not ev.usable and self.writer.flushed(dev):
+                    # the kernel took the routes through it away with its nexthop objects
+                    ops.extend(self.core.handle(KernelFlushed(dev)))
                 self.writer.forget(dev)
                 self.device_since[dev] = (time.time(), ev.reason)
                 log.info("device %s %s (%s)", dev, "usable" if ev.usable else "unusable",
@@ -485,6 +507,9 @@ class Daemon:
             log.warning("reconcile: repairing %s", ", ".join(f"{n} {k}" for k, n in
                                                              sorted(kinds.items())))
             self._apply(ops)
+        gone = self.writer.collect_garbage()
+        if gone:
+            log.info("reconcile: removed %d nexthop objects no route uses any more", gone)
 
     def _zero_series(self) -> None:
         """Create every series with a known label set at start, so a peer that never comes
@@ -619,6 +644,11 @@ class Daemon:
         log.info("%s (%s)", reason, ", ".join(e.device or "peers " + " ".join(e.peers)
                                               for e in events))
         for ev in events:
+            if ev.device and not ev.up and self.writer.flush_device(ev.device):
+                # at once, before anything else: deleting the device's nexthop objects takes
+                # every route through it out in one kernel step, and the backups through the
+                # other tunnel carry the traffic from then on
+                ops += self.core.handle(KernelFlushed(ev.device))
             ops += self.core.handle(ev)  # applied with the batch, after the caller is answered
         outside = body.get("outside")
         if state == "up" and isinstance(outside, str):
@@ -842,7 +872,9 @@ class Daemon:
         if self.cfg.on_exit == "withdraw":
             ops = self.core.withdraw_all()
             log.info("exit: removing our %d routes (on_exit: withdraw)", len(ops))
-            self.writer.apply(ops)
+            res = self.writer.apply(ops)
+            if not res.failed:
+                self.writer.release_nexthops()
         else:
             log.info("exit: leaving our %d routes in place (on_exit: retain)",
                      self.core.route_count())
@@ -884,6 +916,12 @@ def run(cfg: Config, *, dry_run: bool, stdin: IO[bytes] | None = None) -> int:
         log.error("%s. vtibgp needs CAP_NET_ADMIN: run ExaBGP with exabgp.daemon.user=root, "
                   "or as its own user with AmbientCapabilities=CAP_NET_ADMIN (see README, "
                   "'Privileges')", e)
+        writer.close()
+        return 2
+    if cfg.nexthop_objects != "off" and not writer.enable_nexthop_objects() and \
+            cfg.nexthop_objects == "on":
+        log.error("%s: kernel.nexthop_objects is true but this kernel has no nexthop objects "
+                  "(Linux 5.3 or later); set it to auto or false", cfg.source)
         writer.close()
         return 2
     daemon = Daemon(cfg, writer, sys.stdout, discover=find_device)

@@ -67,6 +67,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 
 from vtibgp import netlink_codec as nc
+from vtibgp import nexthop_codec as nhc
 from vtibgp.model import KernelRoute, NextHop, OpKind, OpResult, RouteOp
 
 log = logging.getLogger("vtibgp.kernel")
@@ -82,6 +83,10 @@ CLONE_NEWNET = 0x40000000
 _PENDING = -1  # sent, no ack read yet
 _LOCAL = -2  # refused before sending (errno in `local`)
 _UNSENT = -3  # not packed yet
+
+# Our nexthop object ids start here ("VT"), well above the small ids `ip nexthop` users and
+# routing daemons tend to pick; any id another owner holds is skipped (read at start).
+NHID_BASE = 0x56540000
 
 _RETRY_BATCHES = (256, 64, 16, 4, 1, 1)
 _SORT_RUN = 64
@@ -208,6 +213,11 @@ class _Unresolved(Exception):
         self.name = name
 
 
+# A nexthop object as the pool keys it: (for IPv6 routes?, hops); one hop = a single
+# nexthop, several = a group of the single ones.
+NhKey = tuple[bool, tuple[nc.Hop, ...]]
+
+
 def _setns(fd: int) -> None:
     native = getattr(os, "setns", None)  # Python >= 3.12
     if native is not None:
@@ -277,6 +287,17 @@ class KernelWriter:
         self._by_index: dict[int, str] = {}
         self._hop_cache: dict[int, tuple[tuple[NextHop, ...], tuple[nc.Hop, ...]]] = {}
         self._missing: set[str] = set()
+        # nexthop objects (enable_nexthop_objects): ours by key, their contents, every id
+        # taken by anyone, objects the kernel refused in the running call, and groups the
+        # kernel cut down (a member's device went) that routes may still use
+        self.nexthop_objects = False
+        self._nh_key: dict[NhKey, int] = {}
+        self._nh_single: dict[int, tuple[bool, nc.Hop]] = {}
+        self._nh_group: dict[int, tuple[bool, tuple[int, ...]]] = {}
+        self._nh_taken: set[int] = set()
+        self._nh_next = NHID_BASE
+        self._nh_failed: dict[NhKey, int] = {}
+        self._orphans: set[int] = set()
         self._messages: dict[int, str] = {}  # the running exchange's error texts
         self._seq = 1
         self._overruns = 0
@@ -516,6 +537,257 @@ class KernelWriter:
         self._hop_cache[id(nexthops)] = (nexthops, out)
         return out
 
+    # ------------------------------------------------------------------ nexthop objects
+
+    def enable_nexthop_objects(self) -> bool:
+        """Route through kernel nexthop objects from now on, if the kernel has them: read
+        every object (ours are reused, everyone's ids avoided). False (and inline nexthops
+        stay) if the kernel does not know RTM_GETNEXTHOP."""
+        with self._lock:
+            try:
+                found = self._dump_nexthops()
+            except OSError as exc:
+                log.info("kernel: no nexthop objects (%s); routes carry their nexthops inline",
+                         exc)
+                return False
+            self._load_nexthops(found)
+            self.nexthop_objects = True
+            log.info("kernel: routes use nexthop objects (%d of ours found)",
+                     len(self._nh_single) + len(self._nh_group))
+            return True
+
+    def _load_nexthops(self, found: list[nhc.Nexthop]) -> None:
+        """Rebuild the pool from a dump of every nexthop object."""
+        self._nh_key.clear()
+        self._nh_single.clear()
+        self._nh_group.clear()
+        self._nh_taken = {nh.id for nh in found}
+        for nh in found:
+            if nh.protocol != self.proto or nh.blackhole:
+                continue
+            if nh.group:
+                self._nh_group[nh.id] = (False, nh.group)  # family fixed below
+            elif nh.ifindex:
+                v6 = nh.family == nc.AF_INET6
+                hop = nc.Hop(nh.ifindex, nh.gateway)
+                self._nh_single[nh.id] = (v6, hop)
+                self._nh_key.setdefault((v6, (hop,)), nh.id)
+        for gid, (_v6, members) in list(self._nh_group.items()):
+            parts = [self._nh_single.get(m) for m in members]
+            if any(p is None for p in parts):
+                continue  # not made of ours alone: never reused
+            v6 = all(p[0] for p in parts if p is not None)
+            self._nh_group[gid] = (v6, members)
+            hops = tuple(p[1] for p in parts if p is not None)
+            self._nh_key.setdefault((v6, hops), gid)
+        # groups not reused (duplicates, cut down, foreign members) go once no route uses them
+        self._orphans = set(self._nh_group) - set(self._nh_key.values())
+
+    def _dump_nexthops(self) -> list[nhc.Nexthop]:
+        self._discard_pending()
+        seq = self._take_seqs(1)
+        self._sock.send(nhc.pack_nexthop_dump_request(seq))
+        out: list[nhc.Nexthop] = []
+        deadline = time.monotonic() + _DUMP_TIMEOUT
+        while True:
+            n = self._read_reply(deadline, "nexthop dump")
+            if n is None:
+                continue
+            chunk = nhc.parse_nexthops(self._rbuf, n, seq=seq)
+            out.extend(chunk.nexthops)
+            if chunk.done:
+                if chunk.error:
+                    raise OSError(chunk.error, f"nexthop dump: {os.strerror(chunk.error)}")
+                return out
+
+    def nexthop_count(self) -> int:
+        """Nexthop objects of ours the writer knows."""
+        return len(self._nh_single) + len(self._nh_group)
+
+    def _new_id(self) -> int:
+        nhid = self._nh_next
+        while nhid in self._nh_taken:
+            nhid += 1
+        if nhid > 0xFFFFFFFF:
+            raise OSError(errno.ENOSPC, "no free nexthop id")
+        self._nh_next = nhid + 1
+        self._nh_taken.add(nhid)
+        return nhid
+
+    def _create(self, build: Callable[[int, int], bytes], what: str) -> tuple[int, int]:
+        """Create one object with a fresh id: (id, 0) or (0, errno)."""
+        for _attempt in range(8):
+            nhid = self._new_id()
+            seq = self._take_seqs(1)
+            acks = self._request(build(seq, nhid), seq, what)
+            if acks is None:
+                return 0, errno.ENOBUFS
+            err = acks[0].error
+            if err == errno.EEXIST:
+                continue  # someone took this id meanwhile: the next one
+            if err:
+                if acks[0].message:
+                    log.info("kernel: %s refused: %s (%s)", what, os.strerror(err),
+                             acks[0].message)
+                return 0, err
+            return nhid, 0
+        return 0, errno.EEXIST
+
+    def _make_nexthop(self, key: NhKey) -> None:
+        """Create the object for `key` (and its members): recorded in the pool, or its errno
+        in _nh_failed so that the routes needing it are refused with it."""
+        v6, hops = key
+        if any(h.gateway and (":" in h.gateway) != v6 for h in hops):
+            self._nh_failed[key] = errno.EINVAL  # as inline: no gateway of the other family
+            return
+        members: list[int] = []
+        for hop in hops:
+            single = (v6, (hop,))
+            nhid = self._nh_key.get(single)
+            if nhid is None:
+                gw = hop.gateway
+                family = (nc.AF_INET6 if ":" in gw else nc.AF_INET) if gw else (
+                    nc.AF_INET6 if v6 else nc.AF_INET)
+
+                def build(seq: int, new: int, hop: nc.Hop = hop, family: int = family) -> bytes:
+                    return nhc.pack_nexthop(seq, new, family, hop.ifindex, hop.gateway,
+                                            self.proto)
+
+                nhid, err = self._create(build, f"nexthop via ifindex {hop.ifindex}")
+                if err:
+                    self._nh_failed[key] = err
+                    return
+                self._nh_key[single] = nhid
+                self._nh_single[nhid] = (v6, hop)
+            members.append(nhid)
+        if len(hops) == 1:
+            return
+
+        def build_group(seq: int, new: int) -> bytes:
+            return nhc.pack_group(seq, new, members, self.proto)
+
+        gid, err = self._create(build_group, "nexthop group")
+        if err:
+            self._nh_failed[key] = err
+            return
+        self._nh_key[key] = gid
+        self._nh_group[gid] = (v6, tuple(members))
+
+    def flush_device(self, name: str) -> bool:
+        """Take every route through device `name` out of the kernel now, the way the kernel
+        does when the device goes down: delete our nexthop objects on it (routes using one
+        go with it; groups lose it as a member). False if routes carry their nexthops inline
+        (nothing done: the caller's ops remove them)."""
+        with self._lock:
+            if not self.nexthop_objects:
+                return False
+            index = self._by_name.get(name)
+            if index is None:
+                return True  # no cached device: no object of ours was made on it
+            doomed = [i for i, (_v6, hop) in self._nh_single.items() if hop.ifindex == index]
+            for nhid in doomed:
+                seq = self._take_seqs(1)
+                acks = self._request(nhc.pack_nexthop_delete(seq, nhid), seq,
+                                     "nexthop delete")
+                err = acks[0].error if acks else errno.ENOBUFS
+                if err not in (0, errno.ENOENT):
+                    log.warning("kernel: deleting nexthop %d on %s: %s", nhid, name,
+                                os.strerror(err))
+            self._drop_objects(index)
+            return True
+
+    def flushed(self, name: str) -> bool:
+        """Device `name` went down or away, and the kernel deleted the nexthop objects on it
+        with their routes: forget them. True if routes use nexthop objects."""
+        with self._lock:
+            if not self.nexthop_objects:
+                return False
+            index = self._by_name.get(name)
+            if index is not None:
+                self._drop_objects(index)
+            return True
+
+    def _drop_objects(self, index: int) -> None:
+        gone = {i for i, (_v6, hop) in self._nh_single.items() if hop.ifindex == index}
+        if not gone:
+            return
+        for nhid in gone:
+            del self._nh_single[nhid]
+        for gid, (v6, members) in list(self._nh_group.items()):
+            if not gone.intersection(members):
+                continue
+            left = tuple(m for m in members if m not in gone)
+            if not left:
+                del self._nh_group[gid]  # the kernel removed the emptied group too
+                self._orphans.discard(gid)
+                continue
+            # the kernel kept the group with the members left; routes may still use it
+            self._nh_group[gid] = (v6, left)
+            self._orphans.add(gid)
+        self._nh_key = {k: i for k, i in self._nh_key.items()
+                        if i not in gone and i not in self._orphans}
+        self._nh_taken -= gone
+
+    def collect_garbage(self) -> int:
+        """Delete the cut-down groups (see _drop_objects) that no route uses any more; how
+        many went. Cheap when there are none (the usual case)."""
+        with self._lock:
+            if not self._orphans:
+                return 0
+            used = self._route_nhids()
+            removed = 0
+            for gid in sorted(self._orphans - used):
+                seq = self._take_seqs(1)
+                acks = self._request(nhc.pack_nexthop_delete(seq, gid), seq, "nexthop delete")
+                if acks is not None and acks[0].error in (0, errno.ENOENT):
+                    self._orphans.discard(gid)
+                    self._nh_group.pop(gid, None)
+                    self._nh_taken.discard(gid)
+                    removed += 1
+            return removed
+
+    def release_nexthops(self) -> int:
+        """Delete every nexthop object of ours that no route uses (at exit, after our routes
+        were withdrawn). Returns how many went."""
+        with self._lock:
+            if not self.nexthop_objects:
+                return 0
+            used = self._route_nhids()
+            if used & set(self._nh_single):
+                # a route still uses one of our single nexthops: keep those and their groups
+                log.info("kernel: %d of our nexthop objects still in use; kept",
+                         len(used & set(self._nh_single)))
+            removed = 0
+            groups = [g for g in self._nh_group if g not in used]
+            singles = [i for i in self._nh_single if i not in used and not any(
+                i in members for g, (_v6, members) in self._nh_group.items() if g in used)]
+            for nhid in groups + singles:
+                seq = self._take_seqs(1)
+                acks = self._request(nhc.pack_nexthop_delete(seq, nhid), seq, "nexthop delete")
+                if acks is not None and acks[0].error in (0, errno.ENOENT):
+                    removed += 1
+            return removed
+
+    def _route_nhids(self) -> set[int]:
+        """The nexthop ids our routes use, from a route dump."""
+        self._discard_pending()
+        used: set[int] = set()
+        for family in (nc.AF_INET, nc.AF_INET6):
+            seq = self._take_seqs(1)
+            self._sock.send(nc.pack_route_dump_request(family, seq, self.table, self.proto))
+            deadline = time.monotonic() + _DUMP_TIMEOUT
+            while True:
+                n = self._read_reply(deadline, "route dump")
+                if n is None:
+                    continue
+                ids, done, error = nhc.parse_route_nhids(self._rbuf, n, seq=seq)
+                used |= ids
+                if done:
+                    if error not in (0, errno.ENOENT):
+                        raise OSError(error, f"route dump: {os.strerror(error)}")
+                    break
+        return used
+
     # ------------------------------------------------------------------ apply
 
     def check_permission(self) -> None:
@@ -546,6 +818,7 @@ class KernelWriter:
         order = _send_order(ops)
         work = ops if order is None else [ops[i] for i in order]
         self._missing = set()
+        self._nh_failed = {}
         local: dict[int, int] = {}
         messages: dict[int, str] = {}
         res = self._exchange(work, local, messages, self.batch, self.pipeline)
@@ -578,7 +851,8 @@ class KernelWriter:
     ) -> None:
         """Second chances, in order-preserving small batches: ops whose ack was lost
         (receive-queue overflow, failed send) and, once, ops the kernel answered ENODEV
-        (a cached ifindex gone stale; the link cache is refreshed first). An op followed in
+        (a cached ifindex gone stale; the link cache is refreshed first) or, with nexthop
+        objects, EINVAL (an object of ours gone; the pool is read again first). An op followed in
         this batch by another op on the same key is not resent: the later op decides the
         key's final state (a lost one counts as applied, a stale-ENODEV one stays refused)."""
         lost: set[int] = set()
@@ -588,10 +862,18 @@ class KernelWriter:
             redo = [i for i, r in enumerate(res) if r == _PENDING]
             stale: list[int] = []
             if not refreshed:
-                stale = [i for i, r in enumerate(res) if r == errno.ENODEV]
+                objects = self.nexthop_objects
+                stale = [i for i, r in enumerate(res) if r == errno.ENODEV or (objects and (
+                    (r == errno.EINVAL and ops[i].kind is not OpKind.DELETE)
+                    or (r == _LOCAL and local[i] in (errno.ENODEV, errno.EINVAL))))]
                 if stale:
+                    # a device re-created (its ifindex went stale), or a nexthop object of
+                    # ours gone behind our back (EINVAL for an unknown id): look both up again
                     refreshed = True
                     self.refresh_links()
+                    if objects:
+                        self._load_nexthops(self._dump_nexthops())
+                        self._nh_failed = {}
             if not redo and not stale:
                 return
             if last is None:
@@ -666,7 +948,9 @@ class KernelWriter:
                     self._drain(base, res)
                 if data:
                     self._send_sync(data, (start, end), base, res)
-                if self.resolve(miss) is None:
+                if not isinstance(miss, str):
+                    self._make_nexthop(miss)
+                elif self.resolve(miss) is None:
                     self._missing.add(miss)
                 start = end
                 continue
@@ -699,12 +983,16 @@ class KernelWriter:
         local: dict[int, int],
         limit: int,
         drain: bool,
-    ) -> tuple[bytes, int, str | None]:
+    ) -> tuple[bytes, int, str | NhKey | None]:
         """Pack ops[start:] until `limit` ops or the byte cap; returns (datagram, next index,
-        unresolved device name or None). Reads acks now and then when a batch is in flight."""
+        what is missing: a device name not in the cache, or the key of a nexthop object not
+        made yet; None). Reads acks now and then when a batch is in flight."""
         pack = self._packer.pack
         hops_for = self._hops_for
         missing = self._missing
+        objects = self.nexthop_objects
+        nh_key = self._nh_key
+        nh_failed = self._nh_failed
         delete = OpKind.DELETE
         parts: list[bytes] = []
         append = parts.append
@@ -719,6 +1007,18 @@ class KernelWriter:
             try:
                 if kind is delete:
                     msg = pack(kind, route.prefix, route.metric, (), base + i)
+                elif objects:
+                    key = (":" in route.prefix, hops_for(route.nexthops))
+                    nhid = nh_key.get(key)
+                    if nhid is None:
+                        err = nh_failed.get(key)
+                        if err is None:  # made by the caller, then packing goes on here
+                            return b"".join(parts), i, key
+                        res[i] = _LOCAL
+                        local[i] = err
+                        i += 1
+                        continue
+                    msg = pack(kind, route.prefix, route.metric, nhid, base + i)
                 else:
                     msg = pack(kind, route.prefix, route.metric, hops_for(route.nexthops),
                                base + i)

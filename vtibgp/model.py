@@ -112,6 +112,15 @@ class IpsecState:
 
 
 @dataclass(frozen=True, slots=True)
+class KernelFlushed:
+    """The kernel took our routes through `device` away by itself: its nexthop objects went
+    (the device went down or away, or the shell deleted them to act on an IPsec down at
+    once). A multipath route keeps its nexthops on other devices."""
+
+    device: str
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time passes (the shell's monotonic clock): hold-downs that ran out end."""
 
@@ -163,6 +172,7 @@ Event = (
     | ExabgpShutdown
     | DeviceState
     | IpsecState
+    | KernelFlushed
     | Tick
     | PeerDevice
     | KernelRoutesFound

@@ -15,6 +15,7 @@ Layout of a route request (all integers in host byte order, as netlink wants)::
     RTA_PRIORITY  u32, the metric
     add/replace only: RTA_OIF [+ RTA_GATEWAY]   one nexthop
                   or  RTA_MULTIPATH            several (rtnexthop entries, weight 1)
+                  or  RTA_NH_ID                a nexthop object (vtibgp.nexthop_codec)
 
 Header choices, checked against iproute2 6.1 and pyroute2 0.9.7 on Linux 6.x:
 
@@ -109,6 +110,7 @@ RTA_GATEWAY = 5
 RTA_PRIORITY = 6
 RTA_MULTIPATH = 9
 RTA_TABLE = 15
+RTA_NH_ID = 30  # the route uses a nexthop object (see nexthop_codec)
 
 IFLA_IFNAME = 3
 IFLA_EXT_MASK = 29
@@ -161,6 +163,10 @@ class Hop(NamedTuple):
 
     ifindex: int
     gateway: str | None = None
+
+
+# What an add/replace routes through: nexthops inline, or the id of a nexthop object.
+Via = tuple[Hop, ...] | int
 
 
 class RouteInfo(NamedTuple):
@@ -299,15 +305,20 @@ class RoutePacker:
         self.protocol = protocol
         # keyed by (is ADD, is IPv6, hops): an Enum in the key would cost a Python-level
         # __hash__ per message
-        self._templates: dict[tuple[bool, bool, tuple[Hop, ...]], _Template] = {}
+        self._templates: dict[tuple[bool, bool, Via], _Template] = {}
         self._delete4 = self._build(OpKind.DELETE, False, ())
         self._delete6 = self._build(OpKind.DELETE, True, ())
 
-    def _build(self, kind: OpKind, v6: bool, hops: tuple[Hop, ...]) -> _Template:
+    def _build(self, kind: OpKind, v6: bool, hops: Via) -> _Template:
         family = AF_INET6 if v6 else AF_INET
         mtype, mflags = _KIND_FLAGS[kind]
         if kind is OpKind.DELETE:
             tail, scope, rflags = b"", RT_SCOPE_NOWHERE, 0
+        elif isinstance(hops, int):
+            # a nexthop object: the kernel takes device, gateway and flags from it
+            if not 0 < hops <= _U32_MAX:
+                raise ValueError(f"bad nexthop id {hops}")
+            tail, scope, rflags = _nla_u32(RTA_NH_ID, hops), RT_SCOPE_UNIVERSE, 0
         else:
             tail, scope, rflags = nexthop_attrs(family, hops)
         alen = _ADDR_LEN[family]
@@ -333,17 +344,16 @@ class RoutePacker:
             tail=tail,
         )
 
-    def _template(self, kind: OpKind, v6: bool, hops: tuple[Hop, ...]) -> _Template:
+    def _template(self, kind: OpKind, v6: bool, hops: Via) -> _Template:
         tmpl = self._build(kind, v6, hops)
         if len(self._templates) >= self.MAX_TEMPLATES:
             self._templates.clear()
         self._templates[(kind is OpKind.ADD, v6, hops)] = tmpl
         return tmpl
 
-    def pack(
-        self, kind: OpKind, prefix: str, metric: int, hops: tuple[Hop, ...], seq: int
-    ) -> bytes:
-        """One request. `hops` is ignored for DELETE. Raises ValueError on anything the kernel
+    def pack(self, kind: OpKind, prefix: str, metric: int, hops: Via, seq: int) -> bytes:
+        """One request. `hops` (the nexthops, or the id of a nexthop object) is ignored for
+        DELETE. Raises ValueError on anything the kernel
         would refuse for being malformed (prefix, gateway family, metric range, no nexthop)
         and on IPv6 host bits (the kernel would silently clear them; for IPv4 it answers
         EINVAL itself, so the check is left to it there)."""

@@ -324,3 +324,18 @@ def test_metrics_tls_needs_both_readable_files(tmp_path: Path) -> None:
         parse({**base, "metrics": {"tls_cert": str(cert)}})
     with pytest.raises(ConfigError, match=r"metrics\.tls_cert: expected a readable file"):
         parse({**base, "metrics": {"tls_cert": str(tmp_path / "none"), "tls_key": str(key)}})
+
+
+def test_nexthop_objects_is_auto_true_or_false() -> None:
+    peers = [{"address": "169.254.10.1", "interface": "vti01"}]
+
+    def kernel(value: object) -> str:
+        return parse({"peers": peers, "kernel": {"nexthop_objects": value}},
+                     "t.yaml").nexthop_objects
+
+    assert parse({"peers": peers}, "t.yaml").nexthop_objects == "auto"
+    assert (kernel("auto"), kernel(True), kernel(False)) == ("auto", "on", "off")
+    with pytest.raises(ConfigError) as e:
+        kernel("sometimes")
+    assert "t.yaml" in str(e.value) and "kernel.nexthop_objects" in str(e.value)
+    assert "auto, true or false" in str(e.value)

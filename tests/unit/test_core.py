@@ -17,6 +17,7 @@ from vtibgp.model import (
     Event,
     GraceExpired,
     IpsecState,
+    KernelFlushed,
     KernelRoute,
     KernelRoutesFound,
     NextHop,
@@ -376,6 +377,63 @@ def test_incremental_equals_from_scratch(
     assert {r.key: r for d in core.desired_all().values() for r in d.values()} == expected
     kernel.apply(core.withdraw_all())
     assert kernel.routes == {}
+
+
+def flush(kernel: Kernel, device: str) -> None:
+    """What Linux does to routes using nexthop objects when `device` goes down or away."""
+    for key, route in list(kernel.routes.items()):
+        left = tuple(h for h in route.nexthops if h.device != device)
+        if not left:
+            del kernel.routes[key]
+        elif left != route.nexthops:
+            kernel.routes[key] = KernelRoute(route.prefix, route.metric, left)
+
+
+def test_kernel_flush_is_believed_and_what_follows_adds() -> None:
+    core, k = make_core(ecmp=False), Kernel()
+    feed(core, k, ann(P1, "10.0.0.0/16", "10.1.0.0/16"),
+         ann(P2, "10.0.0.0/16", path=(64512, 64512)))
+    flush(k, "vti01")
+    assert feed(core, k, KernelFlushed("vti01")) == []
+    assert installed(core) == k.routes  # only the backup via vti02 is left
+    ops = feed(core, k, DeviceState("vti01", False, "carrier lost"))
+    assert sorted((op.kind.value, op.route.metric) for op in ops) == [
+        ("add", 100), ("delete", 101)]
+    assert k.routes == {("10.0.0.0/16", 100): KernelRoute("10.0.0.0/16", 100,
+                                                          (NextHop("vti02"),))}
+    assert core.stats["kernel_flushes"] == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pols=policies,
+    ecmp=st.booleans(),
+    max_paths=st.integers(1, 4),
+    hold_down=st.sampled_from([0.0, 1.0]),
+    evs=st.lists(events, max_size=40),
+)
+def test_with_kernel_flushes_ops_always_fit_the_kernel(
+    pols: dict[str, PeerPolicy], ecmp: bool, max_paths: int, hold_down: float,
+    evs: list[Event],
+) -> None:
+    """Nexthop objects: the kernel drops the routes through a device on its own whenever it
+    goes down, and the shell does the same first for a device-wide IPsec down. Told so, the
+    core's ops always fit what the kernel holds, and it ends where it would from scratch."""
+    core = Core(CoreSettings(metric=100, max_paths=max_paths, ecmp=ecmp, peers=pols,
+                             hold_down=hold_down))
+    kernel = Kernel()
+    for ev in evs:
+        down = (isinstance(ev, DeviceState) and not ev.usable) or (
+            isinstance(ev, IpsecState) and ev.device and not ev.peers and not ev.up)
+        if down:
+            device = ev.device
+            assert device is not None
+            flush(kernel, device)
+            kernel.apply(core.handle(KernelFlushed(device)))
+            assert kernel.routes == installed(core)
+        kernel.apply(core.handle(ev))
+        assert kernel.routes == installed(core)
+    assert installed(core) == reference(core)
 
 
 @settings(max_examples=200, deadline=None)

@@ -30,11 +30,14 @@ PEER = "169.254.10.1"
 class MemoryKernel:
     """Holds routes; refuses what the real kernel would (ADD over a route, delete of none)."""
 
-    def __init__(self, routes: Sequence[KernelRoute] = ()) -> None:
+    def __init__(self, routes: Sequence[KernelRoute] = (), nexthop_objects: bool = False) -> None:
         self.routes = {r.key: r for r in routes}
         self.foreign: set[tuple[str, int]] = set()
         self.ops: list[RouteOp] = []
         self.closed = False
+        # with nexthop objects, a device going down takes its routes along (as Linux does)
+        self.nexthop_objects = nexthop_objects
+        self.flushes: list[str] = []
 
     def apply(self, ops: Sequence[RouteOp]) -> OpResult:
         res = OpResult()
@@ -56,6 +59,31 @@ class MemoryKernel:
 
     def forget(self, name: str) -> None:
         pass
+
+    def device_down(self, name: str) -> None:
+        """What the kernel does to routes when device `name` goes down or away."""
+        if not self.nexthop_objects:
+            return
+        for key, route in list(self.routes.items()):
+            left = tuple(h for h in route.nexthops if h.device != name)
+            if not left:
+                del self.routes[key]
+            elif left != route.nexthops:
+                self.routes[key] = KernelRoute(route.prefix, route.metric, left)
+
+    def flush_device(self, name: str) -> bool:
+        self.flushes.append(name)
+        self.device_down(name)
+        return self.nexthop_objects
+
+    def flushed(self, name: str) -> bool:
+        return self.nexthop_objects
+
+    def collect_garbage(self) -> int:
+        return 0
+
+    def release_nexthops(self) -> int:
+        return 0
 
     def close(self) -> None:
         self.closed = True
@@ -335,3 +363,82 @@ def test_loop_guard_learns_the_outside_endpoint_from_updown() -> None:
     daemon._process([("line", now, _update_many(PEER, ["100.64.0.0/10"]))])
     assert {p for p, _ in kernel.routes} == {"10.1.0.0/16"}
     assert m.PREFIXES_REJECTED.labels(PEER, "loop")._value.get() - before == 2
+
+
+PEER2 = "169.254.11.1"
+
+
+def _two_tunnels(nexthop_objects: bool, ecmp: bool = False) -> tuple[Daemon, MemoryKernel]:
+    cfg = parse({"metrics": {"listen": None}, "control": {"socket": None},
+                 "kernel": {"ecmp": ecmp},
+                 "peers": [{"address": PEER, "interface": "vti01"},
+                           {"address": PEER2, "interface": "vti02"}],
+                 "tunnels": [{"connection": "aws-1", "device": "vti01"}],
+                 "tunnel": {"hold_down": 0}}, "t.yaml")
+    kernel = MemoryKernel(nexthop_objects=nexthop_objects)
+    daemon = Daemon(cfg, kernel, None)  # type: ignore[arg-type]
+    now = time.monotonic()
+    prefixes = [f"10.{i}.0.0/16" for i in range(20)]
+    daemon._process([("line", now, _update_many(PEER, prefixes)),
+                     ("line", now, _update_many(PEER2, prefixes, "64512" if ecmp else
+                                                "64512, 64512"))])
+    return daemon, kernel
+
+
+def _errors() -> float:
+    return sum(s.value for metric in m.KERNEL_ERRORS.collect() for s in metric.samples
+               if s.name.endswith("_total"))
+
+
+@pytest.mark.parametrize("nexthop_objects", [False, True])
+def test_ipsec_down_flushes_the_device_first_and_the_core_follows(
+        nexthop_objects: bool) -> None:
+    """An updown `down` for vti01: with nexthop objects the shell deletes them first (the
+    kernel drops every route through vti01 in one step, the backups via vti02 carry on) and
+    the core believes it, so its ops meet no error; without, the ops do the same work."""
+    daemon, kernel = _two_tunnels(nexthop_objects)
+    assert {(r.metric, r.nexthops[0].device) for r in kernel.routes.values()} == {
+        (100, "vti01"), (101, "vti02")}
+    errors = _errors()
+    req = {"cmd": "tunnel", "state": "down", "connection": "aws-1", "verb": "down-client"}
+    request = _Request(req)
+    sent = len(kernel.ops)
+    daemon._process([("request", time.monotonic(), request)])
+    assert request.answer.get("ok"), request.answer
+    assert kernel.flushes == ["vti01"]
+    # with the flush the core knows the metric-100 routes are gone: it adds, never replaces
+    kinds = {(op.kind, op.route.metric) for op in kernel.ops[sent:]}
+    assert kinds == ({(OpKind.ADD, 100), (OpKind.DELETE, 101)} if nexthop_objects
+                     else {(OpKind.REPLACE, 100), (OpKind.DELETE, 101)})
+    assert {(r.metric, r.nexthops[0].device) for r in kernel.routes.values()} == {
+        (100, "vti02")}
+    assert len(kernel.routes) == 20
+    assert _errors() == errors
+    assert {r.key: r for r in daemon.core.routes()} == kernel.routes
+    # and back: the best path returns through vti01, the backup through vti02
+    req = {"cmd": "tunnel", "state": "up", "connection": "aws-1", "verb": "up-client"}
+    daemon._process([("request", time.monotonic(), _Request(req))])
+    daemon._timers()
+    daemon._process([])
+    assert {(r.metric, r.nexthops[0].device) for r in kernel.routes.values()} == {
+        (100, "vti01"), (101, "vti02")}
+    assert _errors() == errors
+
+
+def test_device_down_with_nexthop_objects_trusts_the_kernel_flush() -> None:
+    """Carrier loss with nexthop objects: the kernel has removed the routes through the device
+    (and the multipath routes lost that nexthop) before the link event arrives; the daemon's
+    view follows and its repairs meet no error."""
+    from vtibgp.model import DeviceState
+    daemon, kernel = _two_tunnels(True, ecmp=True)
+    assert {r.nexthops for r in kernel.routes.values()} == {
+        (NextHop("vti01"), NextHop("vti02"))}
+    errors = _errors()
+    kernel.device_down("vti01")  # what Linux does on carrier loss, before we hear of it
+    sent = len(kernel.ops)
+    daemon._process([("event", time.monotonic(),
+                      DeviceState("vti01", False, "carrier lost", time.monotonic()))])
+    assert {r.nexthops for r in kernel.routes.values()} == {(NextHop("vti02"),)}
+    assert {r.key: r for r in daemon.core.routes()} == kernel.routes
+    assert _errors() == errors
+    assert kernel.ops[sent:] == []  # the kernel already left what the core wants
