@@ -306,7 +306,7 @@ def _prefix_list(ctx: _Ctx, path: str, v: Any) -> tuple[PrefixRule, ...]:
             raise ctx.fail(path, f"at least one permit entry for IPv{version}: what no entry "
                            f"permits is refused, so deny entries alone refuse every IPv{version} "
                            f"prefix (end the list with {{prefix: {default}, le: {width}, "
-                           "action: permit}} to let the rest through)",
+                           "action: permit} to let the rest through)",
                            [r.prefix for r in mine])
     return tuple(rules)
 

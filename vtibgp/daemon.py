@@ -251,14 +251,27 @@ class Daemon:
         if fixed:
             log.warning("reload: %s changed; that takes effect at the next start",
                         ", ".join(fixed))
-        self.cfg = new
+        old, self.cfg = self.cfg, new
         self._known_peers = {p.address for p in new.peers}
         self._apply(self.core.reconfigure(core_settings(new)))
         self._limit_gauges()
         m.RELOAD_OK.set(1)
         m.RELOAD_TIME.set(time.time())
         log.info("reloaded %s (%d peers)", new.source, len(new.peers))
+        if self.commands is not None and self._may_accept_more(old, new):
+            # paths refused (or dropped as from an unknown peer) under the old config are
+            # not held: ask ExaBGP for its adj-rib-in again and judge them under the new one
+            log.info("reload: import policy or peers changed; asking ExaBGP for its "
+                     "adj-rib-in again")
+            self._resync()
         return True
+
+    @staticmethod
+    def _may_accept_more(old: Config, new: Config) -> bool:
+        # (per-peer policy, max-prefix and outside endpoints live in `policy` too)
+        return (old.policy != new.policy
+                or old.accept_unconfigured_peers != new.accept_unconfigured_peers
+                or {p.address for p in old.peers} != {p.address for p in new.peers})
 
     # ------------------------------------------------------------------ start-up
 

@@ -442,3 +442,37 @@ def test_device_down_with_nexthop_objects_trusts_the_kernel_flush() -> None:
     assert {r.key: r for r in daemon.core.routes()} == kernel.routes
     assert _errors() == errors
     assert kernel.ops[sent:] == []  # the kernel already left what the core wants
+
+
+def test_reload_that_loosens_the_policy_brings_refused_paths_back(tmp_path: Path) -> None:
+    """A prefix refused under the old policy is not held; a reload that allows it asks
+    ExaBGP for its adj-rib-in again, and the re-sent path is installed."""
+    path = tmp_path / "vtibgp.yaml"
+
+    def write(deny: bool) -> None:
+        rule = ("  prefix_list: [{prefix: 10.9.0.0/16, action: deny},\n"
+                "                {prefix: 0.0.0.0/0, le: 32, action: permit}]\n") if deny else ""
+        path.write_text("metrics: {listen: null}\ncontrol: {socket: null}\n"
+                        f"policy:\n  allow_default: false\n{rule}"
+                        "peers:\n  - {address: 169.254.10.1, interface: vti01}\n")
+
+    write(True)
+    kernel = MemoryKernel()
+    commands = io.StringIO()
+    daemon = Daemon(load(path), kernel, commands)
+    now = time.monotonic()
+    daemon._process([("line", now, _update_many(PEER, ["10.9.0.0/16", "10.8.0.0/16"]))])
+    assert {p for p, _ in kernel.routes} == {"10.8.0.0/16"}
+    assert daemon.reload()  # nothing changed: no resync
+    assert commands.getvalue() == ""
+    write(False)
+    assert daemon.reload()
+    assert commands.getvalue().splitlines() == ["show neighbor summary",
+                                                "show adj-rib in extensive"]
+    answers = [b"done\n",
+               f"neighbor {PEER} local-ip 169.254.10.2 local-as 65000 peer-as 64512 "
+               f"router-id 1.1.1.1 family-allowed in-open ipv4 unicast 10.9.0.0/16 "
+               f"next-hop {PEER} origin igp as-path ( 64512 )\n".encode(),
+               b"done\n"]
+    daemon._process([("line", now, a) for a in answers])
+    assert {p for p, _ in kernel.routes} == {"10.8.0.0/16", "10.9.0.0/16"}
