@@ -34,6 +34,7 @@ from vtibgp.model import KernelRoute, NextHop, OpKind, RouteOp
 
 DEVICES = ("vti01", "vti02")
 PROTO = 186
+IP_NHID = 7  # the nexthop object ip -batch's routes use with --nexthop-objects
 
 
 def sh(*argv: str) -> None:
@@ -102,15 +103,23 @@ def bench(lab: Lab, n: int, args: argparse.Namespace, tmp: Path) -> dict[str, li
     dels = [RouteOp(OpKind.DELETE, r) for r in rs]
     tail = f"table {args.table} proto {PROTO} metric {args.metric}"
     add_file, del_file = tmp / f"add-{n}.txt", tmp / f"del-{n}.txt"
+    if args.nexthop_objects:  # the same routes for ip: through a nexthop object of its own
+        family = "-6" if args.family == 6 else "-4"
+        sh("ip", "-n", lab.ns, family, "nexthop", "replace", "id", str(IP_NHID), "dev",
+           DEVICES[0], "proto", "static")
     with add_file.open("w") as fa, del_file.open("w") as fd:
         for r in rs:
-            line = f"{r.prefix} dev {r.nexthops[0].device} {tail}\n"
+            via = (f"nhid {IP_NHID}" if args.nexthop_objects
+                   else f"dev {r.nexthops[0].device}")
+            line = f"{r.prefix} {via} {tail}\n"
             fa.write(f"route add {line}")
-            fd.write(f"route del {line}")
+            fd.write(f"route del {r.prefix} {tail}\n")
     times: dict[str, list[float]] = {k: [] for k in
                                      ("ip_add", "ip_del", "kw_add", "kw_del", "kw_dump")}
     with KernelWriter(table=args.table, proto=PROTO, batch=args.batch, netns=lab.ns,
                       pipeline=not args.no_pipeline) as writer:
+        if args.nexthop_objects and not writer.enable_nexthop_objects():
+            raise RuntimeError("this kernel has no nexthop objects")
         for _ in range(args.repeat):
             times["ip_add"].append(run_ip_batch(lab.ns, add_file))
             if count_ours(lab.ns, args.table, args.family) != n:
@@ -149,6 +158,9 @@ def main() -> int:
     ap.add_argument("--table", type=int, default=254)
     ap.add_argument("--metric", type=int, default=100)
     ap.add_argument("--batch", type=int, default=2000)
+    ap.add_argument("--nexthop-objects", action="store_true",
+                    help="routes through a nexthop object, for both ip -batch and the writer "
+                    "(as vtibgp run does where the kernel has them)")
     ap.add_argument("--no-pipeline", action="store_true",
                     help="KernelWriter without its sender thread (for comparison)")
     args = ap.parse_args()
@@ -180,8 +192,9 @@ def main() -> int:
 
     print()
     print(f"IPv{args.family}, table {args.table}, batch {args.batch}, "
-          f"{'no pipeline' if args.no_pipeline else 'pipelined'}, median of {args.repeat}; "
-          "routes/s")
+          f"{'no pipeline' if args.no_pipeline else 'pipelined'}, "
+          f"{'nexthop objects' if args.nexthop_objects else 'inline nexthops'}, "
+          f"median of {args.repeat}; routes/s")
     head = (f"{'N':>9} | {'ip add':>9} | {'ip del':>9} | {'kw add':>9} | {'kw del':>9} | "
             f"{'add x':>6} | {'del x':>6} | {'both x':>6} | {'dump s':>6}")
     print(head)

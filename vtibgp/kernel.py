@@ -298,6 +298,8 @@ class KernelWriter:
         self._nh_next = NHID_BASE
         self._nh_failed: dict[NhKey, int] = {}
         self._orphans: set[int] = set()
+        # (id of a NextHop tuple, IPv6?) -> (the tuple, its object id); see _pack_chunk
+        self._nh_cache: dict[tuple[int, bool], tuple[tuple[NextHop, ...], int]] = {}
         self._messages: dict[int, str] = {}  # the running exchange's error texts
         self._seq = 1
         self._overruns = 0
@@ -456,6 +458,7 @@ class KernelWriter:
             if index is not None and self._by_index.get(index) == name:
                 del self._by_index[index]
             self._hop_cache.clear()
+            self._nh_cache.clear()
 
     def refresh_links(self) -> None:
         """Rebuild the name <-> ifindex cache from a link dump."""
@@ -479,6 +482,7 @@ class KernelWriter:
             self._by_name = by_name
             self._by_index = {i: n for n, i in by_name.items()}
             self._hop_cache.clear()
+            self._nh_cache.clear()
 
     def _remember(self, index: int, name: str) -> None:
         old = self._by_index.get(index)
@@ -490,6 +494,7 @@ class KernelWriter:
         self._by_name[name] = index
         self._by_index[index] = name
         self._hop_cache.clear()
+        self._nh_cache.clear()
 
     def _query_link(self, name: str) -> int | None:
         seq = self._take_seqs(1)
@@ -558,6 +563,7 @@ class KernelWriter:
 
     def _load_nexthops(self, found: list[nhc.Nexthop]) -> None:
         """Rebuild the pool from a dump of every nexthop object."""
+        self._nh_cache.clear()
         self._nh_key.clear()
         self._nh_single.clear()
         self._nh_group.clear()
@@ -711,6 +717,7 @@ class KernelWriter:
         gone = {i for i, (_v6, hop) in self._nh_single.items() if hop.ifindex == index}
         if not gone:
             return
+        self._nh_cache.clear()
         for nhid in gone:
             del self._nh_single[nhid]
         for gid, (v6, members) in list(self._nh_group.items()):
@@ -992,6 +999,7 @@ class KernelWriter:
         missing = self._missing
         objects = self.nexthop_objects
         nh_key = self._nh_key
+        nh_cache = self._nh_cache
         nh_failed = self._nh_failed
         delete = OpKind.DELETE
         parts: list[bytes] = []
@@ -1008,17 +1016,30 @@ class KernelWriter:
                 if kind is delete:
                     msg = pack(kind, route.prefix, route.metric, (), base + i)
                 elif objects:
-                    key = (":" in route.prefix, hops_for(route.nexthops))
-                    nhid = nh_key.get(key)
-                    if nhid is None:
-                        err = nh_failed.get(key)
-                        if err is None:  # made by the caller, then packing goes on here
-                            return b"".join(parts), i, key
-                        res[i] = _LOCAL
-                        local[i] = err
-                        i += 1
-                        continue
-                    msg = pack(kind, route.prefix, route.metric, nhid, base + i)
+                    # the core shares one nexthops tuple per path: its object id is cached by
+                    # the tuple's identity (and the family), so most routes skip the lookup
+                    nexthops = route.nexthops
+                    prefix = route.prefix
+                    v6 = ":" in prefix
+                    hit = nh_cache.get((id(nexthops), v6))
+                    if hit is not None and hit[0] is nexthops:
+                        nhid = hit[1]
+                    else:
+                        key = (v6, hops_for(nexthops))
+                        found = nh_key.get(key)
+                        if found is None:
+                            err = nh_failed.get(key)
+                            if err is None:  # made by the caller, then packing goes on here
+                                return b"".join(parts), i, key
+                            res[i] = _LOCAL
+                            local[i] = err
+                            i += 1
+                            continue
+                        nhid = found
+                        if len(nh_cache) >= 65536:
+                            nh_cache.clear()
+                        nh_cache[(id(nexthops), v6)] = (nexthops, nhid)
+                    msg = pack(kind, prefix, route.metric, nhid, base + i)
                 else:
                     msg = pack(kind, route.prefix, route.metric, hops_for(route.nexthops),
                                base + i)
@@ -1123,6 +1144,10 @@ class KernelWriter:
                     raise
                 self._overflowed()
                 continue
+            if got and self._all_ok(mr, got, base, res):
+                if got < mr.vlen:
+                    return
+                continue
             o = 0
             for _ in range(got):
                 length = uints[o]
@@ -1139,6 +1164,32 @@ class KernelWriter:
                 o += step
             if got < mr.vlen:
                 return
+
+    @staticmethod
+    def _all_ok(mr: _MultiRecv, got: int, base: int, res: list[int]) -> bool:
+        """The usual case, read in bulk: `got` success acks for consecutive requests that
+        were all still waiting. Then they are marked applied in one slice and True is
+        returned; anything else (an error, a gap, a longer message) leaves it to the loop."""
+        words = got * mr.step
+        step = mr.step
+        uints = mr.uints
+        if uints[0:words:step].tolist().count(nc.ACK_SIZE) != got:
+            return False
+        if mr.ints[4:words:step].tolist().count(0) != got:
+            return False
+        types = uints[1:words:step].tolist()
+        if types.count(types[0]) != got or types[0] & 0xFFFF != nc.NLMSG_ERROR:
+            return False
+        seqs = uints[2:words:step].tolist()
+        first = seqs[0] - base
+        last = seqs[-1] - base
+        if last - first != got - 1 or first < 0 or last >= len(res):
+            return False
+        if res[first:last + 1].count(_PENDING) != got or seqs != list(
+                range(seqs[0], seqs[0] + got)):
+            return False
+        res[first:last + 1] = [0] * got
+        return True
 
     def _wait_stragglers(self, base: int, res: list[int], quiet: float = 0.05) -> None:
         """Acks should all be queued once send() returned; give late ones a short grace."""
