@@ -5,6 +5,7 @@ peer's BGP session."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import logging
 import threading
@@ -15,6 +16,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl import RTMGRP_LINK
 
+from . import metrics
 from .model import DeviceState
 
 log = logging.getLogger("vtibgp.links")
@@ -39,7 +41,13 @@ def _state(msg: Any) -> tuple[bool, str]:
 class LinkMonitor:
     """Watches every link; `sink` gets a DeviceState whenever a device's usability changes
     (exists, administratively up, carrier). Subscribes to link events only, so bulk route
-    installs cannot overflow its socket."""
+    installs cannot overflow its socket.
+
+    A burst of link events can still overflow it (a few thousand while the reader is not
+    scheduled): the kernel then drops events and the next read fails with ENOBUFS. The monitor
+    opens a new socket, takes a fresh snapshot and reports every device whose state differs
+    from what it last reported, so a change lost in the overflow is still seen. Each such
+    recovery is counted in `vtibgp_kernel_errors_total{errno="ENOBUFS"}`."""
 
     def __init__(self, sink: Callable[[DeviceState], None]) -> None:
         self._sink = sink
@@ -47,6 +55,7 @@ class LinkMonitor:
         self._ip: Any = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="vtibgp-links", daemon=True)
 
     def snapshot(self) -> dict[str, tuple[bool, str]]:
@@ -89,8 +98,13 @@ class LinkMonitor:
             try:
                 msgs = self._ip.get()
             except OSError as e:
+                if self._closed:  # close() pulled the socket away under the read
+                    return
                 # ENOBUFS: events were lost. Reopen and resynchronise from a fresh snapshot.
-                log.warning("link monitor: %s; resynchronising", e)
+                name = errno.errorcode.get(e.errno or 0, "unknown")
+                metrics.KERNEL_ERRORS.labels(name).inc()
+                log.warning("link monitor: %s (%s); reopening and resynchronising", name,
+                            "events were lost" if e.errno == errno.ENOBUFS else e)
                 self._reopen()
                 continue
             except Exception:  # closed at exit
@@ -104,6 +118,9 @@ class LinkMonitor:
         with contextlib.suppress(Exception):
             self._ip.close()
         self._open()
+        if self._closed:
+            self.close()
+            return
         snap = self.snapshot()
         for name in set(self._state) | set(snap):
             self._update(name, *snap.get(name, (False, "missing")))
@@ -115,6 +132,9 @@ class LinkMonitor:
         self._sink(DeviceState(name, usable, reason, time.monotonic()))
 
     def close(self) -> None:
+        """Stop following changes: the reader's read fails and its thread ends (it must not
+        take that for an overflow and reopen)."""
+        self._closed = True
         with contextlib.suppress(Exception):
             self._ip.close()
 
