@@ -23,7 +23,10 @@ recvmmsg(2) (through ctypes; plain recv_into as a fallback), up to 1,024 per sys
 For more than one batch the sends run on a helper thread (the GIL is released in ``send``)
 while this thread packs the next batch and reads the acks of the previous ones, so the
 kernel's work, the bulk of the cost, overlaps Python's; at most one batch is in flight.
-Runs of DELETEs go out in descending address order (see _send_order: the kernel's FIB trie
+A REPLACE goes out as a delete carrying our protocol id followed by an exclusive add, in the
+same datagram (see _pack_chunk): the kernel's own replace matches prefix and metric only, and
+would overwrite a route of another owner that took one of our keys. Runs of DELETEs go out
+in descending address order (see _send_order: the kernel's FIB trie
 removes leaves much faster that way); nothing else is reordered.
 
 Failures. Each refused op is reported with the kernel's errno, in the order of `ops`. Found
@@ -936,7 +939,7 @@ class KernelWriter:
         self._warned = False
         n = len(ops)
         res = [_UNSENT] * n
-        base = self._take_seqs(n)
+        base = self._take_seqs(2 * n)  # base + i: op i; base + n + i: a REPLACE's delete
         self._discard_pending()
         use_pool = pipeline and n > limit
         inflight: Future[int] | None = None
@@ -1002,6 +1005,9 @@ class KernelWriter:
         nh_cache = self._nh_cache
         nh_failed = self._nh_failed
         delete = OpKind.DELETE
+        replace = OpKind.REPLACE
+        add = OpKind.ADD
+        del_base = base + len(ops)
         parts: list[bytes] = []
         append = parts.append
         size = 0
@@ -1014,7 +1020,7 @@ class KernelWriter:
             kind = op.kind
             try:
                 if kind is delete:
-                    msg = pack(kind, route.prefix, route.metric, (), base + i)
+                    via: nc.Via = ()
                 elif objects:
                     # the core shares one nexthops tuple per path: its object id is cached by
                     # the tuple's identity (and the family), so most routes skip the lookup
@@ -1039,10 +1045,22 @@ class KernelWriter:
                         if len(nh_cache) >= 65536:
                             nh_cache.clear()
                         nh_cache[(id(nexthops), v6)] = (nexthops, nhid)
-                    msg = pack(kind, prefix, route.metric, nhid, base + i)
+                    via = nhid
                 else:
-                    msg = pack(kind, route.prefix, route.metric, hops_for(route.nexthops),
-                               base + i)
+                    via = hops_for(route.nexthops)
+                if kind is replace:
+                    # The kernel's replace matches prefix and metric only, whoever owns the
+                    # route there. So: a delete carrying our protocol id, then an exclusive
+                    # add, in one datagram (microseconds apart; the backup at the next metric
+                    # covers the gap): our route is replaced, while a route of another owner
+                    # that took this key stays (the delete finds nothing of ours, the add
+                    # meets EEXIST and is reported). The add's ack is the op's result.
+                    msg = pack(delete, route.prefix, route.metric, (), del_base + i) + pack(
+                        add, route.prefix, route.metric, via, base + i)
+                elif kind is delete:
+                    msg = pack(kind, route.prefix, route.metric, (), base + i)
+                else:
+                    msg = pack(kind, route.prefix, route.metric, via, base + i)
             except _Unresolved as miss:
                 if miss.name not in missing:
                     return b"".join(parts), i, miss.name

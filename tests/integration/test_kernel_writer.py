@@ -225,6 +225,26 @@ def test_eexist_leaves_foreign_route_untouched(topology: Topology,
     assert writer.apply([add(route("10.80.0.0/24", "vti02", metric=200))]).failed == []
 
 
+def test_replace_never_overwrites_a_foreign_route_that_took_our_key(
+        topology: Topology, writer: KernelWriter) -> None:
+    """The kernel's own replace would overwrite whatever holds prefix+metric; the writer's
+    replace deletes ours (by protocol) and adds exclusively, so a foreign route that took our
+    key stays and the replace is refused with EEXIST."""
+    ours = route("10.82.0.0/24", "vti01")
+    assert writer.apply([add(ours)]).failed == []
+    moved = route("10.82.0.0/24", NextHop("vti02", GW2))
+    assert writer.apply([replace(moved)]).failed == []  # our own route: replaced
+    assert hops_of(kernel(topology)["10.82.0.0/24"]) == {("vti02", GW2)}
+    # someone else replaces our route with theirs at the same key
+    topology.ip("gw", "route", "replace", "10.82.0.0/24", "dev", "vti01", "metric", "100",
+                "proto", "static")
+    op = replace(route("10.82.0.0/24", "vti02"))
+    res = writer.apply([op, add(route("10.83.0.0/24", "vti02"))])
+    assert res.failed == [(op, errno.EEXIST)] and res.applied == 1
+    after = kernel(topology, proto=None)["10.82.0.0/24"]
+    assert after["protocol"] == "static" and after["dev"] == "vti01"
+
+
 def test_enodev_and_einval_leave_the_rest_applied(topology: Topology,
                                                   writer: KernelWriter) -> None:
     ok1 = add(route("10.90.1.0/24", "vti01"))
