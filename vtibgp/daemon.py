@@ -19,6 +19,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import IO, Any, Protocol
 
 from . import __version__
@@ -60,6 +61,8 @@ REQUEST_TIMEOUT = 5.0
 GAUGE_INTERVAL = 1.0  # seconds between route-count gauge updates
 LOGGED_REJECTIONS = 10_000  # (peer, prefix, reason) remembered so each is logged once
 TICK = 0.25  # seconds: how often timers and signals are looked at when idle
+APPLY_AT = 65_536  # route ops: a batch that has made this many goes to the kernel at once
+_KIND = attrgetter("kind")  # RouteOp -> OpKind
 
 
 class Writer(Protocol):
@@ -154,6 +157,9 @@ class Daemon:
     ) -> None:
         self.cfg = cfg
         self.core = Core(core_settings(cfg))
+        # the core's clock starts now, not at 0.0: what it stamps before the loop's first
+        # timer pass (a max-prefix teardown's restart delay) must be in the shell's time
+        self.core.handle(Tick(time.monotonic()))
         self.writer = writer
         self.commands = commands  # ExaBGP reads our stdout as commands; None in dry-run
         self.discover = discover
@@ -359,7 +365,14 @@ class Daemon:
         ops: list[RouteOp] = []
         oldest_update: float | None = None
         eof = False
+        applied = False
         for kind, t, payload in batch:
+            if len(ops) >= APPLY_AT:
+                # a full table arriving: apply what is decided so far (sooner in the kernel,
+                # and the ops of the whole backlog are never held at once)
+                self._apply(ops)
+                ops = []
+                applied = True
             if kind == "line":
                 assert isinstance(payload, bytes)
                 is_update = self._line(payload, t, ops)
@@ -375,7 +388,7 @@ class Daemon:
             else:
                 eof = True
         self._apply(ops)
-        if oldest_update is not None and ops:
+        if oldest_update is not None and (ops or applied):
             m.UPDATE_LATENCY.observe(time.monotonic() - oldest_update)
         return eof
 
@@ -818,14 +831,18 @@ class Daemon:
         """Apply ops; feed refusals back to the core (which may answer with more ops)."""
         # One op per key; within a batch, traffic moves first (adds and replaces), then the
         # deletes of routes nothing uses any more.
-        ops = sorted(coalesce(ops), key=lambda op: op.kind is OpKind.DELETE)
+        ops = coalesce(ops)
+        kinds = Counter(map(_KIND, ops))
+        if kinds[OpKind.DELETE] and len(kinds) > 1:  # (a stable sort on "is a delete")
+            ops = ([op for op in ops if op.kind is not OpKind.DELETE]
+                   + [op for op in ops if op.kind is OpKind.DELETE])
         for _round in range(4):
             if not ops:
                 break
             t0 = time.perf_counter()
             res = self.writer.apply(ops)
             m.BATCH_SECONDS.observe(time.perf_counter() - t0)
-            tally = Counter(op.kind.value for op in ops)
+            tally = Counter({kind.value: n for kind, n in kinds.items()})
             for op, e in res.failed:
                 tally[op.kind.value] -= 1
                 result = "conflict" if e == errno_mod.EEXIST else "error"
@@ -842,6 +859,7 @@ class Daemon:
                 else:
                     log.error("kernel: %s failed: %s", op, os.strerror(e))
                 ops.extend(self.core.handle(RouteFailed(op, e)))
+            kinds = Counter(map(_KIND, ops))
         if self.core.synced and not self._sync_reported:
             self._sync_reported = True
             swept = self.core.stats["stale_routes_swept"]

@@ -674,11 +674,6 @@ def test_max_prefix_teardown_resets_the_session_with_cease_1(limits_lab: Lab) ->
     assert limits_lab.ours(WARNED) == via(T1, WARNED)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "vtibgp bug: MaxPrefix stamps the teardown with Core.now, the time of the last Tick, "
-    "which is still 0.0 when the first update is in the daemon's first batch; "
-    "suppressed_until is then restart_delay seconds after boot, long past, so the first "
-    "reconnection is accepted, installs its prefixes and is torn down a second time"))
 def test_max_prefix_restart_delay_holds_from_the_first_teardown(limits_lab: Lab) -> None:
     """The session that returns inside restart_delay is reset before anything it sends is
     used: one teardown, however often ExaBGP reconnects."""
@@ -694,10 +689,6 @@ def test_max_prefix_restart_delay_holds_from_the_first_teardown(limits_lab: Lab)
 TAKEN = "10.80.0.0/24"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "vtibgp bug: a REPLACE is sent with NLM_F_CREATE|NLM_F_REPLACE for a key vtibgp believes "
-    "it holds; the kernel replaces whatever route is at prefix+metric, whoever owns it, so "
-    "a route another owner put at that key since (before a reconcile noticed) is overwritten"))
 def test_replace_never_overwrites_a_foreign_route_that_took_our_key(
     topology: harness.Topology, bird_peer: harness.BirdPeer,
     exabgp_gateway: Callable[..., harness.ExaBGPGateway], tmp_path: Path,
