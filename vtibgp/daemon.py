@@ -166,6 +166,9 @@ class Daemon:
         self.queue: queue.SimpleQueue[tuple[str, float, object]] = queue.SimpleQueue()
         self.pending: deque[_Pending] = deque()
         self.grace_deadline: float | None = None
+        # when a max-prefix restart delay ends for a peer whose session came back inside it:
+        # its refused prefixes are then taken from ExaBGP's adj-rib-in (see _peer_state)
+        self.resync_at: float | None = None
         self.stop_signal: int | None = None
         self.reload_requested = False
         self.api_version: str | None = None
@@ -482,9 +485,14 @@ class Daemon:
             m.PEER_STATE_SINCE.labels(ev.peer).set(self.peer_since[ev.peer])
         limit = self.core.max_prefix.get(ev.peer)
         if ev.state == "up" and limit is not None and limit.suppressed(time.monotonic()):
-            log.warning("peer %s: session up inside the max-prefix restart delay; resetting",
-                        ev.peer)
-            self._send(f"neighbor {ev.peer} teardown 1")
+            # ExaBGP cannot be told to keep a session down, and reconnects at once: resetting
+            # each time would only make a storm of Ceases. The session stays; what it sends is
+            # refused until the delay is over, then read again from ExaBGP's adj-rib-in.
+            until = limit.suppressed_until or 0.0
+            log.warning("peer %s: session up inside the max-prefix restart delay; its prefixes "
+                        "are refused for %.0f s more, then taken from ExaBGP's adj-rib-in",
+                        ev.peer, max(0.0, until - time.monotonic()))
+            self.resync_at = until if self.resync_at is None else min(self.resync_at, until)
         if ev.state == "up":
             self._discovered.discard(ev.peer)  # a new session: look again
             if self.core.device_of(ev.peer) is None:
@@ -513,6 +521,11 @@ class Daemon:
                          self.cfg.grace_time)
             ops += self.core.handle(GraceExpired())
         self._apply(ops)
+        if self.resync_at is not None and now >= self.resync_at:
+            self.resync_at = None
+            if self.commands is not None:
+                log.info("max-prefix restart delay over: asking ExaBGP for its adj-rib-in")
+                self._resync()
         if self.cfg.reconcile_interval and now >= self.next_reconcile:
             self.next_reconcile = now + self.cfg.reconcile_interval
             self.reconcile()

@@ -476,3 +476,38 @@ def test_reload_that_loosens_the_policy_brings_refused_paths_back(tmp_path: Path
                b"done\n"]
     daemon._process([("line", now, a) for a in answers])
     assert {p for p, _ in kernel.routes} == {"10.8.0.0/16", "10.9.0.0/16"}
+
+
+def _state(peer: str, state: str) -> bytes:
+    return ('{ "exabgp": "5.0.0", "type": "state", "neighbor": { "address": { "local": '
+            f'"169.254.10.2", "peer": "{peer}" }}, "asn": {{ "local": 65000, "peer": 64512 }}, '
+            f'"state": "{state}" }} }}\n').encode()
+
+
+def test_max_prefix_teardown_once_per_restart_delay_then_resync() -> None:
+    """Over the limit: one reset (Cease 1). ExaBGP reconnects at once; inside the restart
+    delay that session is not reset again (no storm of Ceases): its prefixes are refused.
+    When the delay is over, vtibgp reads ExaBGP's adj-rib-in again."""
+    cfg = parse({"metrics": {"listen": None}, "control": {"socket": None},
+                 "peers": [{"address": PEER, "interface": "vti01",
+                            "max_prefix": {"limit": 1, "action": "teardown",
+                                           "restart_delay": 60}}]}, "t.yaml")
+    kernel = MemoryKernel()
+    commands = io.StringIO()
+    daemon = Daemon(cfg, kernel, commands)  # type: ignore[arg-type]
+    now = time.monotonic()
+    daemon._process([("line", now, _state(PEER, "up")),
+                     ("line", now, _update_many(PEER, ["10.1.0.0/16", "10.2.0.0/16"]))])
+    assert commands.getvalue().splitlines() == [f"neighbor {PEER} teardown 1"]
+    daemon._process([("line", now, _state(PEER, "down")), ("line", now, _state(PEER, "up")),
+                     ("line", now, _update_many(PEER, ["10.1.0.0/16", "10.2.0.0/16"]))])
+    assert commands.getvalue().splitlines() == [f"neighbor {PEER} teardown 1"]
+    assert kernel.routes == {}
+    assert daemon.resync_at is not None and daemon.resync_at > time.monotonic() + 50
+    daemon._timers()
+    assert len(commands.getvalue().splitlines()) == 1  # not yet
+    daemon.resync_at = time.monotonic() - 1
+    daemon._timers()
+    assert commands.getvalue().splitlines()[1:] == ["show neighbor summary",
+                                                    "show adj-rib in extensive"]
+    assert daemon.resync_at is None
