@@ -527,8 +527,12 @@ class Daemon:
                 log.info("max-prefix restart delay over: asking ExaBGP for its adj-rib-in")
                 self._resync()
         if self.cfg.reconcile_interval and now >= self.next_reconcile:
-            self.next_reconcile = now + self.cfg.reconcile_interval
+            t0 = time.perf_counter()
             self.reconcile()
+            # a dump of a million routes takes seconds: the scan takes at most ~5% of the
+            # loop's time, however large the table
+            self.next_reconcile = now + max(self.cfg.reconcile_interval,
+                                            20 * (time.perf_counter() - t0))
         if now >= self.next_gauges:
             t0 = time.perf_counter()
             self._route_gauges()
