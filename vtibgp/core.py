@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import attrgetter
 
 from .model import (
     Announce,
@@ -49,14 +51,18 @@ from .model import (
     RouteOp,
     Tick,
     Withdraw,
+    kernel_route,
+    route_op,
 )
 from .policy import MaxPrefix, Policy, PolicySettings
 
 DEFAULT_LOCAL_PREF = 100
 SHAPE_CACHE = 4096  # distinct (family, candidate paths) combinations remembered
+INTERN_CACHE = 4096  # distinct shapes and nexthop sets shared between prefixes
 REJECT_SAMPLES = 100  # refused prefixes kept for the shell to log, per drain
 ATTRS_INTERN = 65536  # distinct attribute sets shared between prefixes
 ESRCH, ENOENT, EEXIST = 3, 2, 17
+_NO_PATHS: dict[Prefix, PathAttrs] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +89,11 @@ class CoreSettings:
 
 
 Scope = tuple[str, str]  # ("device", name) or ("peer", address): what a tunnel signal is about
-Shape = tuple[tuple[int, tuple[NextHop, ...]], ...]  # (metric, nexthops) per route of a prefix
+# The routes of one prefix, as (metric, nexthops) pairs: the kernel routes without the prefix.
+# What the core installs for a prefix depends on it only through its family, so prefixes with
+# the same candidate paths share one shape object (and one nexthops tuple per route).
+Shape = tuple[tuple[int, tuple[NextHop, ...]], ...]
+Steps = list[tuple[OpKind, int, tuple[NextHop, ...]]]  # route ops of one prefix, without it
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +105,29 @@ class TunnelChange:
     up: bool
     reason: str
     flap: bool = False
+
+
+class Installed(Mapping[Prefix, dict[int, KernelRoute]]):
+    """What the core believes the kernel holds, per prefix keyed by metric: a read-only view
+    of its compact store (one shared shape per prefix). Each look-up builds the routes."""
+
+    __slots__ = ("_shapes",)
+
+    def __init__(self, shapes: dict[Prefix, Shape]) -> None:
+        self._shapes = shapes
+
+    def __getitem__(self, prefix: Prefix) -> dict[int, KernelRoute]:
+        return {metric: kernel_route(prefix, metric, hops)
+                for metric, hops in self._shapes[prefix]}
+
+    def __contains__(self, prefix: object) -> bool:
+        return prefix in self._shapes
+
+    def __iter__(self) -> Iterator[Prefix]:
+        return iter(self._shapes)
+
+    def __len__(self) -> int:
+        return len(self._shapes)
 
 
 def _peer_order(peer: PeerAddr) -> tuple[int, int]:
@@ -117,8 +150,9 @@ class Core:
         self.holding: dict[Scope, float] = {}
         self.changes: list[TunnelChange] = []  # drained by the shell (logs, metrics)
         self.sessions: dict[PeerAddr, str] = {}
-        # What we believe the kernel holds, per prefix, keyed by metric.
-        self.installed: dict[Prefix, dict[int, KernelRoute]] = {}
+        # What we believe the kernel holds: per prefix, its routes in metric order (read
+        # through `installed`). Most prefixes share their shape with many others.
+        self._inst: dict[Prefix, Shape] = {}
         # Routes found in the kernel at start that nothing has confirmed yet.
         self.stale: set[tuple[Prefix, int]] = set()
         self.synced = True  # becomes False when there is something to reconcile
@@ -136,6 +170,10 @@ class Core:
         self.rejected_samples: list[tuple[PeerAddr, Prefix, str]] = []
         self.limit_events: list[tuple[PeerAddr, str]] = []
         self._shapes: dict[tuple[object, ...], tuple[tuple[PathAttrs, ...], Shape]] = {}
+        # One object per distinct shape and nexthops value, so that comparing what is
+        # installed with what is wanted is mostly an identity test.
+        self._interned: dict[Shape, Shape] = {}
+        self._interned_hops: dict[tuple[NextHop, ...], tuple[NextHop, ...]] = {}
 
     # ---------------------------------------------------------------- queries
 
@@ -164,12 +202,18 @@ class Core:
             and self.scope_usable(("peer", peer))
         )
 
+    @property
+    def installed(self) -> Installed:
+        """What we believe the kernel holds, per prefix, keyed by metric."""
+        return Installed(self._inst)
+
     def routes(self) -> Iterator[KernelRoute]:
-        for per_metric in self.installed.values():
-            yield from per_metric.values()
+        for prefix, shape in self._inst.items():
+            for metric, hops in shape:
+                yield kernel_route(prefix, metric, hops)
 
     def route_count(self) -> int:
-        return sum(len(m) for m in self.installed.values())
+        return sum(map(len, self._inst.values()))
 
     def _set_policy(self, settings: PolicySettings | None) -> None:
         self.import_policy = Policy(settings) if settings is not None else None
@@ -203,27 +247,43 @@ class Core:
         return cands
 
     def desired(self, prefix: Prefix) -> dict[int, KernelRoute]:
-        """The kernel routes this prefix should have, keyed by metric.
+        """The kernel routes this prefix should have, keyed by metric."""
+        return {metric: kernel_route(prefix, metric, hops)
+                for metric, hops in self._want(prefix, self._candidates(prefix))}
+
+    def _want(self, prefix: Prefix, cands: list[tuple[PeerAddr, PathAttrs]]) -> Shape:
+        """The shape of the routes `prefix` should have, given its usable paths.
 
         The routes depend on the prefix only through its family, and one PathAttrs object is
         shared by every prefix of an UPDATE, so the ranking and nexthops are computed once
         per (family, candidate paths) and reused ("shapes"; dropped when usability changes).
         """
-        cands = self._candidates(prefix)
         if not cands:
-            return {}
-        v6 = ":" in prefix
-        key = (v6, *[(peer, id(attrs)) for peer, attrs in cands])
+            return ()
+        key = (":" in prefix, *[(peer, id(attrs)) for peer, attrs in cands])
         hit = self._shapes.get(key)
         if hit is not None and all(a is b for (_, a), b in zip(cands, hit[0], strict=True)):
-            shape = hit[1]
-        else:
-            if len(self._shapes) >= SHAPE_CACHE:
-                self._shapes.clear()
-            shape = self._shape(prefix, cands)
-            # the attrs objects are kept alive with the entry, so their ids stay theirs
-            self._shapes[key] = (tuple(a for _, a in cands), shape)
-        return {metric: KernelRoute(prefix, metric, hops) for metric, hops in shape}
+            return hit[1]
+        if len(self._shapes) >= SHAPE_CACHE:
+            self._shapes.clear()
+        shape = self._intern(self._shape(prefix, cands))
+        # the attrs objects are kept alive with the entry, so their ids stay theirs
+        self._shapes[key] = (tuple(a for _, a in cands), shape)
+        return shape
+
+    def _intern(self, value: Shape) -> Shape:
+        """The one object kept for this shape, its nexthops tuples shared too."""
+        interned, hops_of = self._interned, self._interned_hops
+        found = interned.get(value)
+        if found is not None:
+            return found
+        if len(interned) >= INTERN_CACHE:
+            interned.clear()
+        if len(hops_of) >= INTERN_CACHE:
+            hops_of.clear()
+        shape = tuple((metric, hops_of.setdefault(hops, hops)) for metric, hops in value)
+        interned[shape] = shape
+        return shape
 
     def _shape(self, prefix: Prefix, cands: list[tuple[PeerAddr, PathAttrs]]) -> Shape:
         if len(cands) > 1:
@@ -335,7 +395,7 @@ class Core:
                     if reason is not None:
                         del paths[prefix]
                         self._refuse(peer, prefix, reason)
-        prefixes = {p for paths in self.rib.values() for p in paths} | set(self.installed)
+        prefixes = {p for paths in self.rib.values() for p in paths} | set(self._inst)
         return self._recompute(prefixes)
 
     def reconcile(self, kernel: Iterable[KernelRoute]) -> tuple[list[RouteOp], Counter[str]]:
@@ -361,7 +421,7 @@ class Core:
     def withdraw_all(self) -> list[RouteOp]:
         """Every route we hold, as deletes (for `on_exit: withdraw`)."""
         ops = [RouteOp(OpKind.DELETE, r) for r in self.routes()]
-        self.installed.clear()
+        self._inst.clear()
         self.stale.clear()
         return ops
 
@@ -414,7 +474,7 @@ class Core:
             if len(self._attrs) >= ATTRS_INTERN:
                 self._attrs.clear()
             attrs = self._attrs[ev.attrs] = ev.attrs
-        accepted: Iterable[Prefix] = ev.prefixes
+        accepted: Sequence[Prefix] = ev.prefixes
         touched: list[Prefix] = []
         if self.import_policy is not None:
             accepted, refused = self.import_policy.partition(
@@ -424,14 +484,17 @@ class Core:
                 if paths.pop(prefix, None) is not None:  # refused replacement: implicit withdraw
                     touched.append(prefix)
         limit = self.max_prefix.get(ev.peer)
+        if limit is None:
+            paths.update(zip(accepted, repeat(attrs)))
+            touched.extend(accepted)
+            return self._recompute(touched)
         for prefix in accepted:
-            if limit is not None:
-                decision = limit.admit(len(paths), prefix not in paths, self.now)
-                if decision.event is not None:
-                    self.limit_events.append((ev.peer, decision.event))
-                if not decision.accept:
-                    self._refuse(ev.peer, prefix, "max_prefix")
-                    continue
+            decision = limit.admit(len(paths), prefix not in paths, self.now)
+            if decision.event is not None:
+                self.limit_events.append((ev.peer, decision.event))
+            if not decision.accept:
+                self._refuse(ev.peer, prefix, "max_prefix")
+                continue
             paths[prefix] = attrs
             touched.append(prefix)
         return self._recompute(touched)
@@ -504,18 +567,33 @@ class Core:
     def _flushed(self, device: str) -> None:
         """Believe what the kernel did: routes through `device` are gone, multipath ones
         lost that nexthop. The signal that follows decides what to install instead."""
-        for prefix, per_metric in list(self.installed.items()):
-            for metric, route in list(per_metric.items()):
-                if not any(h.device == device for h in route.nexthops):
-                    continue
-                left = tuple(h for h in route.nexthops if h.device != device)
-                if left:
-                    per_metric[metric] = KernelRoute(prefix, metric, left)
-                else:
-                    del per_metric[metric]
+        inst = self._inst
+        # what becomes of each shape (shared by many prefixes), computed once per shape
+        done: dict[int, tuple[Shape, Shape, list[int]]] = {}
+        for prefix, shape in list(inst.items()):
+            hit = done.get(id(shape))
+            if hit is None:
+                kept: list[tuple[int, tuple[NextHop, ...]]] = []
+                gone: list[int] = []
+                for metric, hops in shape:
+                    left = tuple(h for h in hops if h.device != device)
+                    if left:
+                        kept.append((metric, hops if len(left) == len(hops) else left))
+                    else:
+                        gone.append(metric)
+                after = tuple(kept)
+                # the old shape is held by the entry, so its id is not reused meanwhile
+                hit = done[id(shape)] = (shape, shape if after == shape else after, gone)
+            _, after, gone = hit
+            if after is shape:
+                continue
+            if self.stale:
+                for metric in gone:
                     self.stale.discard((prefix, metric))
-            if not per_metric:
-                del self.installed[prefix]
+            if after:
+                inst[prefix] = after
+            else:
+                del inst[prefix]
         self.stats["kernel_flushes"] += 1
 
     def _tick(self, now: float) -> list[RouteOp]:
@@ -529,45 +607,107 @@ class Core:
         return ops
 
     def _recompute(self, prefixes: Iterable[Prefix]) -> list[RouteOp]:
+        """Bring the routes of `prefixes` to what their paths say, returning the ops.
+
+        This is the hot loop of a full table. Nothing changes the RIB while it runs, so the
+        usable peers' tables are looked up once; prefixes whose paths are the same objects
+        (the prefixes of one UPDATE, and their backups) share one shape, found by the
+        identities of their paths; and the ops between two shapes are worked out once."""
         ops: list[RouteOp] = []
+        add = ops.append
+        inst = self._inst
+        stale = self.stale
+        usable = self._usable_peers()
+        tables = [(peer, paths) for peer, paths in self.rib.items() if peer in usable]
+        gets = [paths.get for _, paths in tables]
+        few = len(gets) <= 2
+        g0 = gets[0] if gets else _NO_PATHS.get
+        g1 = gets[1] if len(gets) > 1 else _NO_PATHS.get
+        # (v6, id of each table's path or of None) -> shape, and (id(have), id(want)) ->
+        # (have, want, steps): the RIB holds every path seen here while this runs, and the
+        # entries hold their shapes, so no id is reused meanwhile
+        seen: dict[tuple[object, ...], Shape] = {}
+        moves: dict[tuple[int, int], tuple[Shape, Shape, Steps]] = {}
+        ADD = OpKind.ADD
         for prefix in prefixes:
-            self._reconcile_prefix(prefix, ops)
+            if few:
+                key: tuple[object, ...] = (":" in prefix, id(g0(prefix)), id(g1(prefix)))
+            else:
+                key = (":" in prefix, *[id(get(prefix)) for get in gets])
+            want = seen.get(key)
+            if want is None:
+                cands = [(peer, a) for peer, paths in tables
+                         if (a := paths.get(prefix)) is not None]
+                want = seen[key] = self._want(prefix, cands)
+            have = inst.get(prefix)
+            if have is None:
+                if want:
+                    inst[prefix] = want
+                    for metric, hops in want:
+                        add(route_op(ADD, prefix, metric, hops))
+                continue
+            if stale:
+                steps, after = self._steps(prefix, have, want)
+            elif have is want:
+                continue
+            else:
+                # the steps depend on the prefix only through what is stale
+                move = moves.get((id(have), id(want)))
+                if move is None:
+                    move = moves[(id(have), id(want))] = (
+                        have, want, self._steps(prefix, have, want)[0])
+                steps, after = move[2], want
+            for kind, metric, hops in steps:
+                add(route_op(kind, prefix, metric, hops))
+            if after:
+                inst[prefix] = after
+            else:
+                del inst[prefix]
         return ops
 
-    def _reconcile_prefix(self, prefix: Prefix, ops: list[RouteOp]) -> None:
-        want = self.desired(prefix)
-        have = self.installed.get(prefix)
-        if not have:
-            if want:
-                self.installed[prefix] = want
-                ops.extend(RouteOp(OpKind.ADD, r) for r in want.values())
-            return
-        for metric, route in want.items():
-            old = have.get(metric)
+    def _steps(self, prefix: Prefix, have: Shape, want: Shape) -> tuple[Steps, Shape]:
+        """The ops from the routes `have` to the routes `want` of `prefix` (as kind, metric,
+        nexthops), and the routes held after them: `want`, and the unconfirmed leftovers of
+        an earlier run, which are kept until the sweep."""
+        stale = self.stale
+        steps: Steps = []
+        held = dict(have)
+        for metric, hops in want:
+            old = held.get(metric)
             if old is None:
-                ops.append(RouteOp(OpKind.ADD, route))
-            elif old != route:
-                ops.append(RouteOp(OpKind.REPLACE, route))
-            self.stale.discard((prefix, metric))
-        for metric in [m for m in have if m not in want]:
-            if not self.synced and (prefix, metric) in self.stale:
-                want[metric] = have[metric]  # unconfirmed leftover: kept until the sweep
+                steps.append((OpKind.ADD, metric, hops))
+            elif old is not hops and old != hops:
+                steps.append((OpKind.REPLACE, metric, hops))
+            if stale:
+                stale.discard((prefix, metric))
+        wanted = {metric for metric, _ in want}
+        kept: list[tuple[int, tuple[NextHop, ...]]] = []
+        for metric, hops in have:
+            if metric in wanted:
                 continue
-            self.stale.discard((prefix, metric))
-            ops.append(RouteOp(OpKind.DELETE, have[metric]))
-        if want:
-            self.installed[prefix] = want
-        else:
-            del self.installed[prefix]
+            if not self.synced and (prefix, metric) in stale:
+                kept.append((metric, hops))
+                continue
+            if stale:
+                stale.discard((prefix, metric))
+            steps.append((OpKind.DELETE, metric, hops))
+        return steps, want + tuple(kept) if kept else want
 
     def _adopt(self, routes: Iterable[KernelRoute]) -> list[RouteOp]:
         """Take over our routes left in the kernel by an earlier run. They stay as they are
         until the RIB confirms them, and the unconfirmed ones go at the sweep."""
-        touched = set()
+        found: dict[Prefix, dict[int, tuple[NextHop, ...]]] = {}
         for r in routes:
-            self.installed.setdefault(r.prefix, {})[r.metric] = r
+            per_metric = found.get(r.prefix)
+            if per_metric is None:
+                per_metric = found[r.prefix] = dict(self._inst.get(r.prefix, ()))
+            per_metric[r.metric] = r.nexthops
             self.stale.add(r.key)
-            touched.add(r.prefix)
+        shapes: dict[Shape, Shape] = {}  # prefixes with the same routes share one shape
+        for prefix, per_metric in found.items():
+            shape = tuple(per_metric.items())
+            self._inst[prefix] = shapes.setdefault(shape, shape)
+        touched = set(found)
         if self.stale:
             self.synced = False
         # A path may already be held (events before the dump): reconcile those prefixes now.
@@ -585,13 +725,18 @@ class Core:
             return []
         self.synced = True
         ops: list[RouteOp] = []
+        inst = self._inst
         for prefix, metric in sorted(self.stale):
-            per_metric = self.installed.get(prefix, {})
-            route = per_metric.pop(metric, None)
-            if route is not None:
-                ops.append(RouteOp(OpKind.DELETE, route))
-            if not per_metric:
-                self.installed.pop(prefix, None)
+            shape = inst.get(prefix, ())
+            left = tuple(r for r in shape if r[0] != metric)
+            if len(left) == len(shape):
+                continue
+            hops = next(h for m, h in shape if m == metric)
+            ops.append(route_op(OpKind.DELETE, prefix, metric, hops))
+            if left:
+                inst[prefix] = left
+            else:
+                del inst[prefix]
         self.stale.clear()
         self.stats["stale_routes_swept"] += len(ops)
         return ops
@@ -599,32 +744,41 @@ class Core:
     def _failed(self, ev: RouteFailed) -> list[RouteOp]:
         route, kind = ev.op.route, ev.op.kind
         self.stats[f"route_failed_{kind.value}"] += 1
-        per_metric = self.installed.get(route.prefix, {})
+        inst = self._inst
+        per_metric = dict(inst.get(route.prefix, ()))
         if kind is OpKind.DELETE:
             # Still in the kernel: keep knowing it, so the next change of this prefix (or a
             # reconcile) removes it again rather than forgetting a route we own.
             if route.metric not in per_metric:
-                per_metric[route.metric] = route
-                self.installed[route.prefix] = per_metric
+                per_metric[route.metric] = route.nexthops
+                inst[route.prefix] = tuple(per_metric.items())
             return []
-        if per_metric.get(route.metric) == route:
+        if per_metric.get(route.metric) == route.nexthops:
             del per_metric[route.metric]
-            if not per_metric:
-                del self.installed[route.prefix]
+            if per_metric:
+                inst[route.prefix] = tuple(per_metric.items())
+            else:
+                del inst[route.prefix]
         if kind is OpKind.ADD and ev.errno == EEXIST:
             self.stats["route_conflicts"] += 1  # another owner holds prefix+metric: leave it
             return []
         if kind is OpKind.REPLACE and ev.errno in (ESRCH, ENOENT):
-            per_metric = self.installed.setdefault(route.prefix, {})
-            per_metric[route.metric] = route
+            per_metric[route.metric] = route.nexthops
+            inst[route.prefix] = tuple(per_metric.items())
             return [RouteOp(OpKind.ADD, route)]
         return []
+
+
+_OP_KEY = attrgetter("route.prefix", "route.metric")  # RouteOp -> its route's key
 
 
 def coalesce(ops: Iterable[RouteOp]) -> list[RouteOp]:
     """Fold a sequence of operations into at most one per (prefix, metric) with the same end
     result, so that a batch never carries an op that assumes an earlier one in the same batch
     succeeded (a REPLACE after a refused ADD would overwrite another owner's route)."""
+    ops = list(ops)
+    if len(set(map(_OP_KEY, ops))) == len(ops):
+        return ops  # one op per key already (the usual case): each is its own fold
     first: dict[tuple[Prefix, int], OpKind] = {}
     last: dict[tuple[Prefix, int], RouteOp] = {}
     for op in ops:

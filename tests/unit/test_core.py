@@ -482,6 +482,86 @@ def test_coalesced_ops_have_the_same_effect(evs: list[Event], cut: int) -> None:
         assert kernel.routes == installed(core)
 
 
+def one_prefix_at_a_time(ev: Event) -> list[Event]:
+    if isinstance(ev, Announce):
+        return [Announce(ev.peer, ev.family, ev.attrs, (p,), ev.peer_as) for p in ev.prefixes]
+    if isinstance(ev, Withdraw):
+        return [Withdraw(ev.peer, ev.family, (p,)) for p in ev.prefixes]
+    return [ev]
+
+
+# Few peers, prefixes and attribute sets, so that the prefixes of an UPDATE often share
+# their paths, or all but one of them.
+big_prefix_lists = st.lists(st.sampled_from(PREFIXES[:3] + PREFIXES[-2:]),
+                            min_size=1, max_size=8).map(tuple)
+few_attrs = st.sampled_from([attrs("169.254.10.1"), attrs("169.254.10.1", med=1),
+                             attrs("fd00:10::1", path=(1, 2)), attrs("169.254.10.1", path=())])
+bulk_events = st.one_of(
+    st.builds(Announce, st.sampled_from([P1, P2, P3]), st.just(V4), few_attrs,
+              big_prefix_lists),
+    st.builds(Withdraw, st.sampled_from([P1, P2, P3]), st.just(V4), big_prefix_lists),
+    st.just(GraceExpired()),
+    events,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    pols=policies | st.just({P1: PeerPolicy("vti01"), P2: PeerPolicy("vti02"),
+                             P3: PeerPolicy("ipsec0")}),
+    ecmp=st.booleans(),
+    max_paths=st.integers(1, 4),
+    evs=st.lists(bulk_events, max_size=30),
+    leftovers=st.lists(
+        st.builds(KernelRoute, st.sampled_from(PREFIXES), st.integers(100, 103),
+                  st.sampled_from(DEVICES).map(lambda d: (NextHop(d),))),
+        max_size=4, unique_by=lambda r: r.key),
+)
+def test_an_update_decides_as_its_prefixes_one_by_one(
+    pols: dict[str, PeerPolicy], ecmp: bool, max_paths: int, evs: list[Event],
+    leftovers: list[KernelRoute],
+) -> None:
+    """The core works out an UPDATE's prefixes together (shared shapes, ops between shapes
+    computed once): it returns the same ops, in the same order, as for one prefix at a time,
+    also while routes of an earlier run are still unconfirmed."""
+    cores = [Core(CoreSettings(metric=100, max_paths=max_paths, ecmp=ecmp, peers=pols))
+             for _ in range(2)]
+    for core in cores:
+        core.handle(KernelRoutesFound(tuple(leftovers)))
+    whole, split = cores
+    for ev in evs:
+        assert whole.handle(ev) == [op for e in one_prefix_at_a_time(ev) for op in split.handle(e)]
+        assert installed(whole) == installed(split)
+        assert whole.stale == split.stale
+    assert whole.handle(GraceExpired()) == split.handle(GraceExpired())
+
+
+def test_prefixes_wanting_the_same_routes_from_different_ones() -> None:
+    """Two prefixes of one UPDATE end with the same routes from different ones: each gets
+    the ops for its own routes."""
+    core, k = make_core(), Kernel()
+    feed(core, k, ann(P1, "10.0.0.0/16", "10.1.0.0/16"), ann(P2, "10.1.0.0/16", path=()))
+    ops = feed(core, k, ann(P2, "10.0.0.0/16", "10.1.0.0/16", med=5))
+    assert [(o.kind, o.route.prefix, o.route.metric) for o in ops] == [
+        (OpKind.ADD, "10.0.0.0/16", 101),
+        (OpKind.REPLACE, "10.1.0.0/16", 100), (OpKind.REPLACE, "10.1.0.0/16", 101)]
+    assert k.routes == installed(core) == reference(core)
+
+
+def test_installed_reads_per_prefix_by_metric() -> None:
+    core = make_core()
+    core.handle(ann(P1, "10.0.0.0/16", "10.1.0.0/16"))
+    core.handle(ann(P2, "10.0.0.0/16", med=5))
+    assert len(core.installed) == 2 and "10.1.0.0/16" in core.installed
+    assert set(core.installed) == {"10.0.0.0/16", "10.1.0.0/16"}
+    assert core.installed["10.0.0.0/16"] == {
+        100: KernelRoute("10.0.0.0/16", 100, (NextHop("vti01"),)),
+        101: KernelRoute("10.0.0.0/16", 101, (NextHop("vti02"),)),
+    }
+    assert core.installed.get("10.9.0.0/16", {}) == {}
+    assert core.route_count() == 3
+
+
 def test_ipv6_ecmp_goes_via_next_hops() -> None:
     """The kernel refuses IPv6 multipath without gateways (EINVAL)."""
     pols = {P1: PeerPolicy("vti01", gateway=True), P2: PeerPolicy("vti02")}
