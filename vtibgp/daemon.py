@@ -8,6 +8,7 @@ world and the core and counts what happened.
 from __future__ import annotations
 
 import errno as errno_mod
+import gc
 import logging
 import os
 import queue
@@ -63,6 +64,12 @@ LOGGED_REJECTIONS = 10_000  # (peer, prefix, reason) remembered so each is logge
 TICK = 0.25  # seconds: how often timers and signals are looked at when idle
 APPLY_AT = 65_536  # route ops: a batch that has made this many goes to the kernel at once
 _KIND = attrgetter("kind")  # RouteOp -> OpKind
+
+
+def _tally(ops: list[RouteOp]) -> Counter[str]:
+    """The ops by kind (`Counter(op.kind.value for op in ops)`, at C speed)."""
+    kinds = list(map(_KIND, ops))
+    return Counter({kind.value: n for kind in OpKind if (n := kinds.count(kind))})
 
 
 class Writer(Protocol):
@@ -365,6 +372,18 @@ class Daemon:
         return 0
 
     def _process(self, batch: list[tuple[str, float, object]]) -> bool:
+        # A batch builds a few objects per route, none of them in a reference cycle, and
+        # keeps them until they are applied: the cyclic collector would only rescan the
+        # RIB's tables again and again (a fifth of the time at 1,000,000 prefixes).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._batch(batch)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _batch(self, batch: list[tuple[str, float, object]]) -> bool:
         ops: list[RouteOp] = []
         oldest_update: float | None = None
         eof = False
@@ -849,8 +868,8 @@ class Daemon:
         # One op per key; within a batch, traffic moves first (adds and replaces), then the
         # deletes of routes nothing uses any more.
         ops = coalesce(ops)
-        kinds = Counter(map(_KIND, ops))
-        if kinds[OpKind.DELETE] and len(kinds) > 1:  # (a stable sort on "is a delete")
+        deletes = list(map(_KIND, ops)).count(OpKind.DELETE)
+        if 0 < deletes < len(ops):  # (a stable sort on "is a delete")
             ops = ([op for op in ops if op.kind is not OpKind.DELETE]
                    + [op for op in ops if op.kind is OpKind.DELETE])
         for _round in range(4):
@@ -859,7 +878,7 @@ class Daemon:
             t0 = time.perf_counter()
             res = self.writer.apply(ops)
             m.BATCH_SECONDS.observe(time.perf_counter() - t0)
-            tally = Counter({kind.value: n for kind, n in kinds.items()})
+            tally = _tally(ops)
             for op, e in res.failed:
                 tally[op.kind.value] -= 1
                 result = "conflict" if e == errno_mod.EEXIST else "error"
@@ -876,7 +895,6 @@ class Daemon:
                 else:
                     log.error("kernel: %s failed: %s", op, os.strerror(e))
                 ops.extend(self.core.handle(RouteFailed(op, e)))
-            kinds = Counter(map(_KIND, ops))
         if self.core.synced and not self._sync_reported:
             self._sync_reported = True
             swept = self.core.stats["stale_routes_swept"]
