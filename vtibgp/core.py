@@ -628,24 +628,32 @@ class Core:
         # entries hold their shapes, so no id is reused meanwhile
         seen: dict[tuple[object, ...], Shape] = {}
         moves: dict[tuple[int, int], tuple[Shape, Shape, Steps]] = {}
+        # the previous prefix's paths and shape: an UPDATE's prefixes mostly repeat them
+        last0: object = _NO_PATHS
+        last1: object = _NO_PATHS
+        last6 = False
+        want: Shape = ()
         ADD = OpKind.ADD
         for prefix in prefixes:
+            v6 = ":" in prefix
             if few:
-                key: tuple[object, ...] = (":" in prefix, id(g0(prefix)), id(g1(prefix)))
+                a0, a1 = g0(prefix), g1(prefix)
+                if a0 is not last0 or a1 is not last1 or v6 is not last6:
+                    last0, last1, last6 = a0, a1, v6
+                    want = self._look(prefix, tables, seen, (v6, id(a0), id(a1)))
             else:
-                key = (":" in prefix, *[id(get(prefix)) for get in gets])
-            want = seen.get(key)
-            if want is None:
-                cands = [(peer, a) for peer, paths in tables
-                         if (a := paths.get(prefix)) is not None]
-                want = seen[key] = self._want(prefix, cands)
-            have = inst.get(prefix)
-            if have is None:
-                if want:
-                    inst[prefix] = want
+                want = self._look(prefix, tables, seen, (v6, *[id(get(prefix)) for get in gets]))
+            if not want:
+                have = inst.get(prefix)
+                if have is None:
+                    continue
+            else:
+                size = len(inst)
+                have = inst.setdefault(prefix, want)
+                if len(inst) != size:  # nothing was held: add what is wanted
                     for metric, hops in want:
                         add(route_op(ADD, prefix, metric, hops))
-                continue
+                    continue
             if stale:
                 steps, after = self._steps(prefix, have, want)
             elif have is want:
@@ -664,6 +672,17 @@ class Core:
             else:
                 del inst[prefix]
         return ops
+
+    def _look(self, prefix: Prefix, tables: list[tuple[PeerAddr, dict[Prefix, PathAttrs]]],
+              seen: dict[tuple[object, ...], Shape], key: tuple[object, ...]) -> Shape:
+        """The shape for `prefix` from its paths in `tables`, remembered in `seen` by `key`
+        (its family and the identities of its paths)."""
+        want = seen.get(key)
+        if want is None:
+            cands = [(peer, a) for peer, paths in tables
+                     if (a := paths.get(prefix)) is not None]
+            want = seen[key] = self._want(prefix, cands)
+        return want
 
     def _steps(self, prefix: Prefix, have: Shape, want: Shape) -> tuple[Steps, Shape]:
         """The ops from the routes `have` to the routes `want` of `prefix` (as kind, metric,
