@@ -789,6 +789,7 @@ class Core:
 
 
 _OP_KEY = attrgetter("route.prefix", "route.metric")  # RouteOp -> its route's key
+_OP_PREFIX = attrgetter("route.prefix")
 
 
 def coalesce(ops: Iterable[RouteOp]) -> list[RouteOp]:
@@ -796,8 +797,10 @@ def coalesce(ops: Iterable[RouteOp]) -> list[RouteOp]:
     result, so that a batch never carries an op that assumes an earlier one in the same batch
     succeeded (a REPLACE after a refused ADD would overwrite another owner's route)."""
     ops = list(ops)
-    if len(set(map(_OP_KEY, ops))) == len(ops):
-        return ops  # one op per key already (the usual case): each is its own fold
+    # One op per key already (the usual case), each is its own fold. Prefixes are strings
+    # that keep their hash, so they are checked first; only if one repeats, the keys.
+    if len(set(map(_OP_PREFIX, ops))) == len(ops) or len(set(map(_OP_KEY, ops))) == len(ops):
+        return ops
     first: dict[tuple[Prefix, int], OpKind] = {}
     last: dict[tuple[Prefix, int], RouteOp] = {}
     for op in ops:
