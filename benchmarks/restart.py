@@ -80,6 +80,7 @@ while chunk := os.read(0, 1 << 20):
 STAGES = (
     ("kernel read", re.compile(r"start: (\d+) routes of ours already in the kernel")),
     ("adj-rib-in loaded", re.compile(r"resync: ExaBGP's adj-rib-in loaded")),
+    ("grace ran out", re.compile(r"start: grace timer \(.*\) ran out")),
     ("reconciled", re.compile(r"start: sync complete; (\d+) unconfirmed routes removed")),
 )
 
@@ -96,6 +97,7 @@ class Restart:
     same: bool = False  # the routes after == the routes before
     overflowed: bool = False
     notes: list[str] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)  # the new plugin's lines, stamped
 
 
 class LogTail:
@@ -141,6 +143,8 @@ class Bench:
             "control": {"socket": str(self.work / "vtibgp.sock")},
         }, sort_keys=False))
         cmd = [sys.executable, "-m", "vtibgp", "run", "--config", str(cfg)]
+        if self.args.profile:  # every instance; the file holds the last one's (the restarted)
+            cmd[1:1] = ["-m", "cProfile", "-o", str(self.work / "vtibgp.prof")]
         env = self.exabgp_env()
         if self.args.vtibgp_path:
             env["PYTHONPATH"] = self.args.vtibgp_path
@@ -211,7 +215,14 @@ class Bench:
         gw_ns = self.topo.gw
         res = Restart(how)
         self.respawn_budget()
-        time.sleep(self.args.settle)  # the plugin idle, as on a gateway in steady state
+        # steady state: every route in, then the plugin left alone for a moment
+        try:
+            self.gw.wait_for(lambda: c.count_routes(gw_ns, c.PROTO_BGP) == self.n,
+                             self.args.timeout, what=f"{self.n:,} routes before the stop")
+        except TimeoutError:
+            res.notes.append("not in steady state before the stop (timed out waiting for "
+                             "every route)")
+        time.sleep(self.args.settle)
         before = set(c.dump_routes(gw_ns, c.PROTO_BGP))
         if len(before) != self.n:
             res.notes.append(f"{len(before):,} routes before the stop, not {self.n:,}")
@@ -244,6 +255,7 @@ class Bench:
                         new, res.respawned = int(m.group(1)), now - t0
                     if not line.startswith(f"vtibgp[{new}]"):
                         continue
+                    res.log.append(f"{now - t0:7.2f}  {line}")
                     for stage, pattern in STAGES:
                         m = pattern.search(line)
                         if m and stage not in res.stages:
@@ -264,6 +276,13 @@ class Bench:
                              f"{len(after - before):,} new")
         if res.found is not None and res.found != len(before):
             res.notes.append(f"the new plugin found {res.found:,} of {len(before):,} routes")
+        if "grace ran out" in res.stages:
+            res.notes.append("startup.grace_time ran out before ExaBGP's adj-rib-in answer was "
+                             "in: the routes not yet confirmed were removed")
+        if res.adds or res.deletes or not res.same or "reconciled" not in res.stages:
+            c.say(f"  the new plugin's log ({how}; seconds after the stop):")
+            for line in res.log[:25]:
+                c.say(f"  {line}")
         return res
 
     def close(self) -> None:
@@ -341,10 +360,13 @@ def main() -> int:
                     "answers `show adj-rib in` (default: ExaBGP's own, 1)")
     ap.add_argument("--no-reference", dest="reference", action="store_false",
                     help="skip timing ExaBGP alone answering the adj-rib-in question")
+    ap.add_argument("--profile", action="store_true",
+                    help="run vtibgp under cProfile and print where the last restarted one "
+                    "spent its time (slows it: the times are then not representative)")
     ap.add_argument("--keep-logs", action="store_true", help="keep the work directory")
     args = ap.parse_args()
     args.prefixes = args.prefixes or (10_000 if args.quick else 100_000)
-    args.timeout = args.timeout or max(60.0, args.prefixes / 1000)
+    args.timeout = args.timeout or max(120.0, args.prefixes / 500)
     hows = [h.strip() for h in args.how.split(",") if h.strip()]
     if set(hows) - set(HOW):
         ap.error(f"--how: one or more of {', '.join(HOW)}")
@@ -386,6 +408,12 @@ def main() -> int:
         rc = 130
     finally:
         bench.close()
+        prof = work / "vtibgp.prof"
+        if args.profile and prof.exists():
+            import pstats
+
+            c.say(f"\nthe restarted vtibgp's profile ({prof}), top functions by own time:")
+            pstats.Stats(str(prof), stream=sys.stdout).sort_stats("tottime").print_stats(25)
         if args.keep_logs:
             c.say(f"logs kept in {work}")
         else:
