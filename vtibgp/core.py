@@ -215,6 +215,20 @@ class Core:
     def route_count(self) -> int:
         return sum(map(len, self._inst.values()))
 
+    def hop_roles(self, best: int) -> dict[NextHop, list[int]]:
+        """For every nexthop in use: [routes at metric `best`, routes at other metrics]
+        through it. Counted per shape, not per route: a million prefixes share a few."""
+        shapes = list(self._inst.values())
+        uses = Counter(map(id, shapes))
+        by_id = dict(zip(map(id, shapes), shapes, strict=True))
+        counts: dict[NextHop, list[int]] = {}
+        for key, n in uses.items():
+            for metric, hops in by_id[key]:
+                role = 0 if metric == best else 1
+                for hop in hops:
+                    counts.setdefault(hop, [0, 0])[role] += n
+        return counts
+
     def _set_policy(self, settings: PolicySettings | None) -> None:
         self.import_policy = Policy(settings) if settings is not None else None
         self.max_prefix: dict[PeerAddr, MaxPrefix] = {}

@@ -562,6 +562,25 @@ def test_installed_reads_per_prefix_by_metric() -> None:
     assert core.route_count() == 3
 
 
+@settings(max_examples=100, deadline=None)
+@given(evs=st.lists(bulk_events, max_size=30),
+       leftovers=st.lists(st.builds(KernelRoute, st.sampled_from(PREFIXES), st.integers(100, 103),
+                                    st.sampled_from(DEVICES).map(lambda d: (NextHop(d),))),
+                          max_size=4, unique_by=lambda r: r.key))
+def test_hop_roles_counts_every_route(evs: list[Event], leftovers: list[KernelRoute]) -> None:
+    pols = {P1: PeerPolicy("vti01"), P2: PeerPolicy("vti02", gateway=True),
+            P3: PeerPolicy("vti02", gateway=True)}
+    core = Core(CoreSettings(metric=100, max_paths=3, ecmp=True, peers=pols))
+    core.handle(KernelRoutesFound(tuple(leftovers)))
+    for ev in evs:
+        core.handle(ev)
+    naive: dict[NextHop, list[int]] = {}
+    for r in core.routes():
+        for hop in r.nexthops:
+            naive.setdefault(hop, [0, 0])[0 if r.metric == 100 else 1] += 1
+    assert core.hop_roles(100) == naive
+
+
 def test_ipv6_ecmp_goes_via_next_hops() -> None:
     """The kernel refuses IPv6 multipath without gateways (EINVAL)."""
     pols = {P1: PeerPolicy("vti01", gateway=True), P2: PeerPolicy("vti02")}
