@@ -1,7 +1,7 @@
 # Benchmarks of issue 7 (docs/performance.md). Run as root: they build network namespaces and
 # start BIRD, FRR and ExaBGP in them. Each script cleans up after itself, also on Ctrl-C.
 #
-#   make bench          every benchmark at the issue's sizes (about 20-30 min on 2 cores)
+#   make bench          every benchmark at the issue's sizes (about 20 min on 2 cores)
 #   make bench-quick    small sizes, a few minutes
 #   make -k bench       go on with the next benchmark when one fails
 #

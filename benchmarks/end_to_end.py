@@ -24,7 +24,7 @@ its median divided by the reader's median.
 
 Root only. Everything made is removed at the end, also on error or Ctrl-C.
 
-    .venv/bin/python benchmarks/end_to_end.py                    # 100,000 prefixes, 3 runs each
+    .venv/bin/python benchmarks/end_to_end.py                    # 100,000 prefixes, 5 runs each
     .venv/bin/python benchmarks/end_to_end.py --quick            # 10,000 prefixes, 1 run each
     .venv/bin/python benchmarks/end_to_end.py --prefixes 50000 --repeat 5 --receivers reader,vtibgp
 """
@@ -300,8 +300,10 @@ def report(runs: list[Run], n: int, labels: dict[str, str], args: argparse.Names
         verdict = "met" if vt / base <= TARGET_RATIO else "MISSED"
         if n != 100_000:
             verdict += f" at {n:,}; the target is set at 100,000"
+        pm = c.median(paired)
         c.say(f"\nvtibgp / ExaBGP alone = {vt / base:.3f} (target <= {TARGET_RATIO:.2f}: "
-              f"{verdict}); per run: {' '.join(f'{p:.3f}' for p in paired)}")
+              f"{verdict}); per run (vtibgp run k / reader run k): "
+              f"{' '.join(f'{p:.3f}' for p in paired)}, median {fmt(pm, '.3f')}")
     c.say("first / all in: first and last route in the gateway's kernel (the reader: first and "
           "N-th prefix read from ExaBGP);\nCPU s: every process in the gateway namespace "
           "(ExaBGP and its API process; bird; bgpd + zebra) from the enable to the last route")
@@ -312,7 +314,7 @@ def main() -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prefixes", type=int, default=None, help="N (default 100,000)")
     ap.add_argument("--quick", action="store_true", help="10,000 prefixes, one run each")
-    ap.add_argument("--repeat", type=int, default=None, help="runs per receiver (default 3)")
+    ap.add_argument("--repeat", type=int, default=None, help="runs per receiver (default 5)")
     ap.add_argument("--receivers", default=",".join(KINDS), help="comma list of: "
                     + ", ".join(KINDS))
     ap.add_argument("--exabgp", default=lab.default_exabgp(), help="ExaBGP binary (5.0 venv)")
@@ -327,7 +329,7 @@ def main() -> int:
                     help="import vtibgp from DIR (PYTHONPATH), e.g. a `git archive` of a commit")
     args = ap.parse_args()
     n = args.prefixes or (10_000 if args.quick else 100_000)
-    args.repeat = args.repeat or (1 if args.quick else 3)
+    args.repeat = args.repeat or (1 if args.quick else 5)
     args.timeout = args.timeout or max(60.0, n / 1000)
     kinds = [k.strip() for k in args.receivers.split(",") if k.strip()]
     unknown = set(kinds) - set(KINDS)
