@@ -500,8 +500,9 @@ class Core:
         limit = self.max_prefix.get(ev.peer)
         if limit is None:
             paths.update(zip(accepted, repeat(attrs)))
-            touched.extend(accepted)
-            return self._recompute(touched)
+            ops = self._recompute(touched) if touched else []
+            ops += self._recompute(accepted, (ev.peer, attrs))
+            return ops
         for prefix in accepted:
             decision = limit.admit(len(paths), prefix not in paths, self.now)
             if decision.event is not None:
@@ -620,13 +621,16 @@ class Core:
             ops += self._recompute(self._affected(scope))
         return ops
 
-    def _recompute(self, prefixes: Iterable[Prefix]) -> list[RouteOp]:
+    def _recompute(self, prefixes: Iterable[Prefix],
+                   held: tuple[PeerAddr, PathAttrs] | None = None) -> list[RouteOp]:
         """Bring the routes of `prefixes` to what their paths say, returning the ops.
 
         This is the hot loop of a full table. Nothing changes the RIB while it runs, so the
         usable peers' tables are looked up once; prefixes whose paths are the same objects
         (the prefixes of one UPDATE, and their backups) share one shape, found by the
-        identities of their paths; and the ops between two shapes are worked out once."""
+        identities of their paths; and the ops between two shapes are worked out once.
+        `held`: a (peer, path) that every one of `prefixes` holds (just announced), so that
+        the peer's table is not looked up again."""
         ops: list[RouteOp] = []
         add = ops.append
         inst = self._inst
@@ -637,6 +641,12 @@ class Core:
         few = len(gets) <= 2
         g0 = gets[0] if gets else _NO_PATHS.get
         g1 = gets[1] if len(gets) > 1 else _NO_PATHS.get
+        known: PathAttrs | None = None
+        if held is not None and few and held[0] in usable:
+            # every prefix holds this path from this peer (just announced): not looked up
+            known = held[1]
+            if tables[0][0] == held[0]:
+                g0 = g1
         # (v6, id of each table's path or of None) -> shape, and (id(have), id(want)) ->
         # (have, want, steps): the RIB holds every path seen here while this runs, and the
         # entries hold their shapes, so no id is reused meanwhile
@@ -651,7 +661,8 @@ class Core:
         for prefix in prefixes:
             v6 = ":" in prefix
             if few:
-                a0, a1 = g0(prefix), g1(prefix)
+                a0 = g0(prefix)
+                a1 = known if known is not None else g1(prefix)
                 if a0 is not last0 or a1 is not last1 or v6 is not last6:
                     last0, last1, last6 = a0, a1, v6
                     want = self._look(prefix, tables, seen, (v6, id(a0), id(a1)))

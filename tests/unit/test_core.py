@@ -5,6 +5,7 @@ incremental state always equals a from-scratch computation."""
 from __future__ import annotations
 
 import ipaddress
+from collections import Counter
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -31,6 +32,7 @@ from vtibgp.model import (
     Tick,
     Withdraw,
 )
+from vtibgp.policy import PolicySettings
 
 P1, P2, P3 = "169.254.10.1", "169.254.11.1", "169.254.12.1"
 V4 = "ipv4 unicast"
@@ -516,24 +518,34 @@ bulk_events = st.one_of(
         st.builds(KernelRoute, st.sampled_from(PREFIXES), st.integers(100, 103),
                   st.sampled_from(DEVICES).map(lambda d: (NextHop(d),))),
         max_size=4, unique_by=lambda r: r.key),
+    policy=st.none() | st.just(PolicySettings(max_as_path_length=1, protected=("10.1.0.0/16",),
+                                              first_as_must_be_peer=False)),
 )
 def test_an_update_decides_as_its_prefixes_one_by_one(
     pols: dict[str, PeerPolicy], ecmp: bool, max_paths: int, evs: list[Event],
-    leftovers: list[KernelRoute],
+    leftovers: list[KernelRoute], policy: PolicySettings | None,
 ) -> None:
     """The core works out an UPDATE's prefixes together (shared shapes, ops between shapes
     computed once): it returns the same ops, in the same order, as for one prefix at a time,
-    also while routes of an earlier run are still unconfirmed."""
-    cores = [Core(CoreSettings(metric=100, max_paths=max_paths, ecmp=ecmp, peers=pols))
-             for _ in range(2)]
+    also while routes of an earlier run are still unconfirmed. With an import policy, the
+    prefixes it refuses come first (a refused re-announcement withdraws the held path)."""
+    cores = [Core(CoreSettings(metric=100, max_paths=max_paths, ecmp=ecmp, peers=pols,
+                               policy=policy)) for _ in range(2)]
     for core in cores:
         core.handle(KernelRoutesFound(tuple(leftovers)))
     whole, split = cores
     for ev in evs:
-        assert whole.handle(ev) == [op for e in one_prefix_at_a_time(ev) for op in split.handle(e)]
+        together = whole.handle(ev)
+        one_by_one = [op for e in one_prefix_at_a_time(ev) for op in split.handle(e)]
+        if policy is None:
+            assert together == one_by_one
+        else:
+            assert Counter(together) == Counter(one_by_one)
         assert installed(whole) == installed(split)
         assert whole.stale == split.stale
+        assert whole.rejected == split.rejected
     assert whole.handle(GraceExpired()) == split.handle(GraceExpired())
+    assert installed(whole) == reference(whole)
 
 
 def test_prefixes_wanting_the_same_routes_from_different_ones() -> None:
@@ -545,6 +557,23 @@ def test_prefixes_wanting_the_same_routes_from_different_ones() -> None:
     assert [(o.kind, o.route.prefix, o.route.metric) for o in ops] == [
         (OpKind.ADD, "10.0.0.0/16", 101),
         (OpKind.REPLACE, "10.1.0.0/16", 100), (OpKind.REPLACE, "10.1.0.0/16", 101)]
+    assert k.routes == installed(core) == reference(core)
+
+
+def test_refused_reannouncement_withdraws_the_held_path() -> None:
+    pols = {P1: PeerPolicy("vti01"), P2: PeerPolicy("vti02")}
+    core = Core(CoreSettings(metric=100, peers=pols, policy=PolicySettings(
+        max_as_path_length=1, first_as_must_be_peer=False)))
+    k = Kernel()
+    feed(core, k, ann(P1, "10.0.0.0/16", "10.1.0.0/16"), ann(P2, "10.0.0.0/16", med=1))
+    # P1 again, 10.1 and 10.0 now with a path too long: both refused, both withdrawn
+    ops = feed(core, k, ann(P1, "10.2.0.0/16", "10.1.0.0/16", "10.0.0.0/16", path=(1, 2)),
+               ann(P1, "10.3.0.0/16"))
+    assert [(o.kind, o.route.prefix, o.route.metric) for o in ops] == [
+        (OpKind.DELETE, "10.1.0.0/16", 100),
+        (OpKind.REPLACE, "10.0.0.0/16", 100), (OpKind.DELETE, "10.0.0.0/16", 101),
+        (OpKind.ADD, "10.3.0.0/16", 100)]
+    assert core.rejected[(P1, "as_path_length")] == 3
     assert k.routes == installed(core) == reference(core)
 
 
