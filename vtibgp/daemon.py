@@ -20,6 +20,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from operator import attrgetter
 from typing import IO, Any, Protocol
 
@@ -64,6 +65,13 @@ LOGGED_REJECTIONS = 10_000  # (peer, prefix, reason) remembered so each is logge
 TICK = 0.25  # seconds: how often timers and signals are looked at when idle
 APPLY_AT = 65_536  # route ops: a batch that has made this many goes to the kernel at once
 _KIND = attrgetter("kind")  # RouteOp -> OpKind
+
+
+@lru_cache(maxsize=1024)
+def _child(metric: Any, label: str) -> Any:
+    """`metric.labels(label)`, remembered: labels() validates and locks on every call, and
+    the per-line and per-event metrics are always the same few series."""
+    return metric.labels(label)
 
 
 def _tally(ops: list[RouteOp]) -> Counter[str]:
@@ -416,7 +424,7 @@ class Daemon:
 
     def _line(self, raw: bytes, t: float, ops: list[RouteOp]) -> bool:
         parsed = parse_line(raw)
-        m.INPUT_LINES.labels(parsed.kind.value).inc()
+        _child(m.INPUT_LINES, parsed.kind.value).inc()
         if parsed.api_version and parsed.api_version != self.api_version:
             self.api_version = parsed.api_version
             m.set_build(parsed.api_version)
@@ -451,7 +459,7 @@ class Daemon:
         match ev:
             case Announce(peer=peer):
                 if peer in self._known_peers:
-                    m.PREFIXES_RECEIVED.labels(peer).inc(len(ev.prefixes))
+                    _child(m.PREFIXES_RECEIVED, peer).inc(len(ev.prefixes))
                 elif not self.cfg.accept_unconfigured_peers:
                     m.PREFIXES_IGNORED.labels("unknown_peer").inc(len(ev.prefixes))
                     log.debug("ignoring %d prefixes from unconfigured peer %s",
@@ -460,7 +468,7 @@ class Daemon:
                           ev.family, ev.attrs.next_hop)
             case Withdraw(peer=peer):
                 if peer in self._known_peers:
-                    m.WITHDRAWS_RECEIVED.labels(peer).inc(len(ev.prefixes))
+                    _child(m.WITHDRAWS_RECEIVED, peer).inc(len(ev.prefixes))
                 log.debug("peer %s withdrew %d %s prefixes", peer, len(ev.prefixes), ev.family)
             case PeerState():
                 if ev.state == "down" and "shutting down" in ev.reason and \
@@ -489,7 +497,7 @@ class Daemon:
             self._discover(ev.peer, None, ops)
         ops.extend(self.core.handle(ev))
         if isinstance(ev, PeerState | Announce | Withdraw) and ev.peer in self._known_peers:
-            m.PEER_PATHS.labels(ev.peer).set(len(self.core.rib.get(ev.peer, ())))
+            _child(m.PEER_PATHS, ev.peer).set(len(self.core.rib.get(ev.peer, ())))
 
     def _peer_state(self, ev: PeerState, ops: list[RouteOp]) -> None:
         known = ev.peer in self._known_peers
