@@ -155,6 +155,9 @@ class Core:
         self._inst: dict[Prefix, Shape] = {}
         # Routes found in the kernel at start that nothing has confirmed yet.
         self.stale: set[tuple[Prefix, int]] = set()
+        # Prefixes whose adopted routes the RIB would change before the sync is complete:
+        # left as they are until the sweep, which recomputes them (see _steps).
+        self.deferred: set[Prefix] = set()
         self.synced = True  # becomes False when there is something to reconcile
         self.pending_sync: set[PeerAddr] = set(settings.peers)
         self.eor_seen: dict[PeerAddr, set[Family]] = {}
@@ -716,14 +719,24 @@ class Core:
         stale = self.stale
         steps: Steps = []
         held = dict(have)
+        kept_old: dict[int, tuple[NextHop, ...]] = {}
         for metric, hops in want:
             old = held.get(metric)
             if old is None:
                 steps.append((OpKind.ADD, metric, hops))
             elif old is not hops and old != hops:
-                steps.append((OpKind.REPLACE, metric, hops))
+                if not self.synced and (prefix, metric) in stale and self._live(old):
+                    # An adopted route that the RIB, still filling, would change: while the
+                    # peers re-send their tables the best path may flip and flip back, so the
+                    # route stays as the earlier run left it, and is judged at the sweep.
+                    kept_old[metric] = old
+                    self.deferred.add(prefix)
+                else:
+                    steps.append((OpKind.REPLACE, metric, hops))
             if stale:
                 stale.discard((prefix, metric))
+        if kept_old:
+            want = tuple((m, kept_old.get(m, h)) for m, h in want)
         wanted = {metric for metric, _ in want}
         kept: list[tuple[int, tuple[NextHop, ...]]] = []
         for metric, hops in have:
@@ -783,7 +796,13 @@ class Core:
                 del inst[prefix]
         self.stale.clear()
         self.stats["stale_routes_swept"] += len(ops)
-        return ops
+        deferred, self.deferred = self.deferred, set()
+        return ops + self._recompute(sorted(deferred))
+
+    def _live(self, hops: tuple[NextHop, ...]) -> bool:
+        """Whether every nexthop goes through a device no signal says is down."""
+        down = self.unusable_devices
+        return not any(h.device in down for h in hops)
 
     def _failed(self, ev: RouteFailed) -> list[RouteOp]:
         route, kind = ev.op.route, ev.op.kind

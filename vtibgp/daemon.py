@@ -764,12 +764,7 @@ class Daemon:
 
     def _roles(self) -> dict[NextHop, list[int]]:
         """For every nexthop in use: [best routes, backup routes] through it."""
-        counts: dict[NextHop, list[int]] = {}
-        for r in self.core.routes():
-            role = 0 if r.metric == self.cfg.metric else 1
-            for hop in r.nexthops:
-                counts.setdefault(hop, [0, 0])[role] += 1
-        return counts
+        return self.core.hop_roles(self.cfg.metric)
 
     def _per_device(self, roles: dict[NextHop, list[int]]) -> dict[str, list[int]]:
         """[best, backup] routes per tunnel device, every device we route into included."""
