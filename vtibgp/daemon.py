@@ -435,7 +435,7 @@ class Daemon:
                         _excerpt(raw))
         if parsed.kind in (LineKind.ACK, LineKind.TEXT):
             for ev in self._text(parsed.kind, parsed.text or ""):
-                self._event(ev, ops)
+                self._event(ev, ops, replay=True)
             return False
         for ev in parsed.events:
             self._event(ev, ops)
@@ -455,11 +455,15 @@ class Daemon:
             return head.on_end(text == "done")
         return head.on_line(text)
 
-    def _event(self, ev: Event, ops: list[RouteOp]) -> None:
+    def _event(self, ev: Event, ops: list[RouteOp], replay: bool = False) -> None:
+        """One event into the core. `replay`: it comes from an answer of ExaBGP's (the
+        adj-rib-in read at start or after a reload), not from the peer: not counted as
+        received again."""
         match ev:
             case Announce(peer=peer):
                 if peer in self._known_peers:
-                    _child(m.PREFIXES_RECEIVED, peer).inc(len(ev.prefixes))
+                    if not replay:
+                        _child(m.PREFIXES_RECEIVED, peer).inc(len(ev.prefixes))
                 elif not self.cfg.accept_unconfigured_peers:
                     m.PREFIXES_IGNORED.labels("unknown_peer").inc(len(ev.prefixes))
                     log.debug("ignoring %d prefixes from unconfigured peer %s",

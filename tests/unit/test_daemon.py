@@ -511,3 +511,25 @@ def test_max_prefix_teardown_once_per_restart_delay_then_resync() -> None:
     assert commands.getvalue().splitlines()[1:] == ["show neighbor summary",
                                                     "show adj-rib in extensive"]
     assert daemon.resync_at is None
+
+
+def test_adj_rib_replay_is_not_counted_as_received() -> None:
+    """The same path live from the peer and again in ExaBGP's adj-rib-in answer: received
+    once in the metric, installed once."""
+    cfg = parse({"metrics": {"listen": None}, "control": {"socket": None},
+                 "peers": [{"address": PEER, "interface": "vti01"}]}, "t.yaml")
+    kernel = MemoryKernel()
+    commands = io.StringIO()
+    daemon = Daemon(cfg, kernel, commands)  # type: ignore[arg-type]
+    received = m.PREFIXES_RECEIVED.labels(PEER)
+    before = received._value.get()
+    now = time.monotonic()
+    daemon._resync()
+    replay = (f"neighbor {PEER} local-ip 169.254.10.2 local-as 65000 peer-as 64512 "
+              f"router-id 1.1.1.1 family-allowed in-open ipv4 unicast 10.5.0.0/16 "
+              f"next-hop {PEER} origin igp as-path ( 64512 )\n").encode()
+    daemon._process([("line", now, _update_many(PEER, ["10.5.0.0/16"])),
+                     ("line", now, b"done\n"), ("line", now, replay), ("line", now, b"done\n")])
+    assert received._value.get() - before == 1
+    assert list(kernel.routes) == [("10.5.0.0/16", 100)]
+    assert [op.kind for op in kernel.ops] == [OpKind.ADD]
