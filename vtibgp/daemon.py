@@ -181,6 +181,7 @@ class Daemon:
         self.queue: queue.SimpleQueue[tuple[str, float, object]] = queue.SimpleQueue()
         self.pending: deque[_Pending] = deque()
         self.grace_deadline: float | None = None
+        self.after_answer: deque[Event] = deque()  # a control request's events (see ipsec)
         # when a max-prefix restart delay ends for a peer whose session came back inside it:
         # its refused prefixes are then taken from ExaBGP's adj-rib-in (see _peer_state)
         self.resync_at: float | None = None
@@ -412,6 +413,9 @@ class Daemon:
                 assert isinstance(payload, _Request)
                 payload.answer = self._answer(payload.body, ops)
                 payload.done.set()
+                # what the request set in motion is decided once its caller has the answer
+                while self.after_answer:
+                    ops += self.core.handle(self.after_answer.popleft())
             elif kind == "event":
                 assert not isinstance(payload, bytes | None)
                 self._event(payload, ops)  # type: ignore[arg-type]
@@ -723,7 +727,7 @@ class Daemon:
                 # every route through it out in one kernel step, and the backups through the
                 # other tunnel carry the traffic from then on
                 ops += self.core.handle(KernelFlushed(ev.device))
-            ops += self.core.handle(ev)  # applied with the batch, after the caller is answered
+            self.after_answer.append(ev)  # decided after the caller is answered (_process)
         outside = body.get("outside")
         if state == "up" and isinstance(outside, str):
             # the loop guard learns the tunnel's public endpoint from the IPsec daemon
