@@ -41,15 +41,15 @@ vtibgp's side is timed from its own log: its stderr is piped through a tiny stam
 so "saw" is when vtibgp logged the signal and "done" when it logged the routes moved (after
 its kernel batch was acknowledged). The profile (default; --no-profile skips it) then replays
 the change on vtibgp's own Daemon and kernel writer, offline, in a scratch namespace, to split
-"done - saw" into decision core, coalescing, kernel apply and the rest, and times two
-alternatives: the metric-100 operations sent before the deletes, and kernel nexthop objects.
+"done - saw" into decision core, coalescing, kernel apply and the rest, and times the
+alternative of sending the metric-100 operations before the deletes.
 
 Root only; no traffic leaves the namespaces; everything made is removed at the end, also on
 error or Ctrl-C.
 
-    /tmp/venv/bin/python benchmarks/failover.py                 # 10,000 prefixes
-    /tmp/venv/bin/python benchmarks/failover.py --quick         # 1,000 prefixes
-    /tmp/venv/bin/python benchmarks/failover.py --prefixes 50000 --repeat 3 --signals admin,delete
+    .venv/bin/python benchmarks/failover.py                 # 10,000 prefixes
+    .venv/bin/python benchmarks/failover.py --quick         # 1,000 prefixes
+    .venv/bin/python benchmarks/failover.py --prefixes 50000 --repeat 3 --signals admin,delete
 """
 
 from __future__ import annotations
