@@ -55,6 +55,9 @@ class TunnelConfig:
     teardown: bool = False  # on IPsec down, reset the BGP session (resync on return)
 
 
+FALLBACKS = ("none", "unreachable", "blackhole")
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     source: str = "<defaults>"
@@ -75,6 +78,9 @@ class Config:
     metrics_tls_key: str | None = None
     control_socket: str | None = "/run/vtibgp/vtibgp.sock"
     hold_down: float = 2.0
+    # what stays for a prefix whose every tunnel is down (while its paths are held): nothing,
+    # or a route of this type behind the real ones (see README "Routes follow the tunnel")
+    fallback: str = "none"
     reconcile_interval: float = 30.0
     nexthop_objects: str = "auto"  # "auto" (where the kernel has them), "on" or "off"
     peers: tuple[PeerConfig, ...] = field(default_factory=tuple)
@@ -433,6 +439,7 @@ _TOP: dict[str, Any] = {
     },
     "tunnel": {
         "hold_down": ("hold_down", _number_range(0, 600)),
+        "fallback": ("fallback", _choice(*FALLBACKS)),
     },
 }
 

@@ -86,6 +86,9 @@ class CoreSettings:
     accept_unconfigured_peers: bool = False
     hold_down: float = 0.0  # seconds a tunnel must stay up before routes return to it
     policy: PolicySettings | None = None  # import policy; None: accept everything
+    # a route without nexthop behind every prefix held (tunnel.fallback): when every tunnel
+    # of a prefix is down its traffic is refused rather than sent along a less specific route
+    fallback: bool = False
 
 
 Scope = tuple[str, str]  # ("device", name) or ("peer", address): what a tunnel signal is about
@@ -265,8 +268,10 @@ class Core:
 
     def desired(self, prefix: Prefix) -> dict[int, KernelRoute]:
         """The kernel routes this prefix should have, keyed by metric."""
-        return {metric: kernel_route(prefix, metric, hops)
-                for metric, hops in self._want(prefix, self._candidates(prefix))}
+        shape = self._want(prefix, self._candidates(prefix))
+        if not shape and self.settings.fallback:
+            shape = self._fallback_only(prefix)
+        return {metric: kernel_route(prefix, metric, hops) for metric, hops in shape}
 
     def _want(self, prefix: Prefix, cands: list[tuple[PeerAddr, PathAttrs]]) -> Shape:
         """The shape of the routes `prefix` should have, given its usable paths.
@@ -324,7 +329,22 @@ class Core:
                 hopset = {self._nexthop(prefix, peer, attrs, True) for peer, attrs in group}
             out.append((metric, tuple(sorted(hopset, key=NextHop.sort_key))))
             metric += 1
+        if self.settings.fallback:
+            out.append(self._fallback_route)
         return tuple(out)
+
+    @property
+    def _fallback_route(self) -> tuple[int, tuple[NextHop, ...]]:
+        """The fallback: no nexthop (the kernel writer gives it its type, unreachable or
+        blackhole), behind every path's route."""
+        return (self.settings.metric + self.settings.max_paths, ())
+
+    def _fallback_only(self, prefix: Prefix) -> Shape:
+        """With `fallback`: what a prefix with no usable path keeps while any path of it is
+        held (its tunnels are down, its sessions not yet): the fallback route alone."""
+        if any(prefix in paths for paths in self.rib.values()):
+            return self._intern((self._fallback_route,))
+        return ()
 
     def desired_all(self) -> dict[Prefix, dict[int, KernelRoute]]:
         """From scratch, over every path held: what `installed` must equal once synced."""
@@ -595,8 +615,10 @@ class Core:
                 gone: list[int] = []
                 for metric, hops in shape:
                     left = tuple(h for h in hops if h.device != device)
-                    if left:
-                        kept.append((metric, hops if len(left) == len(hops) else left))
+                    if len(left) == len(hops):  # not through it (the fallback: no device)
+                        kept.append((metric, hops))
+                    elif left:
+                        kept.append((metric, left))
                     else:
                         gone.append(metric)
                 after = tuple(kept)
@@ -660,6 +682,7 @@ class Core:
         last1: object = _NO_PATHS
         last6 = False
         want: Shape = ()
+        fallback = self.settings.fallback
         ADD = OpKind.ADD
         for prefix in prefixes:
             v6 = ":" in prefix
@@ -671,28 +694,31 @@ class Core:
                     want = self._look(prefix, tables, seen, (v6, id(a0), id(a1)))
             else:
                 want = self._look(prefix, tables, seen, (v6, *[id(get(prefix)) for get in gets]))
-            if not want:
+            # (`want` may be reused for the next prefix: the fallback, which depends on this
+            # prefix's unusable paths, goes into `shape`)
+            shape = want if want or not fallback else self._fallback_only(prefix)
+            if not shape:
                 have = inst.get(prefix)
                 if have is None:
                     continue
             else:
                 size = len(inst)
-                have = inst.setdefault(prefix, want)
+                have = inst.setdefault(prefix, shape)
                 if len(inst) != size:  # nothing was held: add what is wanted
-                    for metric, hops in want:
+                    for metric, hops in shape:
                         add(route_op(ADD, prefix, metric, hops))
                     continue
             if stale:
-                steps, after = self._steps(prefix, have, want)
-            elif have is want:
+                steps, after = self._steps(prefix, have, shape)
+            elif have is shape:
                 continue
             else:
                 # the steps depend on the prefix only through what is stale
-                move = moves.get((id(have), id(want)))
+                move = moves.get((id(have), id(shape)))
                 if move is None:
-                    move = moves[(id(have), id(want))] = (
-                        have, want, self._steps(prefix, have, want)[0])
-                steps, after = move[2], want
+                    move = moves[(id(have), id(shape))] = (
+                        have, shape, self._steps(prefix, have, shape)[0])
+                steps, after = move[2], shape
             for kind, metric, hops in steps:
                 add(route_op(kind, prefix, metric, hops))
             if after:

@@ -7,6 +7,7 @@ world and the core and counts what happened.
 
 from __future__ import annotations
 
+import dataclasses
 import errno as errno_mod
 import gc
 import logging
@@ -139,6 +140,7 @@ def core_settings(cfg: Config) -> CoreSettings:
         },
         hold_down=cfg.hold_down,
         policy=cfg.policy,
+        fallback=cfg.fallback != "none",
     )
 
 
@@ -271,11 +273,14 @@ class Daemon:
             log.error("reload failed, keeping the running config: %s", e)
             return False
         fixed = [k for k in ("metrics_listen", "metrics_tls_cert", "metrics_tls_key",
-                             "control_socket", "table", "protocol", "batch")
+                             "control_socket", "table", "protocol", "batch", "fallback",
+                             "nexthop_objects")
                  if getattr(new, k) != getattr(self.cfg, k)]
         if fixed:
             log.warning("reload: %s changed; that takes effect at the next start",
                         ", ".join(fixed))
+            # the kernel writer was made with these: the running values stay until then
+            new = dataclasses.replace(new, **{k: getattr(self.cfg, k) for k in fixed})
         old, self.cfg = self.cfg, new
         self._known_peers = {p.address for p in new.peers}
         self._apply(self.core.reconfigure(core_settings(new)))
@@ -986,7 +991,8 @@ def run(cfg: Config, *, dry_run: bool, stdin: IO[bytes] | None = None) -> int:
     from .kernel import KernelWriter
     from .links import LinkMonitor, find_device
 
-    writer = KernelWriter(table=cfg.table, proto=cfg.protocol, batch=cfg.batch)
+    writer = KernelWriter(table=cfg.table, proto=cfg.protocol, batch=cfg.batch,
+                          fallback=None if cfg.fallback == "none" else cfg.fallback)
     try:
         writer.check_permission()
     except PermissionError as e:

@@ -273,18 +273,24 @@ class KernelWriter:
         sndbuf: int = 8 << 20,
         pipeline: bool = True,
         multi_recv: bool = True,
+        fallback: str | None = None,
     ) -> None:
         """`table` and `proto` identify our routes; `batch` is the number of requests per
         datagram. Keyword-only knobs: `netns` (open the socket in that network namespace),
         `rcvbuf`/`sndbuf` (socket buffer sizes), `pipeline` (send on a helper thread when
-        there is more than one batch) and `multi_recv` (read acks with recvmmsg)."""
+        there is more than one batch), `multi_recv` (read acks with recvmmsg) and `fallback`
+        ("unreachable" or "blackhole": the type of a route given without nexthops)."""
         if batch < 1:
             raise ValueError("batch must be at least 1")
         self.table = table
         self.proto = proto
         self.batch = batch
         self.pipeline = pipeline
-        self._packer = nc.RoutePacker(table, proto)
+        # routes without nexthops (the core's fallback) get this type: unreachable/blackhole
+        self.fallback_type = None if fallback is None else nc.FALLBACK_TYPES[fallback]
+        self._types = (nc.RTN_UNICAST,) if self.fallback_type is None else (
+            nc.RTN_UNICAST, self.fallback_type)
+        self._packer = nc.RoutePacker(table, proto, self.fallback_type)
         self._lock = threading.RLock()
         self._by_name: dict[str, int] = {}
         self._by_index: dict[int, str] = {}
@@ -1019,8 +1025,8 @@ class KernelWriter:
             route = op.route
             kind = op.kind
             try:
-                if kind is delete:
-                    via: nc.Via = ()
+                if kind is delete or not route.nexthops:
+                    via: nc.Via = ()  # (no nexthop: the fallback route)
                 elif objects:
                     # the core shares one nexthops tuple per path: its object id is cached by
                     # the tuple's identity (and the family), so most routes skip the lookup
@@ -1058,7 +1064,11 @@ class KernelWriter:
                     msg = pack(delete, route.prefix, route.metric, (), del_base + i) + pack(
                         add, route.prefix, route.metric, via, base + i)
                 elif kind is delete:
-                    msg = pack(kind, route.prefix, route.metric, (), base + i)
+                    if route.nexthops or self.fallback_type is None:
+                        msg = pack(kind, route.prefix, route.metric, (), base + i)
+                    else:  # the kernel matches the type on delete: the fallback's own
+                        msg = self._packer.pack_fallback_delete(route.prefix, route.metric,
+                                                                base + i)
                 else:
                     msg = pack(kind, route.prefix, route.metric, via, base + i)
             except _Unresolved as miss:
@@ -1248,7 +1258,8 @@ class KernelWriter:
                 if n is None:
                     continue
                 chunk = nc.parse_route_dump(self._rbuf, n, table=self.table,
-                                            protocol=self.proto, seq=seq, hop_cache=hop_cache)
+                                            protocol=self.proto, seq=seq, hop_cache=hop_cache,
+                                            types=self._types)
                 out.extend(chunk.routes)
                 interrupted = interrupted or chunk.interrupted
                 if chunk.done:

@@ -202,7 +202,7 @@ class KernelRoute(NamedTuple):
 
     prefix: Prefix
     metric: int
-    nexthops: tuple[NextHop, ...]  # sorted; more than one = a multipath route
+    nexthops: tuple[NextHop, ...]  # sorted; several = multipath; none = the fallback route
 
     @property
     def key(self) -> tuple[Prefix, int]:
@@ -220,10 +220,13 @@ class RouteOp(NamedTuple):
     route: KernelRoute
 
     def __str__(self) -> str:
+        route = self.route
+        if not route.nexthops:  # the fallback (tunnel.fallback): unreachable or blackhole
+            return f"{self.kind.value} {route.prefix} metric {route.metric} fallback"
         hops = ",".join(
-            f"{h.device}" + (f" via {h.gateway}" if h.gateway else "") for h in self.route.nexthops
+            f"{h.device}" + (f" via {h.gateway}" if h.gateway else "") for h in route.nexthops
         )
-        return f"{self.kind.value} {self.route.prefix} metric {self.route.metric} dev {hops}"
+        return f"{self.kind.value} {route.prefix} metric {route.metric} dev {hops}"
 
 
 @dataclass(slots=True)

@@ -88,6 +88,9 @@ RTM_GETROUTE = 26
 
 RTN_UNSPEC = 0
 RTN_UNICAST = 1
+RTN_BLACKHOLE = 6
+RTN_UNREACHABLE = 7
+FALLBACK_TYPES = {"unreachable": RTN_UNREACHABLE, "blackhole": RTN_BLACKHOLE}
 
 RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
@@ -296,24 +299,38 @@ class RoutePacker:
 
     MAX_TEMPLATES = 4096
 
-    def __init__(self, table: int = RT_TABLE_MAIN, protocol: int = RTPROT_VTIBGP) -> None:
+    def __init__(self, table: int = RT_TABLE_MAIN, protocol: int = RTPROT_VTIBGP,
+                 fallback: int | None = None) -> None:
+        """`fallback`: the route type (RTN_UNREACHABLE or RTN_BLACKHOLE) of a route added
+        without nexthops; None: such a route is refused."""
         if not 0 < table <= _U32_MAX or table in (RT_TABLE_UNSPEC, RT_TABLE_COMPAT):
             raise ValueError(f"unusable routing table {table}")
         if not 0 < protocol < 256:
             raise ValueError(f"protocol id must be 1..255, not {protocol}")
+        if fallback not in (None, *FALLBACK_TYPES.values()):
+            raise ValueError(f"fallback route type must be unreachable or blackhole, not "
+                             f"{fallback}")
         self.table = table
         self.protocol = protocol
+        self.fallback = fallback
         # keyed by (is ADD, is IPv6, hops): an Enum in the key would cost a Python-level
         # __hash__ per message
         self._templates: dict[tuple[bool, bool, Via], _Template] = {}
         self._delete4 = self._build(OpKind.DELETE, False, ())
         self._delete6 = self._build(OpKind.DELETE, True, ())
+        # a delete matches the route type too: the fallback routes' own
+        rtype = fallback or RTN_UNICAST
+        self._fallback_delete4 = self._build(OpKind.DELETE, False, (), rtype)
+        self._fallback_delete6 = self._build(OpKind.DELETE, True, (), rtype)
 
-    def _build(self, kind: OpKind, v6: bool, hops: Via) -> _Template:
+    def _build(self, kind: OpKind, v6: bool, hops: Via, rtype: int = RTN_UNICAST) -> _Template:
         family = AF_INET6 if v6 else AF_INET
         mtype, mflags = _KIND_FLAGS[kind]
         if kind is OpKind.DELETE:
             tail, scope, rflags = b"", RT_SCOPE_NOWHERE, 0
+        elif hops == () and self.fallback is not None:
+            # the fallback route: no nexthop, its type says what becomes of the packets
+            tail, scope, rflags, rtype = b"", RT_SCOPE_UNIVERSE, 0, self.fallback
         elif isinstance(hops, int):
             # a nexthop object: the kernel takes device, gateway and flags from it
             if not 0 < hops <= _U32_MAX:
@@ -335,7 +352,7 @@ class RoutePacker:
                 rtm_table,
                 self.protocol,
                 scope,
-                RTN_UNICAST,
+                rtype,
                 rflags,
                 NLA.size + alen,
                 RTA_DST,
@@ -388,6 +405,25 @@ class RoutePacker:
                 raw = _inet_pton(AF_INET, addr)
             except OSError:
                 raise ValueError(f"bad address in {prefix!r}") from None
+        st_pack, head, mid, rest, post, tail = tmpl
+        try:
+            return st_pack(head, seq, mid, plen, rest, raw, post, metric, tail)
+        except struct.error:
+            raise ValueError(f"metric {metric} or sequence {seq} out of range") from None
+
+
+    def pack_fallback_delete(self, prefix: str, metric: int, seq: int) -> bytes:
+        """The DELETE of a fallback route (the kernel matches the route type on delete)."""
+        tmpl = self._fallback_delete6 if ":" in prefix else self._fallback_delete4
+        addr, _, plen_text = prefix.partition("/")
+        family = AF_INET6 if ":" in addr else AF_INET
+        plen = (_PLEN6 if family == AF_INET6 else _PLEN4).get(plen_text)
+        if plen is None:
+            raise ValueError(f"bad prefix length in {prefix!r}")
+        try:
+            raw = _inet_pton(family, addr)
+        except OSError:
+            raise ValueError(f"bad address in {prefix!r}") from None
         st_pack, head, mid, rest, post, tail = tmpl
         try:
             return st_pack(head, seq, mid, plen, rest, raw, post, metric, tail)
@@ -666,6 +702,7 @@ def parse_route_dump(
     protocol: int | None = None,
     seq: int | None = None,
     hop_cache: dict[tuple[int, str | None], tuple[Hop, ...]] | None = None,
+    types: tuple[int, ...] = (RTN_UNICAST,),
 ) -> DumpChunk:
     """One datagram of an RTM_GETROUTE dump, decoded only as far as vtibgp needs it.
 
@@ -674,8 +711,9 @@ def parse_route_dump(
     is compiled once into a Struct that reads the whole message in one call (see _Layout), and
     the shape of the previous message is tried first; a message that matches no shape is
     walked attribute by attribute. Kept routes come back as DumpedRoute tuples. Messages whose
-    sequence differs from `seq` (stale) are skipped. `hop_cache` lets routes share hops
-    tuples across datagrams."""
+    sequence differs from `seq` (stale) are skipped; only routes of `types` are kept (unicast,
+    and the fallback routes' type: those come back without hops). `hop_cache` lets routes
+    share hops tuples across datagrams."""
     end = len(data) if nbytes is None else nbytes
     limit = len(data)
     routes: list[DumpedRoute] = []
@@ -684,6 +722,7 @@ def parse_route_dump(
     error = 0
     table_byte = None if table is None else (table if table < 256 else RT_TABLE_COMPAT)
     cache: dict[tuple[int, str | None], tuple[Hop, ...]] = {} if hop_cache is None else hop_cache
+    typed = types != (RTN_UNICAST,)
     layouts = _LAYOUTS
     unpack_hdr = NLMSGHDR.unpack_from
     ntop = _inet_ntop
@@ -722,7 +761,7 @@ def parse_route_dump(
                 mtype != RTM_NEWROUTE
                 or family not in _ADDR_LEN
                 or (protocol is not None and data[off + 21] != protocol)
-                or data[off + 23] != RTN_UNICAST
+                or data[off + 23] not in types
                 or (table_byte is not None and data[off + 20] != table_byte)
             ):
                 if flags & NLM_F_DUMP_INTR:
@@ -756,6 +795,8 @@ def parse_route_dump(
                         hops = cache.get((oif, gateway)) or cache.setdefault(
                             (oif, gateway), (Hop(oif, gateway),) if oif or gateway else ()
                         )
+                    if typed and data[off + 23] != RTN_UNICAST:
+                        hops = ()  # a fallback route (IPv6 reports it on lo)
                     append((prefix, rtable, priority, hops))
                 off += step
                 continue
@@ -774,6 +815,8 @@ def parse_route_dump(
             hops = cache.get((oif, gateway)) or cache.setdefault(
                 (oif, gateway), (Hop(oif, gateway),)
             )
+            if typed and data[off + 23] != RTN_UNICAST:
+                hops = ()  # a fallback route (IPv6 reports it on lo)
             append((ntop(data[off + 16], dst) + slash[plen], rtable, priority, hops))
         off += layout.step
     return DumpChunk(routes, done, error, interrupted)

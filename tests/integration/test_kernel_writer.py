@@ -418,3 +418,29 @@ def test_check_permission_and_eperm(topology: Topology) -> None:
     assert res.stdout.split("\n")[:2] == [f"probe: {errno.EPERM}", f"apply: {errno.EPERM}"]
     assert kernel(topology) == {}
     assert issubclass(KernelPermissionError, PermissionError)
+
+
+@pytest.mark.parametrize("kind", ["unreachable", "blackhole"])
+def test_fallback_route_is_typed_dumped_and_deleted(topology: Topology,
+                                                    make_writer: WriterFactory,
+                                                    kind: str) -> None:
+    """A route without nexthops is the fallback: installed with the configured type behind
+    the real routes, read back without nexthops, used once the tunnel's routes are gone,
+    and deleted by its own type."""
+    writer = make_writer(fallback=kind)
+    real = route("10.140.0.0/24", "vti01")
+    fallback = KernelRoute("10.140.0.0/24", 104, ())
+    fallback6 = KernelRoute("2001:db8:140::/48", 104, ())
+    assert writer.apply([add(real), add(fallback), add(fallback6)]).failed == []
+    entries = [r for r in routes(topology.gw, proto=186) if r["dst"] == "10.140.0.0/24"]
+    assert {(r.get("type", "unicast"), r["metric"]) for r in entries} == {
+        (kind, 104), ("unicast", 100)}
+    assert sorted(writer.dump(), key=lambda r: (r.prefix, r.metric)) == [
+        real, fallback, fallback6]
+    topology.set_link("gw", "vti01", False)  # the tunnel's route goes; the fallback stays
+    left = [r for r in routes(topology.gw, proto=186) if r["dst"] == "10.140.0.0/24"]
+    assert [(r.get("type"), r["metric"]) for r in left] == [(kind, 104)]
+    assert sorted(writer.dump(), key=lambda r: r.prefix) == [fallback, fallback6]
+    topology.set_link("gw", "vti01", True)
+    assert writer.apply([delete(fallback), delete(fallback6)]).failed == []
+    assert writer.dump() == []

@@ -339,3 +339,13 @@ def test_nexthop_objects_is_auto_true_or_false() -> None:
         kernel("sometimes")
     assert "t.yaml" in str(e.value) and "kernel.nexthop_objects" in str(e.value)
     assert "auto, true or false" in str(e.value)
+
+
+def test_tunnel_fallback_choices() -> None:
+    peers = [{"address": "169.254.10.1", "interface": "vti01"}]
+    assert parse({"peers": peers}, "t.yaml").fallback == "none"
+    assert parse({"peers": peers, "tunnel": {"fallback": "blackhole"}}, "t.yaml").fallback == (
+        "blackhole")
+    with pytest.raises(ConfigError) as e:
+        parse({"peers": peers, "tunnel": {"fallback": "drop"}}, "t.yaml")
+    assert "tunnel.fallback" in str(e.value) and "unreachable" in str(e.value)

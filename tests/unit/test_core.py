@@ -342,6 +342,9 @@ def reference(core: Core) -> dict[tuple[str, int], KernelRoute]:
             key = NextHop.sort_key
             out[(prefix, s.metric + i)] = KernelRoute(prefix, s.metric + i,
                                                       tuple(sorted(hops, key=key)))
+        if s.fallback:  # behind every prefix held, usable or not
+            fb = s.metric + s.max_paths
+            out[(prefix, fb)] = KernelRoute(prefix, fb, ())
     return out
 
 
@@ -388,14 +391,15 @@ policies = st.fixed_dictionaries(
     ecmp=st.booleans(),
     max_paths=st.integers(1, 4),
     hold_down=st.sampled_from([0.0, 1.0]),
+    fallback=st.booleans(),
     evs=st.lists(events, max_size=40),
 )
 def test_incremental_equals_from_scratch(
     pols: dict[str, PeerPolicy], ecmp: bool, max_paths: int, hold_down: float,
-    evs: list[Event],
+    fallback: bool, evs: list[Event],
 ) -> None:
     core = Core(CoreSettings(metric=100, max_paths=max_paths, ecmp=ecmp, peers=pols,
-                             hold_down=hold_down))
+                             hold_down=hold_down, fallback=fallback))
     kernel = Kernel()
     for ev in evs:
         kernel.apply(core.handle(ev))
@@ -411,10 +415,32 @@ def flush(kernel: Kernel, device: str) -> None:
     """What Linux does to routes using nexthop objects when `device` goes down or away."""
     for key, route in list(kernel.routes.items()):
         left = tuple(h for h in route.nexthops if h.device != device)
+        if left == route.nexthops:
+            continue  # not through the device (a fallback route has no device at all)
         if not left:
             del kernel.routes[key]
-        elif left != route.nexthops:
+        else:
             kernel.routes[key] = KernelRoute(route.prefix, route.metric, left)
+
+
+def test_fallback_stays_while_every_tunnel_is_down() -> None:
+    """Both tunnels down, sessions not yet timed out: only the fallback (no nexthop) is left
+    for the prefix, so its traffic is refused instead of following a less specific route;
+    it is there all along behind the real routes, and goes with the last path."""
+    pols = {P1: PeerPolicy(device="vti01"), P2: PeerPolicy(device="vti02")}
+    core = Core(CoreSettings(metric=100, max_paths=2, peers=pols, fallback=True))
+    k = Kernel()
+    feed(core, k, ann(P1, "10.0.0.0/16"), ann(P2, "10.0.0.0/16", path=(64512, 64512)))
+    fb = KernelRoute("10.0.0.0/16", 102, ())
+    assert k.routes[("10.0.0.0/16", 102)] == fb and len(k.routes) == 3
+    feed(core, k, DeviceState("vti01", False, "admin down"),
+         IpsecState("vti02", (), False, "down-client"))
+    assert k.routes == {fb.key: fb} == installed(core)
+    feed(core, k, DeviceState("vti01", True, "up"))
+    assert set(k.routes) == {("10.0.0.0/16", 100), ("10.0.0.0/16", 102)}
+    feed(core, k, PeerState(P1, "down"), PeerState(P2, "down"))
+    assert k.routes == {} == installed(core)
+    assert str(RouteOp(OpKind.ADD, fb)) == "add 10.0.0.0/16 metric 102 fallback"
 
 
 def test_kernel_flush_is_believed_and_what_follows_adds() -> None:
@@ -438,17 +464,18 @@ def test_kernel_flush_is_believed_and_what_follows_adds() -> None:
     ecmp=st.booleans(),
     max_paths=st.integers(1, 4),
     hold_down=st.sampled_from([0.0, 1.0]),
+    fallback=st.booleans(),
     evs=st.lists(events, max_size=40),
 )
 def test_with_kernel_flushes_ops_always_fit_the_kernel(
     pols: dict[str, PeerPolicy], ecmp: bool, max_paths: int, hold_down: float,
-    evs: list[Event],
+    fallback: bool, evs: list[Event],
 ) -> None:
     """Nexthop objects: the kernel drops the routes through a device on its own whenever it
     goes down, and the shell does the same first for a device-wide IPsec down. Told so, the
     core's ops always fit what the kernel holds, and it ends where it would from scratch."""
     core = Core(CoreSettings(metric=100, max_paths=max_paths, ecmp=ecmp, peers=pols,
-                             hold_down=hold_down))
+                             hold_down=hold_down, fallback=fallback))
     kernel = Kernel()
     for ev in evs:
         down = (isinstance(ev, DeviceState) and not ev.usable) or (

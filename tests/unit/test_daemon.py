@@ -66,9 +66,11 @@ class MemoryKernel:
             return
         for key, route in list(self.routes.items()):
             left = tuple(h for h in route.nexthops if h.device != name)
+            if left == route.nexthops:
+                continue  # not through the device (a fallback route has no device at all)
             if not left:
                 del self.routes[key]
-            elif left != route.nexthops:
+            else:
                 self.routes[key] = KernelRoute(route.prefix, route.metric, left)
 
     def flush_device(self, name: str) -> bool:
