@@ -64,6 +64,7 @@ REQUEST_TIMEOUT = 5.0
 GAUGE_INTERVAL = 1.0  # seconds between route-count gauge updates
 LOGGED_REJECTIONS = 10_000  # (peer, prefix, reason) remembered so each is logged once
 TICK = 0.25  # seconds: how often timers and signals are looked at when idle
+RESYNC_QUIET = 0.5  # seconds without stray answer lines before the start-up resync is asked
 APPLY_AT = 65_536  # route ops: a batch that has made this many goes to the kernel at once
 _KIND = attrgetter("kind")  # RouteOp -> OpKind
 
@@ -184,6 +185,9 @@ class Daemon:
         self.pending: deque[_Pending] = deque()
         self.grace_deadline: float | None = None
         self.after_answer: deque[Event] = deque()  # a control request's events (see ipsec)
+        self.resync_after: float | None = None  # when to ask ExaBGP for its adj-rib-in
+        self.stale_answer_lines = 0
+        self.grace_waited = False
         # when a max-prefix restart delay ends for a peer whose session came back inside it:
         # its refused prefixes are then taken from ExaBGP's adj-rib-in (see _peer_state)
         self.resync_at: float | None = None
@@ -318,7 +322,11 @@ class Daemon:
         self._apply(self.core.handle(KernelRoutesFound(tuple(found))))
         self.grace_deadline = time.monotonic() + self.cfg.grace_time
         if resync and self.commands is not None:
-            self._resync()
+            # Not at once: ExaBGP sends what is left of an answer it was writing to the
+            # process before us (a respawn) to us, and its lines carry no request id. Text
+            # that arrives before we asked anything is discarded; we ask once the input has
+            # been free of it for RESYNC_QUIET (see _text and _timers).
+            self.resync_after = time.monotonic() + RESYNC_QUIET
 
     def _resync(self) -> None:
         established: set[str] = set()  # filled by the summary, read when the rib is in
@@ -455,6 +463,11 @@ class Daemon:
 
     def _text(self, kind: LineKind, text: str) -> list[Event]:
         if not self.pending:
+            if self.resync_after is not None:
+                # the tail of an answer meant for the process before us: wait until it is over
+                self.resync_after = time.monotonic() + RESYNC_QUIET
+                self.stale_answer_lines += 1
+                return []
             if kind is LineKind.TEXT:
                 log.debug("ExaBGP said: %s", text[:200])
             return []
@@ -554,7 +567,21 @@ class Daemon:
     def _timers(self) -> None:
         now = time.monotonic()
         ops = self.core.handle(Tick(now))
-        if self.grace_deadline is not None and now >= self.grace_deadline:
+        if self.resync_after is not None and now >= self.resync_after:
+            self.resync_after = None
+            if self.stale_answer_lines:
+                log.info("start: discarded %d lines of an answer meant for the process before "
+                         "us", self.stale_answer_lines)
+            self._resync()
+        if self.grace_deadline is not None and now >= self.grace_deadline and (
+                self.pending or self.resync_after is not None):
+            # ExaBGP is still sending its adj-rib-in (100k paths can take a minute with its
+            # default api.chunk): sweeping now would remove routes about to be confirmed
+            if not self.grace_waited:
+                self.grace_waited = True
+                log.info("start: grace time over but ExaBGP's adj-rib-in is still arriving; "
+                         "unconfirmed routes stay until it is in")
+        elif self.grace_deadline is not None and now >= self.grace_deadline:
             self.grace_deadline = None
             if not self.core.synced:
                 log.info("start: grace timer (%gs) ran out; removing unconfirmed routes",

@@ -1151,6 +1151,9 @@ class ExaBGPGateway(_Daemon):
                 "exabgp.daemon.daemonize": "false",
                 "exabgp.api.cli": "false",
                 "exabgp.log.destination": "stdout",
+                # answers (the adj-rib-in resync) in chunks: with the default, 1, ExaBGP takes
+                # a minute for 100,000 paths (docs/performance.md)
+                "exabgp.api.chunk": "1000",
             }
         )
         env.update(self.extra_env)

@@ -112,6 +112,11 @@ def run_daemon(lines: Sequence[bytes], kernel: MemoryKernel, *, resync: bool = F
 
         def feed() -> None:
             with os.fdopen(w, "wb") as wr:
+                if answers:  # ExaBGP answers once it was asked
+                    deadline = time.monotonic() + 10
+                    while "show adj-rib in extensive" not in commands.getvalue():
+                        assert time.monotonic() < deadline, "the resync was never asked"
+                        time.sleep(0.01)
                 for line in (*answers, *lines):
                     wr.write(line)
 
@@ -535,3 +540,30 @@ def test_adj_rib_replay_is_not_counted_as_received() -> None:
     assert received._value.get() - before == 1
     assert list(kernel.routes) == [("10.5.0.0/16", 100)]
     assert [op.kind for op in kernel.ops] == [OpKind.ADD]
+
+
+def test_start_up_resync_ignores_an_answer_meant_for_the_process_before() -> None:
+    """A respawned plugin receives the tail of the adj-rib-in answer ExaBGP was writing to
+    its predecessor (and that answer's `done`). Taken for its own answer it would end the
+    resync at once and, at the grace timer, sweep routes its real answer would confirm: the
+    tail is discarded and the resync asked only once it is over."""
+    keep = KernelRoute("10.1.0.0/16", 100, (NextHop("vti01"),))
+    kernel = MemoryKernel([keep])
+    commands = io.StringIO()
+    daemon = Daemon(config(), kernel, commands)  # type: ignore[arg-type]
+    daemon.startup(resync=True)
+    assert commands.getvalue() == ""  # not asked yet
+    now = time.monotonic()
+    stale = (f"neighbor {PEER} local-ip 169.254.10.2 local-as 65000 peer-as 64512 "
+             f"router-id 1.1.1.1 family-allowed in-open ipv4 unicast 10.9.0.0/16 "
+             f"next-hop {PEER} origin igp as-path ( 64512 )\n").encode()
+    daemon._process([("line", now, stale), ("line", now, b"done\n")])
+    assert daemon.stale_answer_lines == 2 and commands.getvalue() == ""
+    assert daemon.resync_after is not None
+    daemon.grace_deadline = time.monotonic() - 1  # the grace time is over meanwhile
+    daemon.resync_after = time.monotonic() - 1  # and the input has been quiet
+    daemon._timers()
+    assert commands.getvalue().splitlines() == ["show neighbor summary",
+                                                "show adj-rib in extensive"]
+    assert list(kernel.routes) == [keep.key]  # not swept while the answer is awaited
+    assert daemon.grace_deadline is not None
