@@ -786,22 +786,14 @@ class KernelWriter:
 
     def _route_nhids(self) -> set[int]:
         """The nexthop ids our routes use, from a route dump."""
-        self._discard_pending()
         used: set[int] = set()
-        for family in (nc.AF_INET, nc.AF_INET6):
-            seq = self._take_seqs(1)
-            self._sock.send(nc.pack_route_dump_request(family, seq, self.table, self.proto))
-            deadline = time.monotonic() + _DUMP_TIMEOUT
-            while True:
-                n = self._read_reply(deadline, "route dump")
-                if n is None:
-                    continue
-                ids, done, error = nhc.parse_route_nhids(self._rbuf, n, seq=seq)
-                used |= ids
-                if done:
-                    if error not in (0, errno.ENOENT):
-                        raise OSError(error, f"route dump: {os.strerror(error)}")
-                    break
+
+        def take(n: int, seq: int) -> tuple[bool, int]:
+            ids, done, error = nhc.parse_route_nhids(self._rbuf, n, seq=seq)
+            used.update(ids)
+            return done, error
+
+        self._dump_routes(take)
         return used
 
     # ------------------------------------------------------------------ apply
@@ -1245,10 +1237,26 @@ class KernelWriter:
                     gc.enable()
 
     def _dump_raw(self) -> tuple[list[nc.DumpedRoute], bool]:
-        self._discard_pending()
         out: list[nc.DumpedRoute] = []
         hop_cache: dict[tuple[int, str | None], tuple[nc.Hop, ...]] = {}
         interrupted = False
+
+        def take(n: int, seq: int) -> tuple[bool, int]:
+            nonlocal interrupted
+            chunk = nc.parse_route_dump(self._rbuf, n, table=self.table, protocol=self.proto,
+                                        seq=seq, hop_cache=hop_cache, types=self._types)
+            out.extend(chunk.routes)
+            interrupted = interrupted or chunk.interrupted
+            return chunk.done, chunk.error
+
+        self._dump_routes(take)
+        return out, interrupted
+
+    def _dump_routes(self, take: Callable[[int, int], tuple[bool, int]]) -> None:
+        """Dump our routes (our table and protocol, both families), handing each datagram
+        (its length in self._rbuf, the request's sequence) to `take`, which returns whether
+        the dump ended and its errno."""
+        self._discard_pending()
         for family in (nc.AF_INET, nc.AF_INET6):
             seq = self._take_seqs(1)
             self._sock.send(nc.pack_route_dump_request(family, seq, self.table, self.proto))
@@ -1257,17 +1265,12 @@ class KernelWriter:
                 n = self._read_reply(deadline, "route dump")
                 if n is None:
                     continue
-                chunk = nc.parse_route_dump(self._rbuf, n, table=self.table,
-                                            protocol=self.proto, seq=seq, hop_cache=hop_cache,
-                                            types=self._types)
-                out.extend(chunk.routes)
-                interrupted = interrupted or chunk.interrupted
-                if chunk.done:
+                done, error = take(n, seq)
+                if done:
                     # a table that does not exist yet dumps as ENOENT: nothing of ours
-                    if chunk.error not in (0, errno.ENOENT):
-                        raise OSError(chunk.error, f"route dump: {os.strerror(chunk.error)}")
+                    if error not in (0, errno.ENOENT):
+                        raise OSError(error, f"route dump: {os.strerror(error)}")
                     break
-        return out, interrupted
 
     def _to_routes(self, found: list[nc.DumpedRoute]) -> list[KernelRoute]:
         # one NextHop tuple per distinct set of kernel nexthops, shared by its routes

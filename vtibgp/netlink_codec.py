@@ -134,6 +134,7 @@ I32 = struct.Struct("=i")
 ACK = struct.Struct("=IHHIIi")  # nlmsghdr + the error field of nlmsgerr
 ACK_SIZE = NLMSGHDR.size + 4 + NLMSGHDR.size  # 36: a success ack (always capped)
 ROUTE_HDR_SIZE = NLMSGHDR.size + RTMSG.size  # 28
+_RTM_TYPE_AT = NLMSGHDR.size + 7  # rtm_type's byte in a route message
 
 _U32_MAX = 0xFFFFFFFF
 _ADDR_LEN: dict[int, int] = {AF_INET: 4, AF_INET6: 16}
@@ -318,14 +319,11 @@ class RoutePacker:
         self._templates: dict[tuple[bool, bool, Via], _Template] = {}
         self._delete4 = self._build(OpKind.DELETE, False, ())
         self._delete6 = self._build(OpKind.DELETE, True, ())
-        # a delete matches the route type too: the fallback routes' own
-        rtype = fallback or RTN_UNICAST
-        self._fallback_delete4 = self._build(OpKind.DELETE, False, (), rtype)
-        self._fallback_delete6 = self._build(OpKind.DELETE, True, (), rtype)
 
-    def _build(self, kind: OpKind, v6: bool, hops: Via, rtype: int = RTN_UNICAST) -> _Template:
+    def _build(self, kind: OpKind, v6: bool, hops: Via) -> _Template:
         family = AF_INET6 if v6 else AF_INET
         mtype, mflags = _KIND_FLAGS[kind]
+        rtype = RTN_UNICAST
         if kind is OpKind.DELETE:
             tail, scope, rflags = b"", RT_SCOPE_NOWHERE, 0
         elif hops == () and self.fallback is not None:
@@ -413,22 +411,11 @@ class RoutePacker:
 
 
     def pack_fallback_delete(self, prefix: str, metric: int, seq: int) -> bytes:
-        """The DELETE of a fallback route (the kernel matches the route type on delete)."""
-        tmpl = self._fallback_delete6 if ":" in prefix else self._fallback_delete4
-        addr, _, plen_text = prefix.partition("/")
-        family = AF_INET6 if ":" in addr else AF_INET
-        plen = (_PLEN6 if family == AF_INET6 else _PLEN4).get(plen_text)
-        if plen is None:
-            raise ValueError(f"bad prefix length in {prefix!r}")
-        try:
-            raw = _inet_pton(family, addr)
-        except OSError:
-            raise ValueError(f"bad address in {prefix!r}") from None
-        st_pack, head, mid, rest, post, tail = tmpl
-        try:
-            return st_pack(head, seq, mid, plen, rest, raw, post, metric, tail)
-        except struct.error:
-            raise ValueError(f"metric {metric} or sequence {seq} out of range") from None
+        """The DELETE of a fallback route: the kernel matches the route type on delete, so
+        it is the usual DELETE with the fallback's type in rtm_type."""
+        msg = bytearray(self.pack(OpKind.DELETE, prefix, metric, (), seq))
+        msg[_RTM_TYPE_AT] = self.fallback or RTN_UNICAST
+        return bytes(msg)
 
 
 def pack_route(
