@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any, NamedTuple
 
@@ -809,6 +809,33 @@ def parse_route_dump(
     return DumpChunk(routes, done, error, interrupted)
 
 
+def walk(data: bytes | bytearray | memoryview, nbytes: int | None = None, *,
+         seq: int | None = None) -> Iterator[tuple[int, int, int]]:
+    """(offset, length, type) of each netlink message of a datagram, those of `seq` only
+    when given; stops at a truncated message."""
+    end = len(data) if nbytes is None else nbytes
+    off = 0
+    while off + NLMSGHDR.size <= end:
+        length, mtype, _flags, mseq, _pid = NLMSGHDR.unpack_from(data, off)
+        if length < NLMSGHDR.size or off + length > end:
+            return
+        if seq is None or mseq == seq:
+            yield off, length, mtype
+        off += align4(length)
+
+
+def end_of(data: bytes | bytearray | memoryview, off: int, length: int,
+           mtype: int) -> int | None:
+    """For the message that ends an exchange (NLMSG_DONE, NLMSG_ERROR): its errno (0 =
+    fine); None for any other message."""
+    if mtype == NLMSG_DONE:
+        return -I32.unpack_from(data, off + NLMSGHDR.size)[0] if (
+            length >= NLMSGHDR.size + 4) else 0
+    if mtype == NLMSG_ERROR:
+        return parse_error_at(data, off).error
+    return None
+
+
 class LinkChunk(NamedTuple):
     links: list[tuple[int, str]]  # (ifindex, name)
     done: bool
@@ -819,32 +846,22 @@ def parse_links(
     data: bytes | bytearray | memoryview, nbytes: int | None = None, *, seq: int | None = None
 ) -> LinkChunk:
     """RTM_NEWLINK replies (dump or single get) -> (ifindex, name) pairs."""
-    end = len(data) if nbytes is None else nbytes
     links: list[tuple[int, str]] = []
     done = False
     error = 0
-    off = 0
-    while off + NLMSGHDR.size <= end:
-        length, mtype, _flags, mseq, _pid = NLMSGHDR.unpack_from(data, off)
-        if length < NLMSGHDR.size or off + length > end:
-            break
-        if seq is None or mseq == seq:
-            if mtype == RTM_NEWLINK and length >= NLMSGHDR.size + IFINFOMSG.size:
-                index = IFINFOMSG.unpack_from(data, off + NLMSGHDR.size)[2]
-                a = off + NLMSGHDR.size + IFINFOMSG.size
-                while a + NLA.size <= off + length:
-                    alen, atype = NLA.unpack_from(data, a)
-                    if alen < NLA.size:
-                        break
-                    if atype == IFLA_IFNAME:
-                        name = bytes(data[a + 4 : a + alen]).split(b"\0", 1)[0]
-                        links.append((index, name.decode(errors="replace")))
-                        break
-                    a += align4(alen)
-            elif mtype == NLMSG_DONE:
-                done = True
-            elif mtype == NLMSG_ERROR:
-                done = True
-                error = parse_error_at(data, off).error
-        off += align4(length)
+    for off, length, mtype in walk(data, nbytes, seq=seq):
+        if mtype == RTM_NEWLINK and length >= NLMSGHDR.size + IFINFOMSG.size:
+            index = IFINFOMSG.unpack_from(data, off + NLMSGHDR.size)[2]
+            a = off + NLMSGHDR.size + IFINFOMSG.size
+            while a + NLA.size <= off + length:
+                alen, atype = NLA.unpack_from(data, a)
+                if alen < NLA.size:
+                    break
+                if atype == IFLA_IFNAME:
+                    name = bytes(data[a + 4 : a + alen]).split(b"\0", 1)[0]
+                    links.append((index, name.decode(errors="replace")))
+                    break
+                a += align4(alen)
+        elif (ended := end_of(data, off, length, mtype)) is not None:
+            done, error = True, ended
     return LinkChunk(links, done, error)

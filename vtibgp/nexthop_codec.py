@@ -40,8 +40,6 @@ from vtibgp.netlink_codec import (
     NLM_F_EXCL,
     NLM_F_REPLACE,
     NLM_F_REQUEST,
-    NLMSG_DONE,
-    NLMSG_ERROR,
     NLMSGHDR,
     ROUTE_HDR_SIZE,
     RTA_NH_ID,
@@ -49,7 +47,8 @@ from vtibgp.netlink_codec import (
     RTNH_F_ONLINK,
     U32,
     align4,
-    parse_error_at,
+    end_of,
+    walk,
 )
 
 RTM_NEWNEXTHOP = 104
@@ -194,26 +193,14 @@ def _parse_one(data: bytes | bytearray | memoryview, off: int, end: int) -> Next
 def parse_nexthops(data: bytes | bytearray | memoryview, nbytes: int | None = None, *,
                    seq: int | None = None) -> NexthopChunk:
     """RTM_NEWNEXTHOP messages of a dump (or a notification) -> Nexthop tuples."""
-    end = len(data) if nbytes is None else nbytes
     found: list[Nexthop] = []
     done = False
     error = 0
-    off = 0
-    while off + NLMSGHDR.size <= end:
-        length, mtype, _flags, mseq, _pid = NLMSGHDR.unpack_from(data, off)
-        if length < NLMSGHDR.size or off + length > end:
-            break
-        if seq is None or mseq == seq:
-            if mtype == RTM_NEWNEXTHOP and length >= NLMSGHDR.size + NHMSG.size:
-                found.append(_parse_one(data, off, off + length))
-            elif mtype == NLMSG_DONE:
-                done = True
-                if length >= NLMSGHDR.size + 4:
-                    error = -struct.unpack_from("=i", data, off + NLMSGHDR.size)[0]
-            elif mtype == NLMSG_ERROR:
-                done = True
-                error = parse_error_at(data, off).error
-        off += align4(length)
+    for off, length, mtype in walk(data, nbytes, seq=seq):
+        if mtype == RTM_NEWNEXTHOP and length >= NLMSGHDR.size + NHMSG.size:
+            found.append(_parse_one(data, off, off + length))
+        elif (ended := end_of(data, off, length, mtype)) is not None:
+            done, error = True, ended
     return NexthopChunk(found, done, error)
 
 
@@ -221,31 +208,19 @@ def parse_route_nhids(data: bytes | bytearray | memoryview, nbytes: int | None =
                       seq: int | None = None) -> tuple[set[int], bool, int]:
     """The nexthop ids that the routes of one route-dump datagram use (RTA_NH_ID), whether
     the dump ended, and its errno."""
-    end = len(data) if nbytes is None else nbytes
     ids: set[int] = set()
     done = False
     error = 0
-    off = 0
-    while off + NLMSGHDR.size <= end:
-        length, mtype, _flags, mseq, _pid = NLMSGHDR.unpack_from(data, off)
-        if length < NLMSGHDR.size or off + length > end:
-            break
-        if seq is None or mseq == seq:
-            if mtype == RTM_NEWROUTE:
-                a = off + ROUTE_HDR_SIZE
-                while a + NLA.size <= off + length:
-                    alen, atype = NLA.unpack_from(data, a)
-                    if alen < NLA.size:
-                        break
-                    if atype == RTA_NH_ID and alen == NLA.size + 4:
-                        ids.add(U32.unpack_from(data, a + NLA.size)[0])
-                    a += align4(alen)
-            elif mtype == NLMSG_DONE:
-                done = True
-                if length >= NLMSGHDR.size + 4:
-                    error = -struct.unpack_from("=i", data, off + NLMSGHDR.size)[0]
-            elif mtype == NLMSG_ERROR:
-                done = True
-                error = parse_error_at(data, off).error
-        off += align4(length)
+    for off, length, mtype in walk(data, nbytes, seq=seq):
+        if mtype == RTM_NEWROUTE:
+            a = off + ROUTE_HDR_SIZE
+            while a + NLA.size <= off + length:
+                alen, atype = NLA.unpack_from(data, a)
+                if alen < NLA.size:
+                    break
+                if atype == RTA_NH_ID and alen == NLA.size + 4:
+                    ids.add(U32.unpack_from(data, a + NLA.size)[0])
+                a += align4(alen)
+        elif (ended := end_of(data, off, length, mtype)) is not None:
+            done, error = True, ended
     return ids, done, error
