@@ -339,7 +339,14 @@ class Daemon:
 
         def adj_rib_line(text: str) -> list[Event]:
             ann = parse_adj_rib_line(text, api_version=self.api_version)
-            return [ann] if ann is not None else []
+            if ann is None:
+                return []
+            if ann.peer not in established or self.core.sessions.get(ann.peer) == "down":
+                # ExaBGP may still hold what a session that is down (or went down since the
+                # summary) had sent: its routes must not come back
+                self.stale_answer_lines += 1
+                return []
+            return [ann]
 
         def adj_rib_end(ok: bool) -> list[Event]:
             if not ok:

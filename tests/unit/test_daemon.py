@@ -476,7 +476,8 @@ def test_reload_that_loosens_the_policy_brings_refused_paths_back(tmp_path: Path
     assert daemon.reload()
     assert commands.getvalue().splitlines() == ["show neighbor summary",
                                                 "show adj-rib in extensive"]
-    answers = [b"done\n",
+    answers = [PEER.encode() + b"    64512     0:00:03 established           2          7\n",
+               b"done\n",
                f"neighbor {PEER} local-ip 169.254.10.2 local-as 65000 peer-as 64512 "
                f"router-id 1.1.1.1 family-allowed in-open ipv4 unicast 10.9.0.0/16 "
                f"next-hop {PEER} origin igp as-path ( 64512 )\n".encode(),
@@ -535,11 +536,35 @@ def test_adj_rib_replay_is_not_counted_as_received() -> None:
     replay = (f"neighbor {PEER} local-ip 169.254.10.2 local-as 65000 peer-as 64512 "
               f"router-id 1.1.1.1 family-allowed in-open ipv4 unicast 10.5.0.0/16 "
               f"next-hop {PEER} origin igp as-path ( 64512 )\n").encode()
+    summary = PEER.encode() + b"    64512     0:00:03 established           2          7\n"
     daemon._process([("line", now, _update_many(PEER, ["10.5.0.0/16"])),
-                     ("line", now, b"done\n"), ("line", now, replay), ("line", now, b"done\n")])
+                     ("line", now, summary), ("line", now, b"done\n"), ("line", now, replay),
+                     ("line", now, b"done\n")])
     assert received._value.get() - before == 1
     assert list(kernel.routes) == [("10.5.0.0/16", 100)]
     assert [op.kind for op in kernel.ops] == [OpKind.ADD]
+    assert daemon.stale_answer_lines == 0  # the replay was taken, and changed nothing
+
+
+def test_resync_skips_what_exabgp_holds_for_a_session_that_is_down() -> None:
+    """ExaBGP's adj-rib-in can still hold a peer's routes after its session went down (or
+    the session went down after the summary): a resync must not bring them back."""
+    cfg = parse({"metrics": {"listen": None}, "control": {"socket": None},
+                 "peers": [{"address": PEER, "interface": "vti01"}]}, "t.yaml")
+    kernel = MemoryKernel()
+    daemon = Daemon(cfg, kernel, io.StringIO())  # type: ignore[arg-type]
+    now = time.monotonic()
+    line = (f"neighbor {PEER} local-ip 169.254.10.2 local-as 65000 peer-as 64512 "
+            f"router-id 1.1.1.1 family-allowed in-open ipv4 unicast 10.6.0.0/16 "
+            f"next-hop {PEER} origin igp as-path ( 64512 )\n").encode()
+    summary = PEER.encode() + b"    64512     0:00:03 established           2          7\n"
+    for before_answer in ([], [("line", now, _state(PEER, "down"))]):
+        daemon._resync()
+        head = [("line", now, summary), ("line", now, b"done\n")]
+        if not before_answer:  # not established in the summary
+            head = [("line", now, b"done\n")]
+        daemon._process([*head, *before_answer, ("line", now, line), ("line", now, b"done\n")])
+        assert kernel.routes == {}
 
 
 def test_start_up_resync_ignores_an_answer_meant_for_the_process_before() -> None:
