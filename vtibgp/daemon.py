@@ -31,7 +31,7 @@ from .config import Config, ConfigError, load
 from .control import ControlError, ControlServer
 from .core import Core, CoreSettings, PeerPolicy, TunnelChange, coalesce
 from .exabgp_input import REASONS as INPUT_REASONS
-from .exabgp_input import LineKind, parse_adj_rib_line, parse_line
+from .exabgp_input import AdjRibReader, LineKind, parse_line
 from .model import (
     Announce,
     DeviceState,
@@ -187,6 +187,8 @@ class Daemon:
         self.after_answer: deque[Event] = deque()  # a control request's events (see ipsec)
         self.resync_after: float | None = None  # when to ask ExaBGP for its adj-rib-in
         self.stale_answer_lines = 0
+        # the adj-rib-in answer being read: hands over the paths it holds back (_resync)
+        self.replay_flush: Callable[[], list[Event]] | None = None
         self.grace_waited = False
         # when a max-prefix restart delay ends for a peer whose session came back inside it:
         # its refused prefixes are then taken from ExaBGP's adj-rib-in (see _peer_state)
@@ -315,18 +317,19 @@ class Daemon:
         self._limit_gauges()
         m.RELOAD_OK.set(1)
         m.RELOAD_TIME.set(time.time())
+        if resync and self.commands is not None:
+            # Not at once: ExaBGP sends what is left of an answer it was writing to the
+            # process before us (a respawn) to us, and its lines carry no request id. Text
+            # that arrives before we asked anything is discarded; we ask once the input has
+            # been free of it for RESYNC_QUIET (see _text and _timers), counted from now, so
+            # that the kernel dump below overlaps it.
+            self.resync_after = time.monotonic() + RESYNC_QUIET
         found = self.writer.dump()
         if found:
             log.info("start: %d routes of ours already in the kernel; keeping them until the "
                      "peers have re-sent their routes (grace %gs)", len(found), self.cfg.grace_time)
         self._apply(self.core.handle(KernelRoutesFound(tuple(found))))
         self.grace_deadline = time.monotonic() + self.cfg.grace_time
-        if resync and self.commands is not None:
-            # Not at once: ExaBGP sends what is left of an answer it was writing to the
-            # process before us (a respawn) to us, and its lines carry no request id. Text
-            # that arrives before we asked anything is discarded; we ask once the input has
-            # been free of it for RESYNC_QUIET (see _text and _timers).
-            self.resync_after = time.monotonic() + RESYNC_QUIET
 
     def _resync(self) -> None:
         established: set[str] = set()  # filled by the summary, read when the rib is in
@@ -337,8 +340,20 @@ class Daemon:
                 established.add(cols[0])
             return []
 
+        reader = AdjRibReader(self.api_version)
+        run: list[Announce] = []  # consecutive paths alike but for the prefix: one Announce
+
+        def flush() -> list[Event]:
+            if not run:
+                return []
+            first = run[0]
+            prefixes = first.prefixes if len(run) == 1 else tuple(
+                p for a in run for p in a.prefixes)
+            run.clear()
+            return [Announce(first.peer, first.family, first.attrs, prefixes, first.peer_as)]
+
         def adj_rib_line(text: str) -> list[Event]:
-            ann = parse_adj_rib_line(text, api_version=self.api_version)
+            ann = reader.parse(text)
             if ann is None:
                 return []
             if ann.peer not in established or self.core.sessions.get(ann.peer) == "down":
@@ -346,17 +361,28 @@ class Daemon:
                 # summary) had sent: its routes must not come back
                 self.stale_answer_lines += 1
                 return []
-            return [ann]
+            if run and (ann.attrs is not run[0].attrs or ann.peer != run[0].peer
+                        or ann.family != run[0].family or ann.peer_as != run[0].peer_as):
+                out = flush()
+                run.append(ann)
+                return out
+            run.append(ann)
+            return []
 
         def adj_rib_end(ok: bool) -> list[Event]:
+            self.replay_flush = None
+            events = flush()
             if not ok:
                 log.warning("resync: ExaBGP refused 'show adj-rib in extensive'; waiting for "
                             "End-of-RIB or the grace timer")
-                return []
+                return events
             log.info("resync: ExaBGP's adj-rib-in loaded (%d established sessions)",
                      len(established))
-            return [ResyncDone(frozenset(established))]
+            return [*events, ResyncDone(frozenset(established))]
 
+        # anything else ExaBGP sends meanwhile (a live UPDATE, a session going down) must
+        # come after the paths read so far (see _line)
+        self.replay_flush = flush
         self._command("show neighbor summary", summary_line, lambda ok: [])
         self._command("show adj-rib in extensive", adj_rib_line, adj_rib_end)
 
@@ -461,6 +487,9 @@ class Daemon:
             for ev in self._text(parsed.kind, parsed.text or ""):
                 self._event(ev, ops, replay=True)
             return False
+        if self.replay_flush is not None:  # the adj-rib-in paths read so far come first
+            for ev in self.replay_flush():
+                self._event(ev, ops, replay=True)
         for ev in parsed.events:
             self._event(ev, ops)
         if parsed.kind is LineKind.UPDATE:

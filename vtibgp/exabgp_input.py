@@ -763,3 +763,35 @@ def parse_adj_rib_line(text: str, *, api_version: str | None = None) -> Announce
     if peer_as is not None and peer_as == _text_u32(header.get("local-as", "")):
         peer_as = None  # iBGP
     return Announce(peer, family, attrs, prefixes, peer_as)
+
+
+class AdjRibReader:
+    """`parse_adj_rib_line` for a whole answer. ExaBGP lists the prefixes of one UPDATE one
+    line each, the lines alike but for the prefix: a line like the one before it is not
+    parsed again, only its prefix is read. Same results, at a fraction of the cost."""
+
+    def __init__(self, api_version: str | None = None) -> None:
+        self.api_version = api_version
+        self._key: tuple[str, str] | None = None
+        self._last: Announce | None = None
+
+    def parse(self, text: str) -> Announce | None:
+        start = text.find(" unicast ")  # family-allowed <session> <afi> unicast <prefix> …
+        end = -1
+        if start > 0:
+            start += len(" unicast ")
+            end = text.find(" ", start)
+        if end > start > 0:
+            key = (text[:start], text[end:])
+            last = self._last
+            if last is not None and key == self._key:
+                prefixes = _prefixes([text[start:end]], last.family == "ipv6 unicast",
+                                     _Issues())
+                if not prefixes:
+                    return None
+                return Announce(last.peer, last.family, last.attrs, prefixes, last.peer_as)
+        ann = parse_adj_rib_line(text, api_version=self.api_version)
+        if ann is not None and end > start > 0:
+            self._key, self._last = (text[:start], text[end:]), ann
+        return ann
+

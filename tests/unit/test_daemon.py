@@ -592,3 +592,37 @@ def test_start_up_resync_ignores_an_answer_meant_for_the_process_before() -> Non
                                                 "show adj-rib in extensive"]
     assert list(kernel.routes) == [keep.key]  # not swept while the answer is awaited
     assert daemon.grace_deadline is not None
+
+
+def test_resync_paths_held_back_come_before_a_live_update() -> None:
+    """Replayed lines are gathered into one Announce per run; a live UPDATE for one of those
+    prefixes that arrives in the middle of the answer must win over the older replayed path,
+    and a run of alike lines must reach the core as one announcement."""
+    cfg = parse({"metrics": {"listen": None}, "control": {"socket": None},
+                 "peers": [{"address": PEER, "interface": "vti01"}]}, "t.yaml")
+    kernel = MemoryKernel()
+    daemon = Daemon(cfg, kernel, io.StringIO())  # type: ignore[arg-type]
+    now = time.monotonic()
+    line = (f"neighbor {PEER} local-ip 169.254.10.2 local-as 65000 peer-as 64512 "
+            f"router-id 1.1.1.1 family-allowed in-open ipv4 unicast {{}} "
+            f"next-hop {PEER} origin igp as-path ( 64512 64999 )\n")
+    summary = PEER.encode() + b"    64512     0:00:03 established           2          7\n"
+    daemon._resync()
+    seen: list[int] = []
+    handle = daemon.core.handle
+
+    def spy(ev: object) -> list[RouteOp]:
+        from vtibgp.model import Announce
+        if isinstance(ev, Announce):
+            seen.append(len(ev.prefixes))
+        return handle(ev)  # type: ignore[arg-type]
+
+    daemon.core.handle = spy  # type: ignore[method-assign]
+    daemon._process([("line", now, summary), ("line", now, b"done\n"),
+                     *[("line", now, line.format(f"10.{i}.0.0/16").encode()) for i in range(5)],
+                     ("line", now, _update_many(PEER, ["10.1.0.0/16"], "64512")),
+                     ("line", now, line.format("10.9.0.0/16").encode()),
+                     ("line", now, b"done\n")])
+    assert seen == [5, 1, 1]  # the run of five, the live update, the last replayed path
+    assert daemon.core.rib[PEER]["10.1.0.0/16"].as_path == (64512,)  # the live one won
+    assert len(kernel.routes) == 6

@@ -952,3 +952,24 @@ def test_global_and_link_local_next_hop_keep_prefix_once() -> None:
         ("fd00:10::1", ("2001:db8:1::/48", "2001:db8:2::/48")),
         ("fe80::1", ("2001:db8:3::/48",)),
     ]
+
+
+def test_adj_rib_reader_equals_the_line_parser_and_shares_attributes() -> None:
+    from vtibgp.exabgp_input import AdjRibReader, parse_adj_rib_line
+    seen = 0
+    for capture in sorted(CAPTURES.glob("*/resync.jsonl")):
+        version = "4.0.1" if capture.parent.name.startswith("4.") else "5.0.0"
+        reader = AdjRibReader(version)
+        for raw in capture.read_text().splitlines():
+            assert reader.parse(raw) == parse_adj_rib_line(raw, api_version=version), raw
+            seen += 1
+    assert seen > 20
+    reader = AdjRibReader("5.0.0")
+    line = ("neighbor 169.254.10.1 local-ip 169.254.10.2 local-as 65000 peer-as 64512 "
+            "router-id 1.1.1.1 family-allowed in-open ipv4 unicast {} next-hop 169.254.10.1 "
+            "origin igp as-path ( 64512 )")
+    a = reader.parse(line.format("10.1.0.0/16"))
+    b = reader.parse(line.format("10.2.0.0/16"))
+    assert a is not None and b is not None
+    assert b.prefixes == ("10.2.0.0/16",) and b.attrs is a.attrs and b.peer_as == 64512
+    assert reader.parse(line.format("10.2.0.1/16")) is None  # host bits: refused as before
