@@ -16,7 +16,6 @@ Everything here must run as root.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import ipaddress
 import os
@@ -39,6 +38,7 @@ from types import FrameType
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vtibgp import lab
+from vtibgp.kernel import MultiRecv, in_netns
 
 NS_PREFIX = "vtibgp-bench"
 _NS_RE = re.compile(rf"^{NS_PREFIX}-(\d+)x[0-9a-f]+-(gw|aws)$")
@@ -96,23 +96,13 @@ def median(values: Sequence[float]) -> float | None:
 # --------------------------------------------------------------------------- namespaces
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def cleanup_stale() -> list[str]:
     """Delete the ``vtibgp-bench-<pid>x…`` namespaces whose owning process is gone (a run
     that was SIGKILLed), with every process inside them."""
     gone: list[str] = []
     for ns in lab.list_namespaces():
         m = _NS_RE.match(ns)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not lab.pid_alive(int(m.group(1))):
             for pid in lab.netns_pids(ns):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
@@ -423,42 +413,21 @@ NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 RTA_DST, RTA_PRIORITY, RTA_TABLE = 1, 6, 15
 RT_TABLE_MAIN = 254
-CLONE_NEWNET = 0x40000000
-MSG_DONTWAIT = 0x40
 _NLMSG = struct.Struct("=IHHII")
 _RTMSG = struct.Struct("=BBBBBBBBI")
 _RTA = struct.Struct("=HH")
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def netlink_socket(ns: str, groups: int = 0, rcvbuf: int = 1 << 20) -> socket.socket:
-    """A NETLINK_ROUTE socket living in namespace ``ns``: made by a helper thread that joins
-    the namespace (setns changes only the calling thread), so this process stays put."""
-    box: list[socket.socket | BaseException] = []
+    """A NETLINK_ROUTE socket living in namespace ``ns``, subscribed to ``groups``."""
 
-    def make() -> None:
-        try:
-            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns {ns}: {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
-            s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
-            s.bind((0, groups))
-            box.append(s)
-        except BaseException as exc:  # handed to the caller
-            box.append(exc)
+    def make() -> socket.socket:
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+        s.bind((0, groups))
+        return s
 
-    t = threading.Thread(target=make, name=f"netns-{ns}")
-    t.start()
-    t.join()
-    got = box[0]
-    if isinstance(got, BaseException):
-        raise got
-    return got
+    return in_netns(ns, make)
 
 
 def _route_key(data: bytes | memoryview, off: int, end: int) -> tuple[int, int, bytes, int]:
@@ -523,49 +492,6 @@ def dump_routes(ns: str, proto: int, table: int = RT_TABLE_MAIN,
         s.close()
 
 
-class _Iovec(ctypes.Structure):
-    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
-
-
-class _Msghdr(ctypes.Structure):
-    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32),
-                ("iov", ctypes.POINTER(_Iovec)), ("iovlen", ctypes.c_size_t),
-                ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
-                ("flags", ctypes.c_int)]
-
-
-class _Mmsghdr(ctypes.Structure):
-    _fields_ = [("hdr", _Msghdr), ("len", ctypes.c_uint)]
-
-
-class _RecvBatch:
-    """recvmmsg(2): up to ``count`` datagrams per system call, each into its own ``slot``
-    bytes of :attr:`buf`, non-blocking. :meth:`receive` returns how many arrived (their
-    lengths in :attr:`lengths`), or minus the errno."""
-
-    def __init__(self, fd: int, count: int, slot: int) -> None:
-        self.fd, self.count = fd, count
-        self.buf = bytearray(count * slot)
-        self._raw = (ctypes.c_char * len(self.buf)).from_buffer(self.buf)
-        base = ctypes.addressof(self._raw)
-        self._iov = (_Iovec * count)()
-        self._msgs = (_Mmsghdr * count)()
-        for i in range(count):
-            self._iov[i].base, self._iov[i].len = base + i * slot, slot
-            self._msgs[i].hdr.iov = ctypes.pointer(self._iov[i])
-            self._msgs[i].hdr.iovlen = 1
-        self.lengths: list[int] = [0] * count
-        self._recvmmsg = _libc.recvmmsg
-
-    def receive(self) -> int:
-        got = int(self._recvmmsg(self.fd, self._msgs, self.count, MSG_DONTWAIT, None))
-        if got < 0:
-            return -ctypes.get_errno()
-        msgs = self._msgs
-        self.lengths[:got] = [msgs[i].len for i in range(got)]
-        return got
-
-
 class RouteWatch:
     """Listens to IPv4 route notifications in a namespace and counts, for one protocol in the
     main table, every add (RTM_NEWROUTE: a replace too) and delete, the time of the first add,
@@ -604,21 +530,24 @@ class RouteWatch:
 
     def _run(self) -> None:
         slot = 512 if self.keys else 64  # (a notification cut short is flagged, not lost)
-        batch = _RecvBatch(self._sock.fileno(), 1024, slot)
-        buf, lengths = batch.buf, batch.lengths
+        batch = MultiRecv(self._sock.fileno(), 1024, slot)
+        buf, length = batch.bytes, batch.length
         proto, want = self.proto, self.target
         try:
             while not self._halt.is_set():
-                got = batch.receive()
-                if got < 0:
-                    if got == -errno.ENOBUFS:
-                        self.overflowed = True
-                    elif got != -errno.EAGAIN:
-                        raise OSError(-got, os.strerror(-got))
+                try:
+                    got = batch.recv()
+                except OSError as exc:
+                    if exc.errno != errno.ENOBUFS:
+                        raise
+                    self.overflowed = True
+                    got = 0
+                if not got:
                     # nothing queued: look again in a moment rather than wake up for every
                     # single notification (the times read are up to one PERIOD late)
                     time.sleep(self.PERIOD)
                     continue
+                lengths = [length(i) for i in range(got)]
                 now = time.monotonic()
                 # route notifications come one message per datagram: look at that one
                 # (nlmsg_type's low byte at 4, rtm_table at byte 20, rtm_protocol at 21)

@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import errno
 import itertools
 import os
@@ -114,7 +113,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import yaml  # noqa: E402
 
 from vtibgp import lab  # noqa: E402
-from vtibgp.control import ControlError, request  # noqa: E402
+from vtibgp.control_client import ControlError, request  # noqa: E402
+from vtibgp.kernel import MultiRecv, in_netns  # noqa: E402
 
 T1, T2 = lab.TUNNELS[1], lab.TUNNELS[2]
 PROTO, METRIC = 186, 100
@@ -161,7 +161,6 @@ RTA_DST, RTA_OIF, RTA_PRIORITY, RTA_MULTIPATH = 1, 4, 6, 9
 RTM_F_FIB_MATCH = 0x2000
 NLM_F_REQUEST = 1
 SO_RCVBUFFORCE = 33
-CLONE_NEWNET = 0x40000000
 CHUNK = 256  # lookups per datagram
 SLOT = 512  # bytes per answer in the receive area
 # an answer to a fib-match lookup of a single-path route, in the order the kernel writes it:
@@ -172,51 +171,18 @@ Answer = tuple[int, int, int] | None  # (oif, metric, protocol); None: no route
 MISSING = (-1, -1, -1)  # no answer read (never expected; counted as not observed)
 
 
-class _Iovec(ctypes.Structure):
-    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
-
-
-class _Msghdr(ctypes.Structure):
-    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32),
-                ("iov", ctypes.POINTER(_Iovec)), ("iovlen", ctypes.c_size_t),
-                ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
-                ("flags", ctypes.c_int)]
-
-
-class _Mmsghdr(ctypes.Structure):
-    _fields_ = [("hdr", _Msghdr), ("len", ctypes.c_uint)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
 def socket_in(ns: str) -> socket.socket:
-    """A NETLINK_ROUTE socket created inside namespace `ns` (from a helper thread that joins
-    it; the socket stays there, the rest of this process does not move)."""
-    box: list[Any] = []
+    """A NETLINK_ROUTE socket living in namespace `ns` (the rest of this process does not
+    move)."""
 
-    def make() -> None:
-        try:
-            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns {ns}")
-            finally:
-                os.close(fd)
-            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                              socket.NETLINK_ROUTE)
-            s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 32 << 20)
-            s.bind((0, 0))
-            box.append(s)
-        except BaseException as exc:
-            box.append(exc)
+    def make() -> socket.socket:
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                          socket.NETLINK_ROUTE)
+        s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 32 << 20)
+        s.bind((0, 0))
+        return s
 
-    t = threading.Thread(target=make, daemon=True)
-    t.start()
-    t.join()
-    if isinstance(box[0], BaseException):
-        raise box[0]
-    return box[0]  # type: ignore[no-any-return]
+    return in_netns(ns, make)
 
 
 class Prober:
@@ -229,20 +195,9 @@ class Prober:
         size = _NLMSG.size + _RTMSG.size + _RTA.size + 4
         self.msgs = [_NLMSG.pack(size, RTM_GETROUTE, NLM_F_REQUEST, i, 0) + head
                      + _RTA.pack(8, RTA_DST) + a for i, a in enumerate(addrs)]
-        self.area = (ctypes.c_char * (CHUNK * SLOT))()
-        self.view = memoryview(self.area).cast("B")
-        self.iov = (_Iovec * CHUNK)()
-        self.vec = (_Mmsghdr * CHUNK)()
-        base = ctypes.addressof(self.area)
-        for k in range(CHUNK):
-            self.iov[k].base, self.iov[k].len = base + k * SLOT, SLOT
-            self.vec[k].hdr.iov = ctypes.pointer(self.iov[k])
-            self.vec[k].hdr.iovlen = 1
+        self.batch = MultiRecv(self.fd, CHUNK, SLOT)
+        self.view = self.batch.bytes
         self.overruns = 0
-        self.recvmmsg = getattr(_libc, "recvmmsg", None)
-        if self.recvmmsg is not None:
-            self.recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int,
-                                      ctypes.c_void_p]
 
     def close(self) -> None:
         self.sock.close()
@@ -251,7 +206,7 @@ class Prober:
         """Look up `idx` (at most CHUNK): (clock before the send, clock after it, answers).
         The kernel answers inside send(), so every lookup happened between the two, and once
         send() has returned every answer is queued: read until the queue is empty."""
-        while self._read(CHUNK):  # answers left over from an overrun: not ours any more
+        while self._read():  # answers left over from an overrun: not ours any more
             self.overruns += 1
         payload = b"".join([self.msgs[i] for i in idx])
         t1 = time.monotonic()
@@ -259,7 +214,7 @@ class Prober:
         t2 = time.monotonic()
         out: dict[int, Answer] = {}
         while True:
-            got = self._read(CHUNK)
+            got = self._read()
             if got == 0:
                 break
             for k in range(got):
@@ -278,28 +233,15 @@ class Prober:
             wrong += sum(1 for i in idx if answers.get(i) != want)
         return wrong
 
-    def _read(self, want: int) -> int:
-        if self.recvmmsg is None:
+    def _read(self) -> int:
+        """Read what is queued, up to CHUNK answers; how many."""
+        while True:
             try:
-                n = self.sock.recv_into(self.view[:SLOT], SLOT, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return 0
+                return self.batch.recv()
             except OSError as exc:
                 if exc.errno != errno.ENOBUFS:
                     raise
-                self.overruns += 1
-                return self._read(want)
-            return 1 if n else 0
-        got = self.recvmmsg(self.fd, self.vec, want, socket.MSG_DONTWAIT, None)
-        if got < 0:
-            err = ctypes.get_errno()
-            if err == errno.ENOBUFS:  # an overrun lost answers: those count as not observed
-                self.overruns += 1
-                return self._read(want)
-            if err == errno.EAGAIN:
-                return 0
-            raise OSError(err, os.strerror(err))
-        return int(got)
+                self.overruns += 1  # an overrun lost answers: those count as not observed
 
     def _parse(self, off: int) -> tuple[int, Answer]:
         v = self.view

@@ -196,7 +196,7 @@ class Bench:
     def plugin(self) -> int:
         assert self.gw is not None
         pids = self.gw.plugin_pids()
-        if not pids or not lab._pid_alive(pids[-1]):
+        if not pids or not lab.pid_alive(pids[-1]):
             raise lab.HarnessError(f"no running plugin (pids {pids})\n"
                                    f"{lab.tail(self.gw.log_text())}")
         return pids[-1]

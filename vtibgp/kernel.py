@@ -116,7 +116,7 @@ class _MMsgHdr(ctypes.Structure):
     _fields_ = (("msg_hdr", _MsgHdr), ("msg_len", ctypes.c_uint))
 
 
-class _MultiRecv:
+class MultiRecv:
     """recvmmsg(2) through ctypes (the socket module has no binding): one system call takes
     up to `vlen` queued datagrams, each into its own `slot`-byte part of one buffer. Every ack
     is its own datagram, so this replaces thousands of recv calls per batch; the GIL is
@@ -161,6 +161,10 @@ class _MultiRecv:
         if err == errno.EINTR:
             return self.recv()
         raise OSError(err, os.strerror(err))
+
+    def length(self, k: int) -> int:
+        """The length of the k-th datagram of the last recv (as received: at most a slot)."""
+        return int(self._hdrs[k].msg_len)
 
     def datagram(self, word: int, length: int) -> bytes:
         start = word * 4
@@ -232,8 +236,10 @@ def _setns(fd: int) -> None:
         raise OSError(err, f"setns: {os.strerror(err)}")
 
 
-def _in_netns(netns: str, make: Callable[[], socket.socket]) -> socket.socket:
-    """Run `make` on a throw-away thread that first joins network namespace `netns`."""
+def in_netns(netns: str, make: Callable[[], socket.socket]) -> socket.socket:
+    """Run `make` on a throw-away thread that first joins network namespace `netns` (a name
+    under /run/netns or a path), and return the socket it made: a socket stays in the
+    namespace it was made in, and the rest of the process never moves."""
     path = netns if "/" in netns else f"/run/netns/{netns}"
     box: list[socket.socket | BaseException] = []
 
@@ -321,14 +327,14 @@ class KernelWriter:
         def make() -> socket.socket:
             return self._open(rcvbuf, sndbuf)
 
-        self._sock = _in_netns(netns, make) if netns else make()
+        self._sock = in_netns(netns, make) if netns else make()
         self._poller = select.poll()
         self._poller.register(self._sock.fileno(), select.POLLIN)
         self._warned = False
-        self._mrecv: _MultiRecv | None = None
+        self._mrecv: MultiRecv | None = None
         if multi_recv:
             try:
-                self._mrecv = _MultiRecv(self._sock.fileno())
+                self._mrecv = MultiRecv(self._sock.fileno())
             except (OSError, AttributeError) as exc:  # no recvmmsg in this libc
                 log.info("kernel: recvmmsg unavailable (%s); reading acks one by one", exc)
         sndbuf_real = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
@@ -1150,7 +1156,7 @@ class KernelWriter:
             for ack in nc.parse_acks(buf, k):
                 self._take_ack(base, res, ack.seq, ack.error, ack.message)
 
-    def _drain_many(self, mr: _MultiRecv, base: int, res: list[int]) -> None:
+    def _drain_many(self, mr: MultiRecv, base: int, res: list[int]) -> None:
         """_drain with recvmmsg: one system call per up to mr.vlen acks."""
         ints, uints, step, slot = mr.ints, mr.uints, mr.step, mr.slot
         n = len(res)
@@ -1186,7 +1192,7 @@ class KernelWriter:
                 return
 
     @staticmethod
-    def _all_ok(mr: _MultiRecv, got: int, base: int, res: list[int]) -> bool:
+    def _all_ok(mr: MultiRecv, got: int, base: int, res: list[int]) -> bool:
         """The usual case, read in bulk: `got` success acks for consecutive requests that
         were all still waiting. Then they are marked applied in one slice and True is
         returned; anything else (an error, a gap, a longer message) leaves it to the loop."""

@@ -222,7 +222,8 @@ def _proc_starttime(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process `pid` exists (a zombie too: see _is_zombie)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -245,7 +246,7 @@ def _kill_pids(pids: Iterable[int], timeout: float = 3.0) -> None:
             for pid in pids:
                 with contextlib.suppress(ChildProcessError, OSError):
                     os.waitpid(pid, os.WNOHANG)
-            pids = [p for p in pids if _pid_alive(p) and not _is_zombie(p)]
+            pids = [p for p in pids if pid_alive(p) and not _is_zombie(p)]
             if not pids:
                 return
             time.sleep(0.05)
@@ -326,7 +327,7 @@ def _owner_alive(tag: str) -> bool:
         pid = int(info["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    return _pid_alive(pid) and _proc_starttime(pid) == info.get("starttime")
+    return pid_alive(pid) and _proc_starttime(pid) == info.get("starttime")
 
 
 def cleanup_stale() -> list[str]:
@@ -675,7 +676,7 @@ class _Daemon:
         if self.adopted is None:
             return False
         pid, start = self.adopted
-        return _pid_alive(pid) and not _is_zombie(pid) and _proc_starttime(pid) == start
+        return pid_alive(pid) and not _is_zombie(pid) and _proc_starttime(pid) == start
 
     def log_text(self) -> str:
         try:
@@ -1189,7 +1190,7 @@ class ExaBGPGateway(_Daemon):
         """SIGTERM ExaBGP, SIGKILL after ``timeout`` (4.2 can hang on shutdown); then kill any
         plugin process it left behind. Returns ExaBGP's exit code (None if never started)."""
         rc = self._terminate(timeout)
-        leftovers = [p for p in self.plugin_pids() if _pid_alive(p) and not _is_zombie(p)]
+        leftovers = [p for p in self.plugin_pids() if pid_alive(p) and not _is_zombie(p)]
         if leftovers:
             _kill_pids(leftovers, timeout=2.0)
         if self._own_workdir:
