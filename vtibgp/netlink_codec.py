@@ -373,36 +373,20 @@ class RoutePacker:
         and on IPv6 host bits (the kernel would silently clear them; for IPv4 it answers
         EINVAL itself, so the check is left to it there)."""
         addr, _, plen_text = prefix.partition("/")
-        if ":" in addr:
-            if kind is _DELETE:
-                tmpl = self._delete6
-            else:
-                tmpl = self._templates.get((kind is _ADD, True, hops)) or self._template(
-                    kind, True, hops
-                )
-            plen = _PLEN6.get(plen_text)
-            if plen is None:
-                raise ValueError(f"bad prefix length in {prefix!r}")
-            try:
-                raw = _inet_pton(AF_INET6, addr)
-            except OSError:
-                raise ValueError(f"bad address in {prefix!r}") from None
-            if int.from_bytes(raw, "big") & _HOST6[plen]:
-                raise ValueError(f"host bits set in {prefix!r}")
+        v6 = ":" in addr
+        if kind is _DELETE:
+            tmpl = self._delete6 if v6 else self._delete4
         else:
-            if kind is _DELETE:
-                tmpl = self._delete4
-            else:
-                tmpl = self._templates.get((kind is _ADD, False, hops)) or self._template(
-                    kind, False, hops
-                )
-            plen = _PLEN4.get(plen_text)
-            if plen is None:
-                raise ValueError(f"bad prefix length in {prefix!r}")
-            try:
-                raw = _inet_pton(AF_INET, addr)
-            except OSError:
-                raise ValueError(f"bad address in {prefix!r}") from None
+            tmpl = self._templates.get((kind is _ADD, v6, hops)) or self._template(kind, v6, hops)
+        plen = (_PLEN6 if v6 else _PLEN4).get(plen_text)
+        if plen is None:
+            raise ValueError(f"bad prefix length in {prefix!r}")
+        try:
+            raw = _inet_pton(AF_INET6 if v6 else AF_INET, addr)
+        except OSError:
+            raise ValueError(f"bad address in {prefix!r}") from None
+        if v6 and int.from_bytes(raw, "big") & _HOST6[plen]:
+            raise ValueError(f"host bits set in {prefix!r}")
         st_pack, head, mid, rest, post, tail = tmpl
         try:
             return st_pack(head, seq, mid, plen, rest, raw, post, metric, tail)
