@@ -9,6 +9,7 @@ from collections import Counter
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_model import flush_device
 
 from vtibgp.core import Core, CoreSettings, PeerPolicy, coalesce
 from vtibgp.model import (
@@ -385,23 +386,36 @@ policies = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(
     pols=policies,
     ecmp=st.booleans(),
     max_paths=st.integers(1, 4),
     hold_down=st.sampled_from([0.0, 1.0]),
     fallback=st.booleans(),
+    kernel_flushes=st.booleans(),
     evs=st.lists(events, max_size=40),
 )
 def test_incremental_equals_from_scratch(
     pols: dict[str, PeerPolicy], ecmp: bool, max_paths: int, hold_down: float,
-    fallback: bool, evs: list[Event],
+    fallback: bool, kernel_flushes: bool, evs: list[Event],
 ) -> None:
+    """The ops always fit the kernel and the core ends where it would from scratch. With
+    `kernel_flushes` (nexthop objects) the kernel drops the routes through a device on its
+    own whenever it goes down, and the shell does the same first for a device-wide IPsec
+    down; the core is told (KernelFlushed)."""
     core = Core(CoreSettings(metric=100, max_paths=max_paths, ecmp=ecmp, peers=pols,
                              hold_down=hold_down, fallback=fallback))
     kernel = Kernel()
     for ev in evs:
+        down = (isinstance(ev, DeviceState) and not ev.usable) or (
+            isinstance(ev, IpsecState) and ev.device and not ev.peers and not ev.up)
+        if kernel_flushes and down:
+            device = ev.device  # type: ignore[union-attr]
+            assert device is not None
+            flush(kernel, device)
+            kernel.apply(core.handle(KernelFlushed(device)))
+            assert kernel.routes == installed(core)
         kernel.apply(core.handle(ev))
         assert kernel.routes == installed(core)
     expected = reference(core)
@@ -413,14 +427,7 @@ def test_incremental_equals_from_scratch(
 
 def flush(kernel: Kernel, device: str) -> None:
     """What Linux does to routes using nexthop objects when `device` goes down or away."""
-    for key, route in list(kernel.routes.items()):
-        left = tuple(h for h in route.nexthops if h.device != device)
-        if left == route.nexthops:
-            continue  # not through the device (a fallback route has no device at all)
-        if not left:
-            del kernel.routes[key]
-        else:
-            kernel.routes[key] = KernelRoute(route.prefix, route.metric, left)
+    flush_device(kernel.routes, device)
 
 
 def test_fallback_stays_while_every_tunnel_is_down() -> None:
@@ -456,69 +463,6 @@ def test_kernel_flush_is_believed_and_what_follows_adds() -> None:
     assert k.routes == {("10.0.0.0/16", 100): KernelRoute("10.0.0.0/16", 100,
                                                           (NextHop("vti02"),))}
     assert core.stats["kernel_flushes"] == 1
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    pols=policies,
-    ecmp=st.booleans(),
-    max_paths=st.integers(1, 4),
-    hold_down=st.sampled_from([0.0, 1.0]),
-    fallback=st.booleans(),
-    evs=st.lists(events, max_size=40),
-)
-def test_with_kernel_flushes_ops_always_fit_the_kernel(
-    pols: dict[str, PeerPolicy], ecmp: bool, max_paths: int, hold_down: float,
-    fallback: bool, evs: list[Event],
-) -> None:
-    """Nexthop objects: the kernel drops the routes through a device on its own whenever it
-    goes down, and the shell does the same first for a device-wide IPsec down. Told so, the
-    core's ops always fit what the kernel holds, and it ends where it would from scratch."""
-    core = Core(CoreSettings(metric=100, max_paths=max_paths, ecmp=ecmp, peers=pols,
-                             hold_down=hold_down, fallback=fallback))
-    kernel = Kernel()
-    for ev in evs:
-        down = (isinstance(ev, DeviceState) and not ev.usable) or (
-            isinstance(ev, IpsecState) and ev.device and not ev.peers and not ev.up)
-        if down:
-            device = ev.device
-            assert device is not None
-            flush(kernel, device)
-            kernel.apply(core.handle(KernelFlushed(device)))
-            assert kernel.routes == installed(core)
-        kernel.apply(core.handle(ev))
-        assert kernel.routes == installed(core)
-    assert installed(core) == reference(core)
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    evs=st.lists(events, max_size=30),
-    leftovers=st.lists(
-        st.builds(
-            KernelRoute,
-            st.sampled_from(PREFIXES),
-            st.integers(100, 103),
-            st.sampled_from(DEVICES).map(lambda d: (NextHop(d),)),
-        ),
-        max_size=6,
-        unique_by=lambda r: r.key,
-    ),
-)
-def test_restart_converges_to_from_scratch(evs: list[Event], leftovers: list[KernelRoute]) -> None:
-    pols = {P1: PeerPolicy("vti01"), P2: PeerPolicy("vti02"), P3: PeerPolicy("ipsec0")}
-    core = Core(CoreSettings(metric=100, max_paths=4, peers=pols))
-    kernel = Kernel()
-    for r in leftovers:
-        kernel.routes[r.key] = r
-    kernel.apply(core.handle(KernelRoutesFound(tuple(leftovers))))
-    for ev in evs:
-        kernel.apply(core.handle(ev))
-        assert kernel.routes == installed(core)
-        # Until the sweep, nothing that was in the kernel at start is deleted without a
-        # replacement at the same key.
-    kernel.apply(core.handle(GraceExpired()))
-    assert kernel.routes == installed(core) == reference(core)
 
 
 @settings(max_examples=300, deadline=None)

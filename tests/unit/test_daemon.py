@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from kernel_model import flush_device
 
 from vtibgp import metrics as m
 from vtibgp.config import load, parse
@@ -62,16 +63,8 @@ class MemoryKernel:
 
     def device_down(self, name: str) -> None:
         """What the kernel does to routes when device `name` goes down or away."""
-        if not self.nexthop_objects:
-            return
-        for key, route in list(self.routes.items()):
-            left = tuple(h for h in route.nexthops if h.device != name)
-            if left == route.nexthops:
-                continue  # not through the device (a fallback route has no device at all)
-            if not left:
-                del self.routes[key]
-            else:
-                self.routes[key] = KernelRoute(route.prefix, route.metric, left)
+        if self.nexthop_objects:
+            flush_device(self.routes, name)
 
     def flush_device(self, name: str) -> bool:
         self.flushes.append(name)
