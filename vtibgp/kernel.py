@@ -478,22 +478,15 @@ class KernelWriter:
     def refresh_links(self) -> None:
         """Rebuild the name <-> ifindex cache from a link dump."""
         with self._lock:
-            self._discard_pending()
-            seq = self._take_seqs(1)
-            self._sock.send(nc.pack_link_dump_request(seq))
             by_name: dict[str, int] = {}
-            deadline = time.monotonic() + _DUMP_TIMEOUT
-            while True:
-                n = self._read_reply(deadline, "link dump")
-                if n is None:
-                    continue
+
+            def take(n: int, seq: int) -> tuple[bool, int]:
                 chunk = nc.parse_links(self._rbuf, n, seq=seq)
                 for index, name in chunk.links:
                     by_name[name] = index
-                if chunk.error:
-                    raise OSError(chunk.error, f"link dump: {os.strerror(chunk.error)}")
-                if chunk.done:
-                    break
+                return chunk.done or bool(chunk.error), chunk.error
+
+            self._dump(nc.pack_link_dump_request, take, "link dump")
             self._by_name = by_name
             self._by_index = {i: n for n, i in by_name.items()}
             self._hop_cache.clear()
@@ -605,21 +598,15 @@ class KernelWriter:
         self._orphans = set(self._nh_group) - set(self._nh_key.values())
 
     def _dump_nexthops(self) -> list[nhc.Nexthop]:
-        self._discard_pending()
-        seq = self._take_seqs(1)
-        self._sock.send(nhc.pack_nexthop_dump_request(seq))
         out: list[nhc.Nexthop] = []
-        deadline = time.monotonic() + _DUMP_TIMEOUT
-        while True:
-            n = self._read_reply(deadline, "nexthop dump")
-            if n is None:
-                continue
+
+        def take(n: int, seq: int) -> tuple[bool, int]:
             chunk = nhc.parse_nexthops(self._rbuf, n, seq=seq)
             out.extend(chunk.nexthops)
-            if chunk.done:
-                if chunk.error:
-                    raise OSError(chunk.error, f"nexthop dump: {os.strerror(chunk.error)}")
-                return out
+            return chunk.done, chunk.error
+
+        self._dump(nhc.pack_nexthop_dump_request, take, "nexthop dump")
+        return out
 
     def nexthop_count(self) -> int:
         """Nexthop objects of ours the writer knows."""
@@ -1259,24 +1246,33 @@ class KernelWriter:
         return out, interrupted
 
     def _dump_routes(self, take: Callable[[int, int], tuple[bool, int]]) -> None:
-        """Dump our routes (our table and protocol, both families), handing each datagram
-        (its length in self._rbuf, the request's sequence) to `take`, which returns whether
-        the dump ended and its errno."""
-        self._discard_pending()
+        """Dump our routes (our table and protocol, both families) through `_dump`; a table
+        that does not exist yet dumps as ENOENT: nothing of ours."""
         for family in (nc.AF_INET, nc.AF_INET6):
-            seq = self._take_seqs(1)
-            self._sock.send(nc.pack_route_dump_request(family, seq, self.table, self.proto))
-            deadline = time.monotonic() + _DUMP_TIMEOUT
-            while True:
-                n = self._read_reply(deadline, "route dump")
-                if n is None:
-                    continue
-                done, error = take(n, seq)
-                if done:
-                    # a table that does not exist yet dumps as ENOENT: nothing of ours
-                    if error not in (0, errno.ENOENT):
-                        raise OSError(error, f"route dump: {os.strerror(error)}")
-                    break
+
+            def request(seq: int, family: int = family) -> bytes:
+                return nc.pack_route_dump_request(family, seq, self.table, self.proto)
+
+            self._dump(request, take, "route dump", ok=(0, errno.ENOENT))
+
+    def _dump(self, request: Callable[[int], bytes], take: Callable[[int, int], tuple[bool, int]],
+              what: str, ok: tuple[int, ...] = (0,)) -> None:
+        """One dump: send `request(seq)`, hand each datagram of the answer (its length in
+        self._rbuf, the sequence) to `take`, which returns whether the dump ended and its
+        errno; an errno not in `ok` is raised."""
+        self._discard_pending()
+        seq = self._take_seqs(1)
+        self._sock.send(request(seq))
+        deadline = time.monotonic() + _DUMP_TIMEOUT
+        while True:
+            n = self._read_reply(deadline, what)
+            if n is None:
+                continue
+            done, error = take(n, seq)
+            if done:
+                if error not in ok:
+                    raise OSError(error, f"{what}: {os.strerror(error)}")
+                return
 
     def _to_routes(self, found: list[nc.DumpedRoute]) -> list[KernelRoute]:
         # one NextHop tuple per distinct set of kernel nexthops, shared by its routes
