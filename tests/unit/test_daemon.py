@@ -444,6 +444,16 @@ def test_device_down_with_nexthop_objects_trusts_the_kernel_flush() -> None:
     assert kernel.ops[sent:] == []  # the kernel already left what the core wants
 
 
+SUMMARY = PEER.encode() + b"    64512     0:00:03 established           2          7\n"
+
+
+def _adj_rib(prefix: str, path: str = "64512") -> bytes:
+    """One line of ExaBGP's `show adj-rib in extensive` answer for PEER."""
+    return (f"neighbor {PEER} local-ip 169.254.10.2 local-as 65000 peer-as 64512 "
+            f"router-id 1.1.1.1 family-allowed in-open ipv4 unicast {prefix} "
+            f"next-hop {PEER} origin igp as-path ( {path} )\n").encode()
+
+
 def test_reload_that_loosens_the_policy_brings_refused_paths_back(tmp_path: Path) -> None:
     """A prefix refused under the old policy is not held; a reload that allows it asks
     ExaBGP for its adj-rib-in again, and the re-sent path is installed."""
@@ -469,12 +479,7 @@ def test_reload_that_loosens_the_policy_brings_refused_paths_back(tmp_path: Path
     assert daemon.reload()
     assert commands.getvalue().splitlines() == ["show neighbor summary",
                                                 "show adj-rib in extensive"]
-    answers = [PEER.encode() + b"    64512     0:00:03 established           2          7\n",
-               b"done\n",
-               f"neighbor {PEER} local-ip 169.254.10.2 local-as 65000 peer-as 64512 "
-               f"router-id 1.1.1.1 family-allowed in-open ipv4 unicast 10.9.0.0/16 "
-               f"next-hop {PEER} origin igp as-path ( 64512 )\n".encode(),
-               b"done\n"]
+    answers = [SUMMARY, b"done\n", _adj_rib("10.9.0.0/16"), b"done\n"]
     daemon._process([("line", now, a) for a in answers])
     assert {p for p, _ in kernel.routes} == {"10.8.0.0/16", "10.9.0.0/16"}
 
@@ -526,12 +531,9 @@ def test_adj_rib_replay_is_not_counted_as_received() -> None:
     before = received._value.get()
     now = time.monotonic()
     daemon._resync()
-    replay = (f"neighbor {PEER} local-ip 169.254.10.2 local-as 65000 peer-as 64512 "
-              f"router-id 1.1.1.1 family-allowed in-open ipv4 unicast 10.5.0.0/16 "
-              f"next-hop {PEER} origin igp as-path ( 64512 )\n").encode()
-    summary = PEER.encode() + b"    64512     0:00:03 established           2          7\n"
+    replay = _adj_rib("10.5.0.0/16")
     daemon._process([("line", now, _update_many(PEER, ["10.5.0.0/16"])),
-                     ("line", now, summary), ("line", now, b"done\n"), ("line", now, replay),
+                     ("line", now, SUMMARY), ("line", now, b"done\n"), ("line", now, replay),
                      ("line", now, b"done\n")])
     assert received._value.get() - before == 1
     assert list(kernel.routes) == [("10.5.0.0/16", 100)]
@@ -547,13 +549,10 @@ def test_resync_skips_what_exabgp_holds_for_a_session_that_is_down() -> None:
     kernel = MemoryKernel()
     daemon = Daemon(cfg, kernel, io.StringIO())  # type: ignore[arg-type]
     now = time.monotonic()
-    line = (f"neighbor {PEER} local-ip 169.254.10.2 local-as 65000 peer-as 64512 "
-            f"router-id 1.1.1.1 family-allowed in-open ipv4 unicast 10.6.0.0/16 "
-            f"next-hop {PEER} origin igp as-path ( 64512 )\n").encode()
-    summary = PEER.encode() + b"    64512     0:00:03 established           2          7\n"
+    line = _adj_rib("10.6.0.0/16")
     for before_answer in ([], [("line", now, _state(PEER, "down"))]):
         daemon._resync()
-        head = [("line", now, summary), ("line", now, b"done\n")]
+        head = [("line", now, SUMMARY), ("line", now, b"done\n")]
         if not before_answer:  # not established in the summary
             head = [("line", now, b"done\n")]
         daemon._process([*head, *before_answer, ("line", now, line), ("line", now, b"done\n")])
@@ -572,9 +571,7 @@ def test_start_up_resync_ignores_an_answer_meant_for_the_process_before() -> Non
     daemon.startup(resync=True)
     assert commands.getvalue() == ""  # not asked yet
     now = time.monotonic()
-    stale = (f"neighbor {PEER} local-ip 169.254.10.2 local-as 65000 peer-as 64512 "
-             f"router-id 1.1.1.1 family-allowed in-open ipv4 unicast 10.9.0.0/16 "
-             f"next-hop {PEER} origin igp as-path ( 64512 )\n").encode()
+    stale = _adj_rib("10.9.0.0/16")
     daemon._process([("line", now, stale), ("line", now, b"done\n")])
     assert daemon.stale_answer_lines == 2 and commands.getvalue() == ""
     assert daemon.resync_after is not None
@@ -596,10 +593,6 @@ def test_resync_paths_held_back_come_before_a_live_update() -> None:
     kernel = MemoryKernel()
     daemon = Daemon(cfg, kernel, io.StringIO())  # type: ignore[arg-type]
     now = time.monotonic()
-    line = (f"neighbor {PEER} local-ip 169.254.10.2 local-as 65000 peer-as 64512 "
-            f"router-id 1.1.1.1 family-allowed in-open ipv4 unicast {{}} "
-            f"next-hop {PEER} origin igp as-path ( 64512 64999 )\n")
-    summary = PEER.encode() + b"    64512     0:00:03 established           2          7\n"
     daemon._resync()
     seen: list[int] = []
     handle = daemon.core.handle
@@ -611,10 +604,10 @@ def test_resync_paths_held_back_come_before_a_live_update() -> None:
         return handle(ev)  # type: ignore[arg-type]
 
     daemon.core.handle = spy  # type: ignore[method-assign]
-    daemon._process([("line", now, summary), ("line", now, b"done\n"),
-                     *[("line", now, line.format(f"10.{i}.0.0/16").encode()) for i in range(5)],
+    daemon._process([("line", now, SUMMARY), ("line", now, b"done\n"),
+                     *[("line", now, _adj_rib(f"10.{i}.0.0/16", "64512 64999")) for i in range(5)],
                      ("line", now, _update_many(PEER, ["10.1.0.0/16"], "64512")),
-                     ("line", now, line.format("10.9.0.0/16").encode()),
+                     ("line", now, _adj_rib("10.9.0.0/16", "64512 64999")),
                      ("line", now, b"done\n")])
     assert seen == [5, 1, 1]  # the run of five, the live update, the last replayed path
     assert daemon.core.rib[PEER]["10.1.0.0/16"].as_path == (64512,)  # the live one won
