@@ -208,6 +208,21 @@ class Core:
             and self.scope_usable(("peer", peer))
         )
 
+    def session_flush(self, peer: PeerAddr) -> str | None:
+        """The device to flush (KernelFlushed) before `peer`'s session ends, or None. When
+        the peer is the only one whose routes go through its device, the session's end
+        leaves no route there, so the shell may take them all out in one kernel step (its
+        nexthop objects) before the core moves the prefixes: traffic falls to the backups at
+        once instead of route by route. Not when another peer maps to the device (a shared
+        device), nor when the peer holds nothing or its tunnel is already down."""
+        if not self.rib.get(peer) or not self.usable(peer):
+            return None
+        dev = self.device_of(peer)
+        for other in {*self.policy, *self.discovered, *self.rib}:
+            if other != peer and self.device_of(other) == dev:
+                return None
+        return dev
+
     @property
     def installed(self) -> Installed:
         """What we believe the kernel holds, per prefix, keyed by metric."""

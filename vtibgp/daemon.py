@@ -540,6 +540,11 @@ class Daemon:
                              "routes (on_exit: retain)", ev.peer, ev.reason)
                     return
                 self._peer_state(ev, ops)
+                if ev.state == "down":
+                    dev = self.core.session_flush(ev.peer)
+                    if dev is not None and self._flush_device(dev, ops):
+                        log.info("peer %s session down: routes through %s taken out with its "
+                                 "nexthop objects", ev.peer, dev)
             case EndOfRib(peer=peer):
                 log.info("peer %s: End-of-RIB %s", peer, ev.family)
             case NotificationReceived(peer=peer):
@@ -586,6 +591,20 @@ class Daemon:
             self._discovered.discard(ev.peer)  # a new session: look again
             if self.core.device_of(ev.peer) is None:
                 self._discover(ev.peer, ev.local, ops)
+
+    def _flush_device(self, dev: str, ops: list[RouteOp]) -> bool:
+        """Take every route through `dev` out in one kernel step (deleting its nexthop
+        objects) and tell the core, whose next decisions start from there. The ops decided
+        so far go to the kernel first: none of them may land after the flush. False if it
+        could not be done (inline nexthops, or the kernel refused): the core's ops then
+        remove the routes one by one."""
+        if ops:
+            self._apply(ops)
+            ops.clear()
+        if not self.writer.flush_device(dev):
+            return False
+        ops.extend(self.core.handle(KernelFlushed(dev)))
+        return True
 
     def _discover(self, peer: str, local: str | None, ops: list[RouteOp]) -> None:
         """Find the device of a peer configured without `interface` (once per session)."""
@@ -790,11 +809,10 @@ class Daemon:
         log.info("%s (%s)", reason, ", ".join(e.device or "peers " + " ".join(e.peers)
                                               for e in events))
         for ev in events:
-            if ev.device and not ev.up and self.writer.flush_device(ev.device):
-                # at once, before anything else: deleting the device's nexthop objects takes
-                # every route through it out in one kernel step, and the backups through the
-                # other tunnel carry the traffic from then on
-                ops += self.core.handle(KernelFlushed(ev.device))
+            if ev.device and not ev.up:
+                # at once, before anything else: the backups through the other tunnel carry
+                # the traffic from then on
+                self._flush_device(ev.device, ops)
             self.after_answer.append(ev)  # decided after the caller is answered (_process)
         outside = body.get("outside")
         if state == "up" and isinstance(outside, str):

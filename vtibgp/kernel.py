@@ -684,8 +684,9 @@ class KernelWriter:
     def flush_device(self, name: str) -> bool:
         """Take every route through device `name` out of the kernel now, the way the kernel
         does when the device goes down: delete our nexthop objects on it (routes using one
-        go with it; groups lose it as a member). False if routes carry their nexthops inline
-        (nothing done: the caller's ops remove them)."""
+        go with it; groups lose it as a member). False if routes carry their nexthops inline,
+        or if the kernel refused a delete (some routes may be left: the caller's ops remove
+        them one by one, and the pool is read again)."""
         with self._lock:
             if not self.nexthop_objects:
                 return False
@@ -693,14 +694,19 @@ class KernelWriter:
             if index is None:
                 return True  # no cached device: no object of ours was made on it
             doomed = [i for i, (_v6, hop) in self._nh_single.items() if hop.ifindex == index]
+            failed = 0
             for nhid in doomed:
                 seq = self._take_seqs(1)
                 acks = self._request(nhc.pack_nexthop_delete(seq, nhid), seq,
                                      "nexthop delete")
                 err = acks[0].error if acks else errno.ENOBUFS
                 if err not in (0, errno.ENOENT):
+                    failed += 1
                     log.warning("kernel: deleting nexthop %d on %s: %s", nhid, name,
                                 os.strerror(err))
+            if failed:
+                self._load_nexthops(self._dump_nexthops())
+                return False
             self._drop_objects(index)
             return True
 

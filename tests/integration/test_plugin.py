@@ -102,9 +102,11 @@ def test_install_backup_withdraw_peer_down_and_exit(
     bird.withdraw(["10.101.0.0/24"])
     wait_fib(gw, topology, expect(["10.100.0.0/16", "10.102.0.0/24"], "vti01", "vti02"))
 
-    # session 1 drops: ExaBGP sends no withdraws; vtibgp flushes the peer, tunnel 2 takes over
+    # session 1 drops: ExaBGP sends no withdraws; vtibgp flushes the peer, tunnel 2 takes over.
+    # The peer is alone on vti01: its routes go at once with vti01's nexthop objects
     bird.disable_session(1)
     wait_fib(gw, topology, expect(["10.100.0.0/16", "10.102.0.0/24"], "vti02"))
+    assert f"peer {P1} session down: routes through vti01 taken out" in gw.log_text()
     bird.enable_session(1)
     wait_fib(gw, topology, expect(["10.100.0.0/16", "10.102.0.0/24"], "vti01", "vti02"))
 

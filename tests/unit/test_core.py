@@ -140,6 +140,18 @@ def test_peer_down_flushes_only_that_peer() -> None:
     assert core.rib.get(P1) is None
 
 
+def test_session_flush_only_for_a_peer_alone_on_a_usable_device() -> None:
+    core, k = make_core(), Kernel()
+    assert core.session_flush(P1) is None  # nothing held
+    feed(core, k, ann(P1, "10.0.0.0/16"), ann(P2, "10.0.0.0/16", med=5))
+    assert (core.session_flush(P1), core.session_flush(P2)) == ("vti01", "vti02")
+    feed(core, k, DeviceState("vti01", False, "admin down"))
+    assert core.session_flush(P1) is None  # its routes already left the device
+    shared = make_core(**{P1: PeerPolicy("vti01"), P3: PeerPolicy("vti01", gateway=True)})
+    feed(shared, Kernel(), ann(P1, "10.0.0.0/16"), ann(P3, "10.1.0.0/16"))
+    assert shared.session_flush(P1) is None and shared.session_flush(P3) is None
+
+
 def test_down_without_up_and_repeated_withdraw_are_harmless() -> None:
     core, k = make_core(), Kernel()
     assert feed(core, k, PeerState(P1, "connected"), PeerState(P1, "down", "x")) == []
@@ -403,26 +415,66 @@ def test_incremental_equals_from_scratch(
     """The ops always fit the kernel and the core ends where it would from scratch. With
     `kernel_flushes` (nexthop objects) the kernel drops the routes through a device on its
     own whenever it goes down, and the shell does the same first for a device-wide IPsec
-    down; the core is told (KernelFlushed)."""
+    down and for the end of a session that is alone on its device (Core.session_flush); the
+    core is told (KernelFlushed). A session flush never takes a route that must come back."""
     core = Core(CoreSettings(metric=100, max_paths=max_paths, ecmp=ecmp, peers=pols,
                              hold_down=hold_down, fallback=fallback))
     kernel = Kernel()
     for ev in evs:
-        down = (isinstance(ev, DeviceState) and not ev.usable) or (
-            isinstance(ev, IpsecState) and ev.device and not ev.peers and not ev.up)
-        if kernel_flushes and down:
-            device = ev.device  # type: ignore[union-attr]
-            assert device is not None
-            flush(kernel, device)
-            kernel.apply(core.handle(KernelFlushed(device)))
-            assert kernel.routes == installed(core)
-        kernel.apply(core.handle(ev))
-        assert kernel.routes == installed(core)
+        step(core, kernel, ev, kernel_flushes)
     expected = reference(core)
     assert installed(core) == expected
     assert {r.key: r for d in core.desired_all().values() for r in d.values()} == expected
     kernel.apply(core.withdraw_all())
     assert kernel.routes == {}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pols=policies,
+    ecmp=st.booleans(),
+    max_paths=st.integers(1, 3),
+    fallback=st.booleans(),
+    anns=st.lists(st.builds(Announce, peers_st, st.just(V4), path_attrs, prefix_lists),
+                  min_size=1, max_size=12),
+    evs=st.lists(events, max_size=8),
+    downs=st.lists(peers_st, min_size=1, max_size=4),
+)
+def test_session_flush_takes_only_what_goes(
+    pols: dict[str, PeerPolicy], ecmp: bool, max_paths: int, fallback: bool,
+    anns: list[Announce], evs: list[Event], downs: list[str],
+) -> None:
+    """Sessions ending after the tables are in (what the general property above rarely
+    reaches): each flush that Core.session_flush allows takes out only routes that are gone
+    after the session's end, and the core still ends where it would from scratch."""
+    core = Core(CoreSettings(metric=100, max_paths=max_paths, ecmp=ecmp, peers=pols,
+                             fallback=fallback))
+    kernel = Kernel()
+    for ev in [*anns, *evs, *(PeerState(p, "down", "hold timer expired") for p in downs)]:
+        step(core, kernel, ev, True)
+    assert installed(core) == reference(core)
+
+
+def step(core: Core, kernel: Kernel, ev: Event, kernel_flushes: bool) -> None:
+    """One event, with the kernel flushes of nexthop objects when `kernel_flushes`."""
+    device: str | None = None
+    if (isinstance(ev, DeviceState) and not ev.usable) or (
+            isinstance(ev, IpsecState) and not ev.peers and not ev.up):
+        device = ev.device
+    session = isinstance(ev, PeerState) and ev.state == "down"
+    if session:
+        device = core.session_flush(ev.peer)  # type: ignore[union-attr]
+    if kernel_flushes and device is not None:
+        flush(kernel, device)
+        kernel.apply(core.handle(KernelFlushed(device)))
+        assert kernel.routes == installed(core)
+    ops = core.handle(ev)
+    kernel.apply(ops)
+    assert kernel.routes == installed(core)
+    if kernel_flushes and session and device is not None:
+        assert not [op for op in ops if op.kind is not OpKind.DELETE
+                    and any(h.device == device for h in op.route.nexthops)], (
+            f"the flush of {device} took routes that come back")
 
 
 def flush(kernel: Kernel, device: str) -> None:

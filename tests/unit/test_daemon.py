@@ -425,6 +425,30 @@ def test_ipsec_down_flushes_the_device_first_and_the_core_follows(
     assert _errors() == errors
 
 
+@pytest.mark.parametrize("nexthop_objects", [False, True])
+def test_session_down_flushes_its_device_when_alone_on_it(nexthop_objects: bool) -> None:
+    """The session on vti01 ends (the tunnel stays up) right after announcing one more
+    prefix: with nexthop objects, the ops decided so far reach the kernel first, then the
+    device's objects go (every route through vti01 at once) and the core moves the prefixes
+    to vti02 from there; without, its ops do it route by route. Same end, no error."""
+    daemon, kernel = _two_tunnels(nexthop_objects)
+    errors = _errors()
+    sent = len(kernel.ops)
+    daemon._process([("line", time.monotonic(), _update_many(PEER, ["10.99.0.0/16"])),
+                     ("line", time.monotonic(), _state(PEER, "down"))])
+    assert kernel.flushes == ["vti01"]  # (refused without nexthop objects)
+    assert kernel.ops[sent] == RouteOp(OpKind.ADD, KernelRoute("10.99.0.0/16", 100,
+                                                               (NextHop("vti01"),)))
+    kinds = {(op.kind, op.route.metric) for op in kernel.ops[sent + 1:]}
+    assert kinds == ({(OpKind.ADD, 100), (OpKind.DELETE, 101)} if nexthop_objects
+                     else {(OpKind.REPLACE, 100), (OpKind.DELETE, 101), (OpKind.DELETE, 100)})
+    assert {(r.metric, r.nexthops[0].device) for r in kernel.routes.values()} == {
+        (100, "vti02")}
+    assert len(kernel.routes) == 20
+    assert {r.key: r for r in daemon.core.routes()} == kernel.routes
+    assert _errors() == errors
+
+
 def test_device_down_with_nexthop_objects_trusts_the_kernel_flush() -> None:
     """Carrier loss with nexthop objects: the kernel has removed the routes through the device
     (and the multipath routes lost that nexthop) before the link event arrives; the daemon's
