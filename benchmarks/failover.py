@@ -6,7 +6,8 @@ vti02, BIRD 2 as the AWS VGW, the real ExaBGP running ``vtibgp run``), has BIRD 
 prefixes on both tunnels with tunnel 2 prepended, and waits until the gateway's kernel holds
 every prefix at metric 100 via vti01 and 101 via vti02. Then, for each signal
 
-  updown          ``vtibgp updown`` with libreswan's environment (PLUTO_VERB=down-client, ...)
+  updown          the updown hook (`vtibgp install-hook`; --hook: another) run with libreswan's
+                  environment (PLUTO_VERB=down-client, ...)
   bgp             BIRD (the VGW) ends tunnel 1's session with a Cease; the tunnel stays up
   admin           ``ip link set vti01 down``
   carrier         the peer end of the veth goes down: vti01 loses carrier (stays admin up)
@@ -397,9 +398,12 @@ class Bench:
         self.gw: lab.ExaBGPGateway | None = None
         self.prober: Prober | None = None
         self.vtibgp = shutil.which("vtibgp", path=str(Path(sys.executable).parent)) or "vtibgp"
-        # the updown hook as the IPsec daemon would run it (--hook: e.g. from a regular,
-        # non-editable install, whose start-up skips the editable finder of a dev venv)
-        self.hook: str = args.hook or self.vtibgp
+        # the updown hook as the IPsec daemon would run it: by default the lean script of
+        # `vtibgp install-hook`, written into the work directory; --hook: another command
+        self.hook: str = args.hook or str(self.work / "updown-hook")
+        if not args.hook:
+            subprocess.run([self.vtibgp, "install-hook", self.hook], check=True,
+                           capture_output=True)
 
     # -- build and tear down
     def build(self) -> None:
@@ -880,10 +884,9 @@ def main() -> int:
     ap.add_argument("--no-profile", dest="profile", action="store_false",
                     help="skip the offline split of vtibgp's time")
     ap.add_argument("--keep-logs", action="store_true", help="keep the work directory")
-    ap.add_argument("--hook", help="the `vtibgp` command run as the updown hook (default: "
-                    "this venv's). A regular install starts faster than an editable one: "
-                    "pip wheel --no-deps -w W . && python3 -m venv V && "
-                    "V/bin/pip install --no-deps W/vtibgp-*.whl, then --hook V/bin/vtibgp")
+    ap.add_argument("--hook", help="the command run as `HOOK updown ...` for the updown "
+                    "signal (default: the lean hook of `vtibgp install-hook`; e.g. "
+                    ".venv/bin/vtibgp for the plain command)")
     args = ap.parse_args()
     if args.quick:
         args.prefixes = 1000

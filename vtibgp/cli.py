@@ -1,4 +1,4 @@
-"""The `vtibgp` command: run (the ExaBGP process), check-config, status, routes."""
+"""The `vtibgp` command: run (the ExaBGP process), check-config, status, routes, updown, ..."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .control_client import DEFAULT_SOCKET, ControlError, request
+from .updown import HOOK_PATH
+from .updown import main as updown_main
 
 if TYPE_CHECKING:
     from .config import Config
 
-# The config module (and YAML) is imported only by the commands that read a config, so that
-# `vtibgp updown`, run by the IPsec daemon on every tunnel event, starts fast.
+# The config module (and YAML) is imported only by the commands that read a config. The IPsec
+# daemon's hook, `vtibgp updown`, lives in vtibgp.updown (see `vtibgp install-hook`).
 
 DEFAULT_CONFIG = "/etc/vtibgp/vtibgp.yaml"
 
@@ -172,25 +174,22 @@ def cmd_routes(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_updown(args: argparse.Namespace) -> int:
-    """Exit 0 unless --strict: a failing updown hook must not break the IPsec daemon."""
-    from .updown import request_from_env
+def cmd_install_hook(args: argparse.Namespace) -> int:
+    """Write the lean updown hook (vtibgp.updown.hook_script) for this Python and vtibgp."""
+    from pathlib import Path
 
-    fail = 1 if args.strict else 0
+    from .updown import hook_script
+
+    path = Path(args.path)
+    package_parent = str(Path(__file__).resolve().parent.parent)
     try:
-        req = request_from_env(os.environ, device=args.device, connection=args.connection)
-    except ValueError as e:
-        print(f"vtibgp updown: {e}", file=sys.stderr)
-        return fail
-    if req is None:
-        return 0
-    try:  # the socket from --socket or the default: no config to read on this path
-        request(args.socket or DEFAULT_SOCKET, req)
-    except ControlError as e:
-        print(f"vtibgp updown: {e}", file=sys.stderr)
-        print(f"vtibgp updown: could not tell vtibgp that {req['connection']} is "
-              f"{req['state']}", file=sys.stderr)
-        return fail
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(hook_script(sys.executable, package_parent))
+        path.chmod(0o755)
+    except OSError as e:
+        print(f"vtibgp install-hook: {path}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}: `{path} updown ...` is `vtibgp updown ...`, started faster")
     return 0
 
 
@@ -244,6 +243,9 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["updown"]:  # the IPsec daemon's hook: its own lean parser
+        return updown_main(args_in[1:])
     ap = argparse.ArgumentParser(prog="vtibgp", description=__doc__)
     ap.add_argument("--version", action="version", version=f"vtibgp {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -270,16 +272,14 @@ def main(argv: list[str] | None = None) -> int:
         sp.add_argument("--config", "-c", default=DEFAULT_CONFIG)
         sp.set_defaults(func=func)
 
-    upd = sub.add_parser("updown", help="IPsec updown hook: tell vtibgp a tunnel is up/down "
-                         "(reads PLUTO_VERB, PLUTO_CONNECTION, VTI_IFACE, PLUTO_PEER)")
-    upd.add_argument("--device", help="the tunnel device (default: $VTI_IFACE, else from the "
-                     "tunnels: map in the config)")
-    upd.add_argument("--connection", help="the connection name (default: $PLUTO_CONNECTION)")
-    upd.add_argument("--strict", action="store_true",
-                     help="exit 1 when vtibgp cannot be told (default: warn, exit 0)")
-    upd.add_argument("--socket", default=DEFAULT_SOCKET,
-                     help="the daemon's control.socket (default: %(default)s)")
-    upd.set_defaults(func=cmd_updown)
+    # (`vtibgp updown` is taken by main() before argparse; listed here for --help)
+    sub.add_parser("updown", help="IPsec updown hook: tell vtibgp a tunnel is up/down "
+                   "(reads PLUTO_VERB, PLUTO_CONNECTION, VTI_IFACE, PLUTO_PEER; "
+                   "`vtibgp updown --help`)")
+    hook = sub.add_parser("install-hook", help="write `vtibgp updown` as a script that starts "
+                          "in a fraction of the time, for the IPsec daemon to run")
+    hook.add_argument("path", nargs="?", default=HOOK_PATH, help="where (default: %(default)s)")
+    hook.set_defaults(func=cmd_install_hook)
 
     imp = sub.add_parser("aws-import", help="write vtibgp, ExaBGP, libreswan and sysctl "
                          "configs from AWS's VPN connection XML")

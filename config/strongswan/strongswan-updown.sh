@@ -19,13 +19,19 @@
 # The exit status is that of the device set-up; vtibgp being stopped or slow never fails the
 # hook. `vtibgp updown` gives up after 5 s.
 #
-# From the environment: VTIBGP (default /usr/local/bin/vtibgp), VTIBGP_SOCKET (default
+# From the environment: VTIBGP (default: the lean hook of `vtibgp install-hook` if installed,
+# else /usr/local/bin/vtibgp), VTIBGP_SOCKET (default
 # /run/vtibgp/vtibgp.sock), VTIBGP_MTU (default 1436, what AWS suggests for its tunnels).
 
 dev=${1:?usage: strongswan-updown.sh DEVICE [ADDRESS/LEN] [KEY]}
 addr=${2:-}
 key=${3:-${PLUTO_MARK_OUT%%/*}}
-vtibgp=${VTIBGP:-/usr/local/bin/vtibgp}
+hook=/usr/local/libexec/vtibgp/updown-hook  # `vtibgp install-hook`: starts ~3x faster
+if [ -z "${VTIBGP:-}" ] && [ -x "$hook" ]; then
+    vtibgp=$hook
+else
+    vtibgp=${VTIBGP:-/usr/local/bin/vtibgp}
+fi
 socket=${VTIBGP_SOCKET:-/run/vtibgp/vtibgp.sock}
 mtu=${VTIBGP_MTU:-1436}
 
