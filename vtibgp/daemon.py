@@ -31,7 +31,7 @@ from .config import Config, ConfigError, load
 from .control import ControlError, ControlServer
 from .core import Core, CoreSettings, PeerPolicy, TunnelChange, coalesce
 from .exabgp_input import REASONS as INPUT_REASONS
-from .exabgp_input import AdjRibReader, LineKind, parse_line
+from .exabgp_input import AdjRibReader, LineKind, answer_line, parse_line
 from .model import (
     Announce,
     DeviceState,
@@ -186,6 +186,7 @@ class Daemon:
         self.grace_deadline: float | None = None
         self.after_answer: deque[Event] = deque()  # a control request's events (see ipsec)
         self.resync_after: float | None = None  # when to ask ExaBGP for its adj-rib-in
+        self.lines_seen: dict[LineKind, int] = {}  # this batch's input lines, by kind
         self.stale_answer_lines = 0
         # the adj-rib-in answer being read: hands over the paths it holds back (_resync)
         self.replay_flush: Callable[[], list[Event]] | None = None
@@ -340,34 +341,25 @@ class Daemon:
                 established.add(cols[0])
             return []
 
-        reader = AdjRibReader(self.api_version)
-        run: list[Announce] = []  # consecutive paths alike but for the prefix: one Announce
+        reader = AdjRibReader(self.api_version)  # gathers alike lines into one Announce
+
+        def taken(anns: tuple[Announce, ...]) -> list[Event]:
+            out: list[Event] = []
+            for ann in anns:
+                if ann.peer not in established or self.core.sessions.get(ann.peer) == "down":
+                    # ExaBGP may still hold what a session that is down (or went down since
+                    # the summary) had sent: its routes must not come back. (A live line
+                    # flushes the run first, so this is as of each line's arrival.)
+                    self.stale_answer_lines += len(ann.prefixes)
+                else:
+                    out.append(ann)
+            return out
 
         def flush() -> list[Event]:
-            if not run:
-                return []
-            first = run[0]
-            prefixes = first.prefixes if len(run) == 1 else tuple(
-                p for a in run for p in a.prefixes)
-            run.clear()
-            return [Announce(first.peer, first.family, first.attrs, prefixes, first.peer_as)]
+            return taken(reader.flush())
 
         def adj_rib_line(text: str) -> list[Event]:
-            ann = reader.parse(text)
-            if ann is None:
-                return []
-            if ann.peer not in established or self.core.sessions.get(ann.peer) == "down":
-                # ExaBGP may still hold what a session that is down (or went down since the
-                # summary) had sent: its routes must not come back
-                self.stale_answer_lines += 1
-                return []
-            if run and (ann.attrs is not run[0].attrs or ann.peer != run[0].peer
-                        or ann.family != run[0].family or ann.peer_as != run[0].peer_as):
-                out = flush()
-                run.append(ann)
-                return out
-            run.append(ann)
-            return []
+            return taken(reader.feed(text))
 
         def adj_rib_end(ok: bool) -> list[Event]:
             self.replay_flush = None
@@ -467,14 +459,25 @@ class Daemon:
                 self._event(payload, ops)  # type: ignore[arg-type]
             else:
                 eof = True
+        for line_kind, n in self.lines_seen.items():
+            _child(m.INPUT_LINES, line_kind.value).inc(n)
+        self.lines_seen.clear()
         self._apply(ops)
         if oldest_update is not None and (ops or applied):
             m.UPDATE_LATENCY.observe(time.monotonic() - oldest_update)
         return eof
 
     def _line(self, raw: bytes, t: float, ops: list[RouteOp]) -> bool:
+        seen = self.lines_seen  # counted into INPUT_LINES once per batch (see _batch)
+        if self.pending:  # an answer to a command (the resync's 100,000s of lines) is text
+            answer = answer_line(raw)
+            if answer is not None:
+                seen[answer[0]] = seen.get(answer[0], 0) + 1
+                for ev in self._text(*answer):
+                    self._event(ev, ops, replay=True)
+                return False
         parsed = parse_line(raw)
-        _child(m.INPUT_LINES, parsed.kind.value).inc()
+        seen[parsed.kind] = seen.get(parsed.kind, 0) + 1
         if parsed.api_version and parsed.api_version != self.api_version:
             self.api_version = parsed.api_version
             m.set_build(parsed.api_version)

@@ -556,10 +556,28 @@ def _json_line(text: str) -> Parsed:
         return Parsed(LineKind.INVALID, api_version=api, error=bad.error, reason=bad.reason)
 
 
+def answer_line(raw: bytes) -> tuple[LineKind, str] | None:
+    """A line of ExaBGP's answer to a command, classified without building a Parsed (the
+    resync reads 100,000s of them): (ACK, "done"/"error") or (TEXT, the stripped line). None
+    for a JSON line, and for bytes that are not UTF-8 (parse_line reports those)."""
+    if raw[:1] == b"{":
+        return None
+    try:
+        stripped = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return None
+    if stripped[:1] == "{":
+        return None
+    return (LineKind.ACK if stripped in _ACKS else LineKind.TEXT), stripped
+
+
 def _parse_line(line: bytes | str) -> Parsed:
     if isinstance(line, str):
         text = line
     else:
+        answer = answer_line(line)
+        if answer is not None:
+            return Parsed(answer[0], text=answer[1])
         try:
             text = bytes(line).decode("utf-8")
         except UnicodeDecodeError:
@@ -766,32 +784,50 @@ def parse_adj_rib_line(text: str, *, api_version: str | None = None) -> Announce
 
 
 class AdjRibReader:
-    """`parse_adj_rib_line` for a whole answer. ExaBGP lists the prefixes of one UPDATE one
-    line each, the lines alike but for the prefix: a line like the one before it is not
-    parsed again, only its prefix is read. Same results, at a fraction of the cost."""
+    """A whole `show adj-rib in extensive` answer, line by line, as announcements. ExaBGP
+    lists the prefixes of one UPDATE one line each, the lines alike but for the prefix: a
+    line like the one before it is not parsed again, its prefix is only set aside, and such
+    a run of lines becomes one Announce (its prefixes checked together, as `_prefixes` checks
+    an UPDATE's) when a line unlike it comes, when it reaches RUN_MAX prefixes (so that the
+    core works while ExaBGP is still writing), or at `flush()`. The paths are those
+    `parse_adj_rib_line` gives line by line, in order, at a fraction of the cost."""
+
+    RUN_MAX: Final = 4096
 
     def __init__(self, api_version: str | None = None) -> None:
         self.api_version = api_version
-        self._key: tuple[str, str] | None = None
-        self._last: Announce | None = None
+        self._key: tuple[str, str] | None = None  # the last line parsed, but for its prefix
+        self._proto: Announce | None = None  # ... and what it gave
+        self._run: list[str] = []  # the prefix texts of the run so far, lines like _key
 
-    def parse(self, text: str) -> Announce | None:
+    def feed(self, text: str) -> tuple[Announce, ...]:
+        """One line of the answer; returns what it completes: the run before it, when it
+        starts another (and itself, when it cannot head one); mostly nothing."""
         start = text.find(" unicast ")  # family-allowed <session> <afi> unicast <prefix> …
         end = -1
         if start > 0:
             start += len(" unicast ")
             end = text.find(" ", start)
-        if end > start > 0:
-            key = (text[:start], text[end:])
-            last = self._last
-            if last is not None and key == self._key:
-                prefixes = _prefixes([text[start:end]], last.family == "ipv6 unicast",
-                                     _Issues())
-                if not prefixes:
-                    return None
-                return Announce(last.peer, last.family, last.attrs, prefixes, last.peer_as)
+        key = (text[:start], text[end:]) if end > start > 0 else None
+        if key is not None and key == self._key:
+            run = self._run
+            run.append(text[start:end])
+            return self.flush() if len(run) >= self.RUN_MAX else ()
         ann = parse_adj_rib_line(text, api_version=self.api_version)
-        if ann is not None and end > start > 0:
-            self._key, self._last = (text[:start], text[end:]), ann
-        return ann
+        if ann is None:
+            return ()
+        done = self.flush()
+        if key is None:
+            return (*done, ann)
+        self._key, self._proto, self._run = key, ann, list(ann.prefixes)
+        return done
+
+    def flush(self) -> tuple[Announce, ...]:
+        """The run read so far, as one Announce (nothing if there is none)."""
+        proto, run = self._proto, self._run
+        if proto is None or not run:
+            return ()
+        self._run = []
+        prefixes = _prefixes(run, proto.family == "ipv6 unicast", _Issues())
+        return (replace(proto, prefixes=prefixes),) if prefixes else ()
 

@@ -19,6 +19,7 @@ import ipaddress
 import json
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vtibgp.exabgp_input import REASONS, LineKind, Parsed, parse_adj_rib_line, parse_line
+from vtibgp.exabgp_input import (
+    REASONS,
+    AdjRibReader,
+    LineKind,
+    Parsed,
+    answer_line,
+    parse_adj_rib_line,
+    parse_line,
+)
 from vtibgp.model import (
     Announce,
     EndOfRib,
@@ -954,22 +963,90 @@ def test_global_and_link_local_next_hop_keep_prefix_once() -> None:
     ]
 
 
-def test_adj_rib_reader_equals_the_line_parser_and_shares_attributes() -> None:
-    from vtibgp.exabgp_input import AdjRibReader, parse_adj_rib_line
+def _paths(anns: Iterable[Announce]) -> list[tuple[object, ...]]:
+    """Announcements as one (peer, family, attrs, peer AS, prefix) per path, in order."""
+    return [(a.peer, a.family, a.attrs, a.peer_as, p) for a in anns for p in a.prefixes]
+
+
+def _read(reader: AdjRibReader, lines: Iterable[str]) -> list[Announce]:
+    out = [a for line in lines for a in reader.feed(line)]
+    return out + list(reader.flush())
+
+
+def test_adj_rib_reader_equals_the_line_parser() -> None:
     seen = 0
     for capture in sorted(CAPTURES.glob("*/resync.jsonl")):
         version = "4.0.1" if capture.parent.name.startswith("4.") else "5.0.0"
-        reader = AdjRibReader(version)
-        for raw in capture.read_text().splitlines():
-            assert reader.parse(raw) == parse_adj_rib_line(raw, api_version=version), raw
-            seen += 1
+        lines = capture.read_text().splitlines()
+        single = [parse_adj_rib_line(raw, api_version=version) for raw in lines]
+        assert _paths(_read(AdjRibReader(version), lines)) == _paths(
+            a for a in single if a is not None)
+        seen += len(lines)
     assert seen > 20
+
+
+_RIB_LINE = ("neighbor 169.254.10.1 local-ip 169.254.10.2 local-as 65000 peer-as 64512 "
+             "router-id 1.1.1.1 family-allowed in-open {fam} unicast {prefix} next-hop {nh} "
+             "origin igp as-path ( 64512 ){med}")
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.tuples(
+    st.booleans(), st.sampled_from(["", " med 5"]),
+    st.sampled_from(["10.1.0.0/16", "10.2.0.0/16", "10.2.0.1/16", "2001:db8::/32",
+                     "2001:0db8:1::/48", "x/8"])), max_size=40),
+    run_max=st.integers(1, 5))
+def test_adj_rib_reader_gathers_runs_without_changing_the_paths(
+        rows: list[tuple[bool, str, str]], run_max: int) -> None:
+    """Any answer: the gathered announcements hold exactly the line parser's paths, in
+    order, alike lines sharing one attributes object, at most RUN_MAX prefixes each."""
+    lines = []
+    for v6, med, prefix in rows:
+        fam, nh = ("ipv6", "fd00:10::1") if v6 else ("ipv4", "169.254.10.1")
+        lines.append(_RIB_LINE.format(fam=fam, prefix=prefix, nh=nh, med=med))
     reader = AdjRibReader("5.0.0")
-    line = ("neighbor 169.254.10.1 local-ip 169.254.10.2 local-as 65000 peer-as 64512 "
-            "router-id 1.1.1.1 family-allowed in-open ipv4 unicast {} next-hop 169.254.10.1 "
-            "origin igp as-path ( 64512 )")
-    a = reader.parse(line.format("10.1.0.0/16"))
-    b = reader.parse(line.format("10.2.0.0/16"))
-    assert a is not None and b is not None
-    assert b.prefixes == ("10.2.0.0/16",) and b.attrs is a.attrs and b.peer_as == 64512
-    assert reader.parse(line.format("10.2.0.1/16")) is None  # host bits: refused as before
+    reader.RUN_MAX = run_max  # type: ignore[misc]
+    got = _read(reader, lines)
+    want = [a for a in map(parse_adj_rib_line, lines) if a is not None]
+    assert [p[:2] + p[3:] for p in _paths(got)] == [p[:2] + p[3:] for p in _paths(want)]
+    assert [p[2] for p in _paths(got)] == [p[2] for p in _paths(want)]  # (equal attrs)
+    assert all(0 < len(a.prefixes) <= max(run_max, 2) for a in got)
+
+
+def test_adj_rib_reader_shares_attributes_and_flushes_on_demand() -> None:
+    reader = AdjRibReader("5.0.0")
+    line = _RIB_LINE.format(fam="ipv4", nh="169.254.10.1", med="", prefix="{}")
+    assert reader.feed(line.format("10.1.0.0/16")) == ()
+    assert reader.feed(line.format("10.2.0.0/16")) == ()
+    assert reader.feed(line.format("10.2.0.1/16")) == ()  # host bits: dropped at the flush
+    (run,) = reader.flush()
+    assert run.prefixes == ("10.1.0.0/16", "10.2.0.0/16") and run.peer_as == 64512
+    assert reader.flush() == ()
+    (again,) = _read(reader, [line.format("10.3.0.0/16")])  # (a live line came between)
+    assert again.attrs is run.attrs and again.prefixes == ("10.3.0.0/16",)
+    other = line.replace("( 64512 )", "( 64512 64999 )").format("10.4.0.0/16")
+    assert reader.feed(line.format("10.5.0.0/16")) == ()
+    (before,) = reader.feed(other)  # an unlike line completes the run before it
+    assert before.prefixes == ("10.5.0.0/16",)
+    (last,) = reader.flush()
+    assert last.attrs.as_path == (64512, 64999)
+
+
+def test_answer_lines_are_classified_as_parse_line_does() -> None:
+    assert answer_line(b"done\n") == (LineKind.ACK, "done")
+    assert answer_line(b"  error \n") == (LineKind.ACK, "error")
+    assert answer_line(b"neighbor 1.2.3.4 x\n") == (LineKind.TEXT, "neighbor 1.2.3.4 x")
+    assert answer_line(b'{"type": "state"}\n') is None
+    assert answer_line(b' {"type": "state"}\n') is None
+    assert answer_line(b"\xff\xfe\n") is None
+    assert parse_line(b"\xff\xfe\n").kind is LineKind.INVALID
+
+
+@given(raw=st.binary(max_size=40) | st.sampled_from([b"done", b" error\n", b"{}", b"x\n"]))
+def test_answer_line_agrees_with_parse_line(raw: bytes) -> None:
+    found = answer_line(raw)
+    parsed = parse_line(raw)
+    if found is not None:
+        assert (parsed.kind, parsed.text) == found
+    else:
+        assert parsed.kind not in (LineKind.ACK, LineKind.TEXT)
