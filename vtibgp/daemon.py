@@ -185,7 +185,9 @@ class Daemon:
         self.pending: deque[_Pending] = deque()
         self.grace_deadline: float | None = None
         self.after_answer: deque[Event] = deque()  # a control request's events (see ipsec)
-        self.resync_after: float | None = None  # when to ask ExaBGP for its adj-rib-in
+        # input taken off the queue at start-up while waiting to ask ExaBGP (see _ask_when_quiet),
+        # processed first by run()
+        self.backlog: deque[tuple[str, float, object]] = deque()
         self.lines_seen: dict[LineKind, int] = {}  # this batch's input lines, by kind
         self.stale_answer_lines = 0
         # the adj-rib-in answer being read: hands over the paths it holds back (_resync)
@@ -313,24 +315,47 @@ class Daemon:
     # ------------------------------------------------------------------ start-up
 
     def startup(self, resync: bool) -> None:
-        """Adopt our routes left in the kernel, then ask ExaBGP what it already holds."""
+        """Read our routes left in the kernel, ask ExaBGP what it already holds, then adopt
+        the routes: the adoption overlaps ExaBGP's answer, which queues meanwhile (the
+        reader should be started first; input is only processed by run())."""
+        t0 = time.monotonic()
         self._zero_series()
         self._limit_gauges()
         m.RELOAD_OK.set(1)
         m.RELOAD_TIME.set(time.time())
-        if resync and self.commands is not None:
-            # Not at once: ExaBGP sends what is left of an answer it was writing to the
-            # process before us (a respawn) to us, and its lines carry no request id. Text
-            # that arrives before we asked anything is discarded; we ask once the input has
-            # been free of it for RESYNC_QUIET (see _text and _timers), counted from now, so
-            # that the kernel dump below overlaps it.
-            self.resync_after = time.monotonic() + RESYNC_QUIET
         found = self.writer.dump()
         if found:
             log.info("start: %d routes of ours already in the kernel; keeping them until the "
                      "peers have re-sent their routes (grace %gs)", len(found), self.cfg.grace_time)
+        if resync and self.commands is not None:
+            self._ask_when_quiet(t0 + RESYNC_QUIET)
         self._apply(self.core.handle(KernelRoutesFound(tuple(found))))
         self.grace_deadline = time.monotonic() + self.cfg.grace_time
+
+    def _ask_when_quiet(self, deadline: float) -> None:
+        """Ask for ExaBGP's adj-rib-in once its output has been free of answer text for
+        RESYNC_QUIET. A respawned process receives the rest of an answer ExaBGP was writing
+        to the process before it, and answer lines carry no request id: the text that comes
+        before we ask is not ours, and is discarded. The quiet time is counted from each
+        line's arrival (the reader stamps it), so the kernel dump before this overlaps it.
+        Everything else read meanwhile is kept, in order, for run()."""
+        while True:
+            try:
+                item = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            kind, t, payload = item
+            if kind == "line" and isinstance(payload, bytes) and answer_line(payload):
+                self.stale_answer_lines += 1
+                deadline = max(deadline, t + RESYNC_QUIET)
+                continue
+            self.backlog.append(item)
+            if kind == "eof":
+                return
+        if self.stale_answer_lines:
+            log.info("start: discarded %d lines of an answer meant for the process before us",
+                     self.stale_answer_lines)
+        self._resync()
 
     def _resync(self) -> None:
         established: set[str] = set()  # filled by the summary, read when the rib is in
@@ -399,17 +424,21 @@ class Daemon:
                 break
             if self.reload_requested:
                 self.reload()
-            try:
-                item = self.queue.get(timeout=TICK)
-            except queue.Empty:
-                self._timers()
-                continue
-            batch = [item]
-            while len(batch) < DRAIN_MAX:
+            if self.backlog:  # what start-up read before asking ExaBGP comes first
+                batch = [self.backlog.popleft()
+                         for _ in range(min(DRAIN_MAX, len(self.backlog)))]
+            else:
                 try:
-                    batch.append(self.queue.get_nowait())
+                    item = self.queue.get(timeout=TICK)
                 except queue.Empty:
-                    break
+                    self._timers()
+                    continue
+                batch = [item]
+                while len(batch) < DRAIN_MAX:
+                    try:
+                        batch.append(self.queue.get_nowait())
+                    except queue.Empty:
+                        break
             eof = self._process(batch)
             self._timers()
             if eof:
@@ -502,11 +531,6 @@ class Daemon:
 
     def _text(self, kind: LineKind, text: str) -> list[Event]:
         if not self.pending:
-            if self.resync_after is not None:
-                # the tail of an answer meant for the process before us: wait until it is over
-                self.resync_after = time.monotonic() + RESYNC_QUIET
-                self.stale_answer_lines += 1
-                return []
             if kind is LineKind.TEXT:
                 log.debug("ExaBGP said: %s", text[:200])
             return []
@@ -625,14 +649,7 @@ class Daemon:
     def _timers(self) -> None:
         now = time.monotonic()
         ops = self.core.handle(Tick(now))
-        if self.resync_after is not None and now >= self.resync_after:
-            self.resync_after = None
-            if self.stale_answer_lines:
-                log.info("start: discarded %d lines of an answer meant for the process before "
-                         "us", self.stale_answer_lines)
-            self._resync()
-        if self.grace_deadline is not None and now >= self.grace_deadline and (
-                self.pending or self.resync_after is not None):
+        if self.grace_deadline is not None and now >= self.grace_deadline and self.pending:
             # ExaBGP is still sending its adj-rib-in (100k paths can take a minute with its
             # default api.chunk): sweeping now would remove routes about to be confirmed
             if not self.grace_waited:
@@ -1068,8 +1085,8 @@ def run(cfg: Config, *, dry_run: bool, stdin: IO[bytes] | None = None) -> int:
     if dry_run:
         daemon = Daemon(cfg, PrintWriter(sys.stdout), None)
         daemon.install_signals()
-        daemon.startup(resync=False)
         daemon.start_reader(src)
+        daemon.startup(resync=False)
         return daemon.run()
 
     from .kernel import KernelWriter
@@ -1108,8 +1125,8 @@ def run(cfg: Config, *, dry_run: bool, stdin: IO[bytes] | None = None) -> int:
     for ev in monitor.start(devices):
         daemon.core.handle(ev)
         log.warning("device %s is %s at start", ev.device, ev.reason)
+    daemon.start_reader(src)  # (lines queue up, stamped, while start-up reads the kernel)
     daemon.startup(resync=cfg.resync)
-    daemon.start_reader(src)
     try:
         return daemon.run()
     finally:

@@ -100,8 +100,8 @@ def run_daemon(lines: Sequence[bytes], kernel: MemoryKernel, *, resync: bool = F
     daemon = Daemon(cfg, kernel, commands)  # type: ignore[arg-type]
     r, w = os.pipe()
     with os.fdopen(r, "rb") as rd:
-        daemon.startup(resync=resync)
         daemon.start_reader(rd)
+        daemon.startup(resync=resync)
 
         def feed() -> None:
             with os.fdopen(w, "wb") as wr:
@@ -587,23 +587,25 @@ def test_start_up_resync_ignores_an_answer_meant_for_the_process_before() -> Non
     """A respawned plugin receives the tail of the adj-rib-in answer ExaBGP was writing to
     its predecessor (and that answer's `done`). Taken for its own answer it would end the
     resync at once and, at the grace timer, sweep routes its real answer would confirm: the
-    tail is discarded and the resync asked only once it is over."""
+    tail is discarded and the resync asked only once the input has been free of answer text
+    for RESYNC_QUIET (from each line's arrival); a live UPDATE read meanwhile is kept."""
+    from vtibgp.daemon import RESYNC_QUIET
     keep = KernelRoute("10.1.0.0/16", 100, (NextHop("vti01"),))
     kernel = MemoryKernel([keep])
     commands = io.StringIO()
     daemon = Daemon(config(), kernel, commands)  # type: ignore[arg-type]
-    daemon.startup(resync=True)
-    assert commands.getvalue() == ""  # not asked yet
     now = time.monotonic()
-    stale = _adj_rib("10.9.0.0/16")
-    daemon._process([("line", now, stale), ("line", now, b"done\n")])
-    assert daemon.stale_answer_lines == 2 and commands.getvalue() == ""
-    assert daemon.resync_after is not None
-    daemon.grace_deadline = time.monotonic() - 1  # the grace time is over meanwhile
-    daemon.resync_after = time.monotonic() - 1  # and the input has been quiet
-    daemon._timers()
+    live = _update_many(PEER, ["10.7.0.0/16"])
+    for t, line in ((now, _adj_rib("10.9.0.0/16")), (now, live), (now + 0.2, b"done\n")):
+        daemon.queue.put(("line", t, line))  # as the reader stamps them on arrival
+    daemon.startup(resync=True)
+    assert time.monotonic() >= now + 0.2 + RESYNC_QUIET  # quiet after the last of the tail
+    assert daemon.stale_answer_lines == 2
     assert commands.getvalue().splitlines() == ["show neighbor summary",
                                                 "show adj-rib in extensive"]
+    assert [item[2] for item in daemon.backlog] == [live]  # for run(), in order
+    daemon.grace_deadline = time.monotonic() - 1  # the grace time is over meanwhile
+    daemon._timers()
     assert list(kernel.routes) == [keep.key]  # not swept while the answer is awaited
     assert daemon.grace_deadline is not None
 
