@@ -28,9 +28,13 @@ the global one; the per-peer prefix list is evaluated after the global one and b
 permit (a peer list can narrow, never widen); `allow_martians`, `protected` and `outside` add
 to the global ones; `martians` is global only.
 
-Everything is precomputed into integers per family, so a check costs a few dict and integer
-operations (see tests/unit/test_policy.py for the measured cost); the AS-path verdict is
-remembered for the last PathAttrs object, which every prefix of an UPDATE shares.
+Everything is precomputed into integers per (peer, family), and the prefix guards into one
+closure, so a check costs a few dict and integer operations (see tests/unit/test_policy.py
+for the measured cost): the prefix lists are worked out in advance into one verdict per
+piece of the address space and prefix length (one bisect); a prefix far from every
+martian, protected and outside range, known from one table lookup for most prefixes, skips
+those three guards. The AS-path verdict is judged once per UPDATE in `partition` (every
+prefix of an UPDATE shares one PathAttrs) and remembered for the last PathAttrs in `check`.
 
 `MaxPrefix` is the per-peer prefix limit as pure state: `admit()` says whether one more
 prefix is accepted and reports each threshold crossing once.
@@ -42,8 +46,9 @@ import ipaddress
 import math
 import socket
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from socket import inet_pton
 from typing import Literal, TypeVar, get_args
 
@@ -234,33 +239,42 @@ def covers(prefix: str, address: str) -> bool:
 
 # ---------------------------------------------------------------- the compiled policy
 
-# A prefix-list entry as (lowest length, highest length, shift, key, permit): it matches a
-# prefix (net, plen) when lowest <= plen <= highest and net >> shift == key.
-_Entry = tuple[int, int, int, int, bool]
+# The prefix guards of one (peer, family): the prefix text to None or the refusing reason.
+_Screen = Callable[[Prefix], Reason | None]
+# Prefixes at least this long lie inside one block of addresses sharing this many leading
+# bits, which one byte of a table can describe (4 KiB for IPv4, 64 KiB for IPv6).
+_BLOCK_BITS = {32: 12, 128: 16}
 
 
 class _Family:
-    """One peer's guards for one family, as integers."""
+    """One peer's guards for one family, as integers, and `screen`: the prefix guards
+    (invalid to loop) compiled into one function. The AS-path guards are left to `Policy`,
+    which judges them once per PathAttrs."""
 
     __slots__ = (
         "af",
         "allow_default",
         "allowed",
         "aspath",
+        "dirty",
         "exact",
+        "h_ends",
+        "h_starts",
         "hostmask",
         "lengths",
-        "lists",
+        "list_starts",
+        "list_verdicts",
         "m_ends",
         "m_starts",
         "max_length",
         "outside",
         "p_ends",
         "p_starts",
+        "screen",
         "width",
     )
 
-    def __init__(self, version: int, s: PolicySettings, lists: Sequence[tuple[PrefixRule, ...]],
+    def __init__(self, version: int, s: PolicySettings, lists: tuple[tuple[PrefixRule, ...], ...],
                  outside: Iterable[str], aspath: tuple[bool, int]) -> None:
         self.af = socket.AF_INET if version == 4 else socket.AF_INET6
         self.width = width = _WIDTH[version]
@@ -269,8 +283,8 @@ class _Family:
         # Martian and protected ranges as merged address intervals: a prefix (itself an
         # interval) lies inside their union iff it lies inside one of them, and overlaps the
         # union iff it overlaps one; either is one bisect, however long the lists.
-        self.m_starts, self.m_ends = _spans(
-            _nets((m.prefix for m in s.martians if m.covered), version), width)
+        covered = _nets((m.prefix for m in s.martians if m.covered), version)
+        self.m_starts, self.m_ends = _spans(covered, width)
         self.exact: frozenset[tuple[int, int]] = frozenset(
             p[1:] for m in s.martians if not m.covered
             if (p := parse_prefix(m.prefix))[0] == version
@@ -278,20 +292,17 @@ class _Family:
         self.allowed = _nets(s.allow_martians, version)
         self.allow_default = s.allow_default
         self.max_length = s.max_length_ipv4 if version == 4 else s.max_length_ipv6
-        self.lists: list[list[_Entry]] = []
-        for rules in lists:
-            entries: list[_Entry] = []
-            for r in rules:
-                v, net, plen = parse_prefix(r.prefix)
-                if v == version:
-                    lo, hi = r.lengths()
-                    entries.append((lo, hi, width - plen, net >> (width - plen),
-                                    r.action == "permit"))
-            if entries:
-                self.lists.append(entries)
-        self.p_starts, self.p_ends = _spans(_nets(s.protected, version), width)
+        self.list_starts, self.list_verdicts = _prefix_lists(version, lists)
+        protected = _nets(s.protected, version)
+        self.p_starts, self.p_ends = _spans(protected, width)
         self.outside = sorted({a for v, a in map(_parse_address, outside) if v == version})
+        # Every address for which the martian, protected or loop guard can refuse a prefix
+        # holding it; a prefix that meets none of these "hot" spans passes all three.
+        self.h_starts, self.h_ends = _spans(
+            [*covered, *self.exact, *protected, *((a, width) for a in self.outside)], width)
+        self.dirty = _dirty_blocks(width, tuple(self.h_starts), tuple(self.h_ends))
         self.aspath = aspath  # (first_as_must_be_peer, max_as_path_length), shared by families
+        self.screen = _screen(self)
 
 
 def _nets(prefixes: Iterable[str], version: int) -> list[tuple[int, int]]:
@@ -311,12 +322,153 @@ def _spans(nets: Iterable[tuple[int, int]], width: int) -> tuple[list[int], list
     return starts, ends
 
 
+@lru_cache(maxsize=32)
+def _dirty_blocks(width: int, starts: tuple[int, ...], ends: tuple[int, ...]) -> bytes:
+    """One byte per block of `_BLOCK_BITS[width]` leading bits: 1 if the block holds an
+    address of one of the spans [starts[i], ends[i]]. Peers with the same spans share it."""
+    shift = width - _BLOCK_BITS[width]
+    table = bytearray(1 << _BLOCK_BITS[width])
+    for start, end in zip(starts, ends, strict=True):
+        first, last = start >> shift, end >> shift
+        table[first:last + 1] = b"\x01" * (last + 1 - first)
+    return bytes(table)
+
+
+@lru_cache(maxsize=32)
+def _prefix_lists(version: int, lists: tuple[tuple[PrefixRule, ...], ...]
+                  ) -> tuple[tuple[int, ...], tuple[bytes, ...]]:
+    """The prefix lists' verdict for one family, worked out in advance for every prefix:
+    (starts, verdicts), where a prefix (net, plen) is permitted by every list iff
+    verdicts[i][plen] is 1 for the last starts[i] <= net. Both empty: no list has entries of
+    this family, nothing is filtered.
+
+    Exact: an entry matches (net, plen) when lo <= plen <= hi and net, the prefix's first
+    address, lies in the entry's range (the configuration refuses lengths below the entry's
+    own, so that is the prefix lying inside the entry). The address space is cut at every
+    entry's first address and at the address after its last, so every net of one piece lies
+    in the same entries, and the first match (in list order) for each length is the same for
+    all of them. Neighbouring pieces with the same verdicts are merged. Cached: a set of
+    lists is worked out once, whatever the peers sharing it."""
+    width = _WIDTH[version]
+    # per list with entries of this family: (entry prefix -> [(position, lengths, permit)],
+    # the entry prefixes' lengths), with `lengths` a bit mask (bit n: prefix length n)
+    parsed: list[tuple[dict[tuple[int, int], list[tuple[int, int, bool]]], list[int]]] = []
+    cuts = {0}
+    for rules in lists:
+        by_prefix: dict[tuple[int, int], list[tuple[int, int, bool]]] = {}
+        for position, r in enumerate(rules):
+            v, net, plen = parse_prefix(r.prefix)
+            if v == version:
+                lo, hi = r.lengths()
+                lo, hi = max(lo, 0), min(hi, width)
+                lengths = (1 << (hi + 1)) - (1 << lo) if lo <= hi else 0
+                by_prefix.setdefault((net, plen), []).append(
+                    (position, lengths, r.action == "permit"))
+                cuts.add(net)
+                cuts.add(net + (1 << (width - plen)))
+        if by_prefix:
+            parsed.append((by_prefix, sorted({plen for _, plen in by_prefix})))
+    if not parsed:
+        return (), ()
+    cuts.discard(1 << width)  # past the last address
+    starts: list[int] = []
+    verdicts: list[bytes] = []
+    as_bytes: dict[int, bytes] = {}
+    for cut in sorted(cuts):
+        permitted = (1 << (width + 1)) - 1  # by every list so far: a mask of lengths
+        for by_prefix, entry_lengths in parsed:
+            # the entries holding `cut` (their prefixes hold it: one per entry length at
+            # most) in list order; the first to match a length decides it
+            holding = sorted(e for n in entry_lengths
+                             for e in by_prefix.get((cut >> (width - n) << (width - n), n), ()))
+            permit_mask = decided = 0  # undecided lengths: implicit deny
+            for _, lengths, permit in holding:
+                if permit:
+                    permit_mask |= lengths & ~decided
+                decided |= lengths
+            permitted &= permit_mask
+        piece = as_bytes.get(permitted)
+        if piece is None:  # one bytes object per distinct verdict
+            piece = as_bytes[permitted] = bytes(permitted >> n & 1 for n in range(width + 1))
+        if not verdicts or piece is not verdicts[-1]:
+            starts.append(cut)
+            verdicts.append(piece)
+    return tuple(starts), tuple(verdicts)
+
+
+def _screen(f: _Family) -> _Screen:
+    """`f`'s prefix guards, in the module docstring's order, as one closure: what it reads
+    is bound once here, and a guard the settings leave with nothing to do costs a test of
+    an empty or false local."""
+    af, lengths, hostmask, width = f.af, f.lengths, f.hostmask, f.width
+    dirty, h_starts, h_ends = f.dirty, f.h_starts, f.h_ends
+    bits = _BLOCK_BITS[width]
+    block_shift = width - bits
+    m_starts, m_ends, exact, allowed = f.m_starts, f.m_ends, f.exact, f.allowed
+    refuse_default, max_length = not f.allow_default, f.max_length
+    list_starts, list_verdicts = f.list_starts, f.list_verdicts
+    # a list set that cuts the address space into one piece decides by length alone
+    by_length = list_verdicts[0] if len(list_starts) == 1 else None
+    p_starts, p_ends, outside = f.p_starts, f.p_ends, f.outside
+    from_bytes = int.from_bytes
+
+    def screen(prefix: Prefix) -> Reason | None:
+        # the prefix text, parsed: the address must be of the family, the length a plain
+        # decimal within its width, the host bits zero
+        try:
+            addr, _, length = prefix.partition("/")
+            plen = lengths[length]
+            net = from_bytes(inet_pton(af, addr))
+        except (KeyError, OSError, ValueError, TypeError, AttributeError):
+            return "invalid"
+        host = hostmask[plen]
+        if net & host:
+            return "invalid"  # host bits set
+        last = net | host  # the prefix's last address
+        # Whether the prefix meets a hot span (see _Family); far from all of them (most
+        # prefixes), the martian, protected and loop guards have nothing to refuse. A prefix
+        # of at least `bits` lies in one block: a clean block settles it with one lookup.
+        # Otherwise the hot span starting last at or before `last` is the only one that
+        # can reach back to `net` (they are disjoint and sorted).
+        if plen >= bits and not dirty[net >> block_shift]:
+            near = False
+        else:
+            i = bisect_right(h_starts, last) - 1
+            near = i >= 0 and h_ends[i] >= net
+        if near:
+            i = bisect_right(m_starts, net) - 1
+            if ((i >= 0 and last <= m_ends[i]) or (net, plen) in exact) \
+                    and not _inside_any(net, plen, width, allowed):
+                return "martian"
+        if not plen and refuse_default:
+            return "default_route"
+        if plen > max_length:
+            return "max_length"
+        if by_length is not None:
+            if not by_length[plen]:
+                return "prefix_list"
+        elif list_starts and not list_verdicts[bisect_right(list_starts, net) - 1][plen]:
+            return "prefix_list"
+        if near:
+            if p_starts:
+                i = bisect_right(p_starts, last) - 1  # the last range starting in or before
+                if i >= 0 and p_ends[i] >= net:
+                    return "protected"
+            if outside:
+                i = bisect_right(outside, last) - 1  # the highest endpoint up to `last`
+                if i >= 0 and outside[i] >= net:
+                    return "loop"
+        return None
+
+    return screen
+
+
 def _compile(s: PolicySettings, lists: Sequence[tuple[PrefixRule, ...]],
              outside: Iterable[str]) -> dict[str, _Family]:
     outside = tuple(outside)
     aspath = (s.first_as_must_be_peer, s.max_as_path_length)
-    return {"ipv4 unicast": _Family(4, s, lists, outside, aspath),
-            "ipv6 unicast": _Family(6, s, lists, outside, aspath)}
+    return {"ipv4 unicast": _Family(4, s, tuple(lists), outside, aspath),
+            "ipv6 unicast": _Family(6, s, tuple(lists), outside, aspath)}
 
 
 class Policy:
@@ -378,64 +530,46 @@ class Policy:
         fam = self._rules.get(peer, self._global).get(family)
         if fam is None:
             return "invalid"
-        # the prefix text, parsed inline (this runs per prefix): the address must be of the
-        # family, the length a plain decimal within its width, the host bits zero
-        try:
-            addr, _, length = prefix.partition("/")
-            plen = fam.lengths.get(length)
-            if plen is None:
-                return "invalid"
-            net = int.from_bytes(inet_pton(fam.af, addr))
-        except (OSError, ValueError, TypeError, AttributeError):
-            return "invalid"
-        last = net | fam.hostmask[plen]  # the prefix's last address
-        if last != net + fam.hostmask[plen]:
-            return "invalid"  # host bits set
-        i = bisect_right(fam.m_starts, net) - 1
-        if ((i >= 0 and last <= fam.m_ends[i]) or (fam.exact and (net, plen) in fam.exact)) \
-                and not _inside_any(net, plen, fam.width, fam.allowed):
-            return "martian"
-        if plen == 0 and not fam.allow_default:
-            return "default_route"
-        if plen > fam.max_length:
-            return "max_length"
-        for entries in fam.lists:
-            for lo, hi, shift, key, permit in entries:
-                if lo <= plen <= hi and net >> shift == key:
-                    if not permit:
-                        return "prefix_list"
-                    break
-            else:
-                return "prefix_list"
-        if fam.p_starts:
-            i = bisect_right(fam.p_starts, last) - 1  # the last range starting in or before
-            if i >= 0 and fam.p_ends[i] >= net:
-                return "protected"
-        if fam.outside:
-            i = bisect_right(fam.outside, last) - 1  # the highest endpoint up to `last`
-            if i >= 0 and fam.outside[i] >= net:
-                return "loop"
-        aspath = fam.aspath
-        if attrs is self._c_attrs and aspath is self._c_rules and peer_as == self._c_as:
-            return self._c_result
-        result = _as_path(aspath, peer_as, attrs)
-        self._c_attrs, self._c_rules, self._c_as, self._c_result = attrs, aspath, peer_as, result
-        return result
+        reason = fam.screen(prefix)
+        if reason is not None:
+            return reason
+        return self._path_verdict(fam.aspath, peer_as, attrs)
 
     def partition(self, peer: PeerAddr, peer_as: int | None, family: Family,
                   prefixes: Iterable[Prefix], attrs: PathAttrs
                   ) -> tuple[list[Prefix], list[tuple[Prefix, Reason]]]:
-        """`check` over an UPDATE's prefixes: (accepted, [(refused, reason), ...])."""
+        """`check` over an UPDATE's prefixes: (accepted, [(refused, reason), ...]). What the
+        prefixes share (their guards, the AS-path verdict) is looked up once."""
         ok: list[Prefix] = []
         refused: list[tuple[Prefix, Reason]] = []
-        check = self.check
+        fam = self._rules.get(peer, self._global).get(family)
+        if fam is None:
+            refused.extend((prefix, "invalid") for prefix in prefixes)
+            return ok, refused
+        screen, accept = fam.screen, ok.append
+        path_judged = False  # the AS-path verdict, judged when a prefix first gets that far
+        path: Reason | None = None
         for prefix in prefixes:
-            reason = check(peer, peer_as, family, prefix, attrs)
+            reason = screen(prefix)
             if reason is None:
-                ok.append(prefix)
-            else:
-                refused.append((prefix, reason))
+                if not path_judged:
+                    path = self._path_verdict(fam.aspath, peer_as, attrs)
+                    path_judged = True
+                if path is None:
+                    accept(prefix)
+                    continue
+                reason = path
+            refused.append((prefix, reason))
         return ok, refused
+
+    def _path_verdict(self, rules: tuple[bool, int], peer_as: int | None,
+                      attrs: PathAttrs) -> Reason | None:
+        """`_as_path`, remembered for the last (attrs, rules, peer_as) seen."""
+        if attrs is self._c_attrs and rules is self._c_rules and peer_as == self._c_as:
+            return self._c_result
+        result = _as_path(rules, peer_as, attrs)
+        self._c_attrs, self._c_rules, self._c_as, self._c_result = attrs, rules, peer_as, result
+        return result
 
 
 def _as_path(rules: tuple[bool, int], peer_as: int | None, attrs: PathAttrs) -> Reason | None:

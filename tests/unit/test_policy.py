@@ -489,6 +489,157 @@ def test_protected_and_loop_match_the_reference(protected: list[str], outside: l
         assert check(pol, p) == want, p
 
 
+def reference_check(s: PolicySettings, outside: Sequence[str], peer_as: int | None,
+                    family: str, prefix: str, attrs: PathAttrs) -> str | None:
+    """The whole policy for P1 (settings `s`, P1's own under `s.peers`), guard after guard in
+    the documented order, written the slow, obvious way with ipaddress."""
+    own = s.peers.get(P1, PeerPolicySettings())
+    try:
+        p = ipaddress.ip_network(prefix)
+    except ValueError:
+        return "invalid"
+    if p.version != (6 if family == V6 else 4) or family not in (V4, V6):
+        return "invalid"
+    if reference_martian(prefix, s.martians, (*s.allow_martians, *own.allow_martians)):
+        return "martian"
+    allow_default = s.allow_default if own.allow_default is None else own.allow_default
+    if p.prefixlen == 0 and not allow_default:
+        return "default_route"
+    max_length = (s.max_length_ipv4, own.max_length_ipv4) if p.version == 4 else \
+        (s.max_length_ipv6, own.max_length_ipv6)
+    if p.prefixlen > (max_length[0] if max_length[1] is None else max_length[1]):
+        return "max_length"
+    if not (reference_prefix_list(s.prefix_list, prefix)
+            and reference_prefix_list(own.prefix_list, prefix)):
+        return "prefix_list"
+    if any(_overlap(prefix, n) for n in (*s.protected, *own.protected)):
+        return "protected"
+    if any(covers(prefix, a) for a in outside):
+        return "loop"
+    first_as = s.first_as_must_be_peer if own.first_as_must_be_peer is None \
+        else own.first_as_must_be_peer
+    if first_as and peer_as is not None and attrs.as_path[:1] != (peer_as,):
+        return "as_path_first"
+    max_path = s.max_as_path_length if own.max_as_path_length is None \
+        else own.max_as_path_length
+    if len(attrs.as_path) + bool(attrs.as_set) > max_path:
+        return "as_path_length"
+    return None
+
+
+def _host_bits(prefix: str) -> str:
+    """The prefix with its last address in place of its first: host bits set unless a host
+    route."""
+    net = ipaddress.ip_network(prefix)
+    return f"{net.broadcast_address}/{net.prefixlen}"
+
+
+PROBES = st.lists(st.one_of(prefixes(), prefixes().map(_host_bits)), min_size=1, max_size=25)
+
+
+@st.composite
+def policy_settings(draw: st.DrawFn) -> PolicySettings:
+    """Random settings using every guard at once, P1 with its own part."""
+    def some(strategy: st.SearchStrategy[str], n: int) -> tuple[str, ...]:
+        return tuple(draw(st.lists(strategy, max_size=n)))
+
+    own = PeerPolicySettings(
+        allow_default=draw(st.none() | st.booleans()),
+        max_length_ipv4=draw(st.none() | st.integers(1, 32)),
+        max_length_ipv6=draw(st.none() | st.integers(1, 128)),
+        first_as_must_be_peer=draw(st.none() | st.booleans()),
+        max_as_path_length=draw(st.none() | st.integers(1, 4)),
+        prefix_list=tuple(draw(st.lists(rules(), max_size=5))),
+        allow_martians=some(prefixes(), 2),
+        protected=some(prefixes(), 2),
+        outside=some(prefixes().map(lambda p: p.split("/")[0]), 2),
+    )
+    martians = MARTIANS if draw(st.booleans()) else tuple(
+        draw(st.lists(st.builds(Martian, prefixes(), st.just(""), st.booleans()), max_size=5)))
+    return PolicySettings(
+        martians=martians,
+        allow_martians=some(prefixes(), 2),
+        allow_default=draw(st.booleans()),
+        max_length_ipv4=draw(st.integers(1, 32)),
+        max_length_ipv6=draw(st.integers(1, 128)),
+        first_as_must_be_peer=draw(st.booleans()),
+        max_as_path_length=draw(st.integers(1, 4)),
+        prefix_list=tuple(draw(st.lists(rules(), max_size=8))),
+        protected=some(prefixes(), 3),
+        peers={P1: own} if draw(st.booleans()) else {},
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    s=policy_settings(),
+    discovered=st.lists(prefixes().map(lambda p: p.split("/")[0]), max_size=2),
+    probes=PROBES,
+    peer_as=st.none() | st.sampled_from([AS, 65001]),
+    as_path=st.lists(st.sampled_from([AS, 65001]), max_size=5).map(tuple),
+    as_set=st.lists(st.just(7), max_size=1).map(tuple),
+)
+def test_check_and_partition_match_the_reference_with_every_guard_at_once(
+        s: PolicySettings, discovered: list[str], probes: list[str], peer_as: int | None,
+        as_path: tuple[int, ...], as_set: tuple[int, ...]) -> None:
+    """The fast paths (one table lookup far from the martian, protected and loop ranges,
+    the prefix lists worked out in advance, the AS path judged once per UPDATE) against the
+    slow, obvious reading of the module docstring."""
+    pol = Policy(s)
+    pol.set_outside(P1, discovered)
+    attrs = PathAttrs(P1, as_path=as_path, as_set=as_set)
+    for family in (V4, V6):
+        want = [reference_check(s, pol.outside(P1), peer_as, family, p, attrs) for p in probes]
+        got = [pol.check(P1, peer_as, family, p, attrs) for p in probes]
+        assert got == want, [(p, g, w) for p, g, w in zip(probes, got, want, strict=True)
+                             if g != w]
+        ok, refused = pol.partition(P1, peer_as, family, probes, attrs)
+        assert ok == [p for p, r in zip(probes, want, strict=True) if r is None]
+        assert refused == [(p, r) for p, r in zip(probes, want, strict=True) if r is not None]
+
+
+def test_partition_judges_the_as_path_only_for_prefixes_that_get_that_far() -> None:
+    pol = policy()
+    bad = PathAttrs(P1, as_path=(1,))
+    ok, refused = pol.partition(P1, AS, V4, ["127.0.0.0/8", "10.0.0.0/8", "x"], bad)
+    assert ok == []
+    assert refused == [("127.0.0.0/8", "martian"), ("10.0.0.0/8", "as_path_first"),
+                       ("x", "invalid")]
+    assert pol.partition(P1, AS, "ipv4 flow", ["10.0.0.0/8"], OK) == (  # type: ignore[arg-type]
+        [], [("10.0.0.0/8", "invalid")])
+
+
+@pytest.mark.parametrize(("prefix", "reason"), [
+    # each starts in an address block no guarded range touches and reaches one further on
+    ("10.0.0.0/11", "protected"), ("10.0.0.0/12", None), ("10.16.0.0/12", "protected"),
+    ("52.0.0.0/11", "loop"), ("52.0.0.0/12", None), ("fd00::/15", "protected"),
+    ("fd00::/16", None), ("2600::/15", "loop"), ("2600::/16", None),
+])
+def test_a_short_prefix_reaching_a_guarded_range_from_a_clean_block(
+        prefix: str, reason: str | None) -> None:
+    pol = policy(protected=("10.16.0.0/24", "fd01::/64"),
+                 peers={P1: PeerPolicySettings(outside=("52.31.255.255", "2601::1"))})
+    assert check(pol, prefix) == reason
+
+
+def test_long_prefix_lists_are_decided_like_short_ones() -> None:
+    """A list of 2,000 entries, nested and overlapping, compiled into address pieces."""
+    entries = [PrefixRule(f"10.{i >> 8}.{i & 255}.0/24", "deny" if i % 3 == 0 else "permit",
+                          le=28) for i in range(2000)]
+    entries.insert(1000, PrefixRule("10.0.0.0/8", "permit", ge=16, le=24))
+    pol = policy(prefix_list=tuple(entries))
+    for prefix, want in (("10.0.0.0/24", "prefix_list"), ("10.0.1.0/25", None),
+                         ("10.0.1.0/29", "prefix_list"), ("10.7.207.0/24", None),
+                         ("10.7.208.0/24", None), ("10.7.208.0/26", "prefix_list"),
+                         ("10.3.231.0/24", "prefix_list"),  # a deny before the /8
+                         ("10.3.234.0/24", None),  # a deny after the /8: the /8 decides
+                         ("10.3.234.0/25", "prefix_list"), ("10.200.0.0/16", None),
+                         ("11.0.0.0/24", "prefix_list"), ("fd00::/8", None)):
+        assert check(pol, prefix) == want, prefix
+        assert check(pol, prefix) == (None if reference_prefix_list(entries, prefix)
+                                      else "prefix_list"), prefix
+
+
 # ---------------------------------------------------------------- max-prefix
 
 
