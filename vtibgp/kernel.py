@@ -63,6 +63,7 @@ import logging
 import os
 import select
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -92,6 +93,10 @@ _UNSENT = -3  # not packed yet
 NHID_BASE = 0x56540000
 
 _RETRY_BATCHES = (256, 64, 16, 4, 1, 1)
+# Python's GIL switch interval while batches are pipelined (default 5 ms): 100k routes here
+# went from a median of 120,000 to 141,000 adds/s and 104,000 to 112,000 deletes/s at 0.1 ms
+# (5 interleaved runs each)
+PIPELINE_SWITCH = 0.0001
 _SORT_RUN = 64
 _DUMP_TIMEOUT = 30.0
 
@@ -939,6 +944,24 @@ class KernelWriter:
         base = self._take_seqs(2 * n)  # base + i: op i; base + n + i: a REPLACE's delete
         self._discard_pending()
         use_pool = pipeline and n > limit
+        switch = sys.getswitchinterval()
+        if use_pool:
+            # The sender thread needs the GIL back the moment the kernel has taken a batch,
+            # while this thread packs the next one; by default it waits up to 5 ms for it
+            # (a quarter of a 2,000-route batch's kernel time). See PIPELINE_SWITCH.
+            sys.setswitchinterval(min(switch, PIPELINE_SWITCH))
+        try:
+            self._pipeline(ops, res, local, base, limit, use_pool)
+        finally:
+            sys.setswitchinterval(switch)
+        if _PENDING in res:
+            self._wait_stragglers(base, res)
+        return res
+
+    def _pipeline(self, ops: Sequence[RouteOp], res: list[int], local: dict[int, int],
+                  base: int, limit: int, use_pool: bool) -> None:
+        """_exchange's send loop: every op packed and sent once, acks read as they come."""
+        n = len(ops)
         inflight: Future[int] | None = None
         inflight_range = (0, 0)
         start = 0
@@ -977,9 +1000,23 @@ class KernelWriter:
         if inflight is not None:
             self._wait(inflight, inflight_range)
             self._drain(base, res)
-        if _PENDING in res:
-            self._wait_stragglers(base, res)
-        return res
+
+    def _object_for(self, nexthops: tuple[NextHop, ...], v6: bool) -> int:
+        """The id of our nexthop object for `nexthops` in that family; -1 if it is not made
+        yet, 0 if the kernel refused to make it in this call. Cached by the tuple's identity
+        (the core shares one tuple per path), so most look-ups skip building the key."""
+        cache = self._nh_cache
+        hit = cache.get((id(nexthops), v6))
+        if hit is not None and hit[0] is nexthops:
+            return hit[1]
+        key = (v6, self._hops_for(nexthops))
+        found = self._nh_key.get(key)
+        if found is None:
+            return 0 if key in self._nh_failed else -1
+        if len(cache) >= 65536:
+            cache.clear()
+        cache[(id(nexthops), v6)] = (nexthops, found)
+        return found
 
     def _pack_chunk(
         self,
@@ -998,8 +1035,6 @@ class KernelWriter:
         hops_for = self._hops_for
         missing = self._missing
         objects = self.nexthop_objects
-        nh_key = self._nh_key
-        nh_cache = self._nh_cache
         nh_failed = self._nh_failed
         delete = OpKind.DELETE
         replace = OpKind.REPLACE
@@ -1010,6 +1045,11 @@ class KernelWriter:
         size = 0
         max_bytes = self._max_chunk_bytes
         stop = min(len(ops), start + limit)
+        # the last nexthops tuple looked up and its object id: the routes of an UPDATE come
+        # in a row with the same tuple
+        last_hops: tuple[NextHop, ...] | None = None
+        last_v6 = False
+        last_id = 0
         i = start
         while i < stop:
             op = ops[i]
@@ -1022,27 +1062,19 @@ class KernelWriter:
                     # the core shares one nexthops tuple per path: its object id is cached by
                     # the tuple's identity (and the family), so most routes skip the lookup
                     nexthops = route.nexthops
-                    prefix = route.prefix
-                    v6 = ":" in prefix
-                    hit = nh_cache.get((id(nexthops), v6))
-                    if hit is not None and hit[0] is nexthops:
-                        nhid = hit[1]
+                    v6 = ":" in route.prefix
+                    if nexthops is last_hops and v6 is last_v6:
+                        via = last_id
                     else:
-                        key = (v6, hops_for(nexthops))
-                        found = nh_key.get(key)
-                        if found is None:
-                            err = nh_failed.get(key)
-                            if err is None:  # made by the caller, then packing goes on here
-                                return b"".join(parts), i, key
+                        via = self._object_for(nexthops, v6)
+                        if via < 0:  # (-1: not made yet; the caller makes it, then goes on)
+                            return b"".join(parts), i, (v6, hops_for(nexthops))
+                        if via == 0:  # the kernel refused to make it
                             res[i] = _LOCAL
-                            local[i] = err
+                            local[i] = nh_failed[(v6, hops_for(nexthops))]
                             i += 1
                             continue
-                        nhid = found
-                        if len(nh_cache) >= 65536:
-                            nh_cache.clear()
-                        nh_cache[(id(nexthops), v6)] = (nexthops, nhid)
-                    via = nhid
+                        last_hops, last_v6, last_id = nexthops, v6, via
                 else:
                     via = hops_for(route.nexthops)
                 if kind is replace:
