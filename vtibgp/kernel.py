@@ -25,9 +25,9 @@ while this thread packs the next batch and reads the acks of the previous ones, 
 kernel's work, the bulk of the cost, overlaps Python's; at most one batch is in flight.
 A REPLACE goes out as a delete carrying our protocol id followed by an exclusive add, in the
 same datagram (see _pack_chunk): the kernel's own replace matches prefix and metric only, and
-would overwrite a route of another owner that took one of our keys. Runs of DELETEs go out
-in descending address order (see _send_order: the kernel's FIB trie
-removes leaves much faster that way); nothing else is reordered.
+would overwrite a route of another owner that took one of our keys. In long runs of DELETEs
+the IPv4 prefixes go out spread over the address space (see _send_order: the kernel's FIB
+trie removes them much faster that way); no op crosses an op of another kind.
 
 Failures. Each refused op is reported with the kernel's errno, in the order of `ops`. Found
 without sending: ENODEV (device unknown; nothing is sent for that op), EINVAL (malformed
@@ -179,15 +179,17 @@ class MultiRecv:
 def _send_order(ops: Sequence[RouteOp]) -> list[int] | None:
     """The order to send `ops` in, as indices, or None for "as given".
 
-    Runs of consecutive DELETEs (at least _SORT_RUN long) go out in descending address order.
-    The kernel's IPv4 FIB trie recomputes a node's suffix length on each leaf removal by
-    scanning its children from the first slot; deleting in ascending order leaves those
-    first slots empty, so every removal scans further (measured here: deleting 100k sequential
-    /24s in ascending order costs the kernel 40-50 % more than in descending order). DELETEs
-    of different keys commute, two DELETEs of one key too (the second is ESRCH, which counts
-    as applied); no op crosses an op of another kind, so an ADD placed before a DELETE (make
-    before break) still goes first. ADDs are left as given: the kernel is less sensitive there
-    and BGP tables tend to arrive in ascending order already."""
+    In a run of consecutive DELETEs (at least _SORT_RUN long) the IPv4 ones go out with
+    their prefixes spread over the address space (ordered by the prefix's hash), then the
+    IPv6 ones as given. The kernel's IPv4 FIB trie removes a leaf with far less work when
+    consecutive removals fall into different nodes; its IPv6 tree prefers them in order.
+    Measured here, 100,000 sequential prefixes added in ascending order, then deleted
+    through the writer (median of 4): IPv4 85,000/s ascending, 123,000/s descending,
+    145,000/s spread; IPv6 177,000/s ascending, 135,000/s descending, 110,000/s spread.
+    DELETEs of different keys commute (the families live in separate tables), two DELETEs
+    of one key too (the second is ESRCH, which counts as applied); no op crosses an op of
+    another kind, so an ADD placed before a DELETE (make before break) still goes first.
+    ADDs are left as given: spreading them cost the writer more than it saved the kernel."""
     n = len(ops)
     delete = OpKind.DELETE
     order: list[int] | None = None
@@ -196,17 +198,16 @@ def _send_order(ops: Sequence[RouteOp]) -> list[int] | None:
         if ops[i].kind is not delete:
             i += 1
             continue
-        j = i
+        j = i + 1
         while j < n and ops[j].kind is delete:
             j += 1
         if j - i >= _SORT_RUN:
             if order is None:
                 order = list(range(n))
-            key = nc.prefix_sort_key
-            keys = [key(ops[k].route.prefix) for k in range(i, j)]
-            # equal prefixes may swap: two DELETEs of one key commute (the second is ESRCH)
-            pairs = sorted(zip(keys, range(i, j), strict=True), reverse=True)
-            order[i:j] = [k for _key, k in pairs]
+            v4 = [(hash(p), k) for k in range(i, j) if ":" not in (p := ops[k].route.prefix)]
+            v4.sort()
+            v6 = [k for k in range(i, j) if ":" in ops[k].route.prefix]
+            order[i:j] = [k for _h, k in v4] + v6
         i = j
     return order
 

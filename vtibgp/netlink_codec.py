@@ -225,21 +225,7 @@ class DumpChunk(NamedTuple):
     interrupted: bool
 
 
-# ------------------------------------------------------------------ prefixes
-
-
-_PLEN_BYTE = {str(n): bytes((n,)) for n in range(129)}
-
-
-def prefix_sort_key(prefix: str) -> bytes:
-    """Address bytes + length: sorts the prefixes of one family in numeric order (the two
-    families interleave, which does not matter: they live in separate kernel tables). A
-    malformed prefix gets b"" (it is refused when packed anyway)."""
-    addr, _, plen_text = prefix.partition("/")
-    try:
-        return _inet_pton(AF_INET6 if ":" in addr else AF_INET, addr) + _PLEN_BYTE[plen_text]
-    except (OSError, KeyError):
-        return b""
+# ------------------------------------------------------------------ addresses
 
 
 def _gateway_bytes(family: int, gateway: str) -> bytes:

@@ -334,25 +334,32 @@ def test_lost_acks_are_resolved(topology: Topology, make_writer: WriterFactory) 
     assert {r.prefix for r in w.dump()} == {r.prefix for r in rs[500:1000]}
 
 
-def test_order_of_results_with_sorted_delete_runs(topology: Topology,
+def test_order_of_results_with_spread_delete_runs(topology: Topology,
                                                   writer: KernelWriter) -> None:
     rs = [route(f"10.125.{i}.0/24", DEVS[i % 2]) for i in range(200)]
     assert writer.apply([add(r) for r in rs]).failed == []
     bad = delete(route("10.125.7.1/24", "vti01"))  # host bits: the kernel says EINVAL
     missing = delete(route("10.126.0.0/24", "vti01"))  # not there: ESRCH = applied
     keep = add(route("10.127.0.0/24", "vti02"))
+    v6 = [route(f"2001:db8:125:{i:x}::/64", "vti01") for i in range(3)]
+    assert writer.apply([add(r) for r in v6]).failed == []
     ops = [delete(r) for r in rs[:100]] + [bad, missing] + [delete(r) for r in rs[100:]]
+    ops[120:120] = [delete(r) for r in v6]
     ops.insert(50, keep)  # splits the delete run: the ADD stays where it is
     order = _send_order(ops)
     assert order is not None and order[50] == 50
     assert sorted(order) == list(range(len(ops)))
-    sent = [ops[i] for i in order]
-    assert [op.route.prefix for op in sent[51:54]] == ["10.126.0.0/24", "10.125.199.0/24",
-                                                      "10.125.198.0/24"]
+    assert order[:50] == list(range(50))  # a run shorter than _SORT_RUN: as given
+    # the long run: its IPv4 prefixes spread (by hash), then its IPv6 ones as given
+    prefixes = [ops[i].route.prefix for i in order[51:]]
+    four = [p for p in prefixes if ":" not in p]
+    assert prefixes == four + [p for p in prefixes if ":" in p]
+    assert four == sorted(four, key=hash) != sorted(four)
+    assert [ops[i].route.prefix for i in order[-3:]] == [r.prefix for r in v6]
     res = writer.apply(ops)
     assert res.failed == [(bad, errno.EINVAL)]
     assert res.applied == len(ops) - 1
-    assert set(kernel(topology)) == {"10.127.0.0/24"}
+    assert set(kernel(topology)) == {"10.127.0.0/24"} and kernel(topology, family=6) == {}
 
 
 def test_unknown_ifindex_is_named_by_number(writer: KernelWriter) -> None:
