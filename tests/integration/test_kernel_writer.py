@@ -334,7 +334,7 @@ def test_lost_acks_are_resolved(topology: Topology, make_writer: WriterFactory) 
     assert {r.prefix for r in w.dump()} == {r.prefix for r in rs[500:1000]}
 
 
-def test_order_of_results_with_spread_delete_runs(topology: Topology,
+def test_order_of_results_with_spread_runs(topology: Topology,
                                                   writer: KernelWriter) -> None:
     rs = [route(f"10.125.{i}.0/24", DEVS[i % 2]) for i in range(200)]
     assert writer.apply([add(r) for r in rs]).failed == []
@@ -362,6 +362,23 @@ def test_order_of_results_with_spread_delete_runs(topology: Topology,
     assert res.failed == [(bad, errno.EINVAL)]
     assert res.applied == len(ops) - 1
     assert set(kernel(topology)) == {"10.127.0.0/24"} and kernel(topology, family=6) == {}
+
+
+def test_spread_run_keeps_one_keys_ops_in_order(topology: Topology,
+                                                writer: KernelWriter) -> None:
+    """Two ADDs of one key inside a long, spread run: the first is applied, the second meets
+    it (EEXIST), as in the given order."""
+    first = add(route("10.128.77.0/24", "vti01"))
+    second = add(route("10.128.77.0/24", "vti02"))
+    ops = [add(route(f"10.128.{i}.0/24", "vti02")) for i in range(200) if i != 77]
+    ops[10:10] = [first]
+    ops[150:150] = [second]
+    order = _send_order(ops)
+    assert order is not None and order != sorted(order)
+    assert order.index(10) < order.index(150)
+    res = writer.apply(ops)
+    assert res.failed == [(second, errno.EEXIST)]
+    assert hops_of(kernel(topology)["10.128.77.0/24"]) == {("vti01", None)}
 
 
 def test_unknown_ifindex_is_named_by_number(writer: KernelWriter) -> None:
