@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno as errno_mod
+import fcntl
 import gc
 import logging
 import os
@@ -60,6 +61,7 @@ log = logging.getLogger("vtibgp")
 
 DRAIN_MAX = 512  # lines folded into one kernel batch at most
 READ_CHUNK = 1 << 20
+PIPE_SIZE = 1 << 20  # stdin's pipe buffer (Linux default 64 KiB; fs.pipe-max-size 1 MiB)
 REQUEST_TIMEOUT = 5.0
 GAUGE_INTERVAL = 1.0  # seconds between route-count gauge updates
 LOGGED_REJECTIONS = 10_000  # (peer, prefix, reason) remembered so each is logged once
@@ -223,6 +225,7 @@ class Daemon:
         # buffered read aborts the interpreter at exit (ExaBGP sends SIGTERM while our stdin
         # is still open), and lines may be 500 KB and more.
         fd = stream.fileno()
+        _widen_pipe(fd)
 
         def run() -> None:
             pending = bytearray()
@@ -1062,6 +1065,18 @@ class Daemon:
             log.info("exit: leaving our %d routes in place (on_exit: retain)",
                      self.core.route_count())
         self.writer.close()
+
+
+def _widen_pipe(fd: int) -> None:
+    """Let ExaBGP write up to PIPE_SIZE ahead of us. With the default 64 KiB a full table
+    fills the pipe in a few milliseconds whenever the reader thread waits for the GIL, and
+    ExaBGP then stalls on it (and spends more CPU polling). Not a pipe, or above the
+    system's fs.pipe-max-size: left as it is."""
+    try:
+        if fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < PIPE_SIZE:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError as e:
+        log.debug("stdin: pipe size left as it is (%s)", e)
 
 
 def _prefix_order(prefix: str) -> tuple[int, bytes, int]:

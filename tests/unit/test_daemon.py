@@ -638,3 +638,19 @@ def test_resync_paths_held_back_come_before_a_live_update() -> None:
     assert seen == [5, 1, 1]  # the run of five, the live update, the last replayed path
     assert daemon.core.rib[PEER]["10.1.0.0/16"].as_path == (64512,)  # the live one won
     assert len(kernel.routes) == 6
+
+
+def test_reader_widens_the_stdin_pipe() -> None:
+    """ExaBGP may write a megabyte ahead of the reader thread instead of 64 KiB."""
+    import fcntl
+
+    from vtibgp.daemon import PIPE_SIZE
+    daemon = Daemon(config(), MemoryKernel(), None)  # type: ignore[arg-type]
+    r, w = os.pipe()
+    with os.fdopen(r, "rb") as rd:
+        assert fcntl.fcntl(r, fcntl.F_GETPIPE_SZ) < PIPE_SIZE
+        thread = daemon.start_reader(rd)
+        assert fcntl.fcntl(r, fcntl.F_GETPIPE_SZ) == PIPE_SIZE
+        os.close(w)
+        thread.join(5)
+    assert daemon.queue.get(timeout=1)[0] == "eof"
