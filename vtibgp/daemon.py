@@ -67,6 +67,7 @@ GAUGE_INTERVAL = 1.0  # seconds between route-count gauge updates
 LOGGED_REJECTIONS = 10_000  # (peer, prefix, reason) remembered so each is logged once
 TICK = 0.25  # seconds: how often timers and signals are looked at when idle
 RESYNC_QUIET = 0.5  # seconds without stray answer lines before the start-up resync is asked
+START_WAIT = 1.0  # seconds start-up waits for that quiet at most (then the loop waits for it)
 APPLY_AT = 65_536  # route ops: a batch that has made this many goes to the kernel at once
 _KIND = attrgetter("kind")  # RouteOp -> OpKind
 
@@ -190,6 +191,8 @@ class Daemon:
         # input taken off the queue at start-up while waiting to ask ExaBGP (see _ask_when_quiet),
         # processed first by run()
         self.backlog: deque[tuple[str, float, object]] = deque()
+        # when the loop asks ExaBGP for its adj-rib-in, if start-up left it (_ask_when_quiet)
+        self.resync_after: float | None = None
         self.lines_seen: dict[LineKind, int] = {}  # this batch's input lines, by kind
         self.stale_answer_lines = 0
         # the adj-rib-in answer being read: hands over the paths it holds back (_resync)
@@ -341,10 +344,14 @@ class Daemon:
         to the process before it, and answer lines carry no request id: the text that comes
         before we ask is not ours, and is discarded. The quiet time is counted from each
         line's arrival (the reader stamps it), so the kernel dump before this overlaps it.
-        Everything else read meanwhile is kept, in order, for run()."""
+        Everything else read meanwhile is kept, in order, for run(). Start-up waits for
+        this at most START_WAIT: a long tail (ExaBGP's default api.chunk trickles for a
+        minute) is left to the loop (resync_after, see _text and _timers), so that updown
+        requests and link events are not held up meanwhile."""
+        limit = time.monotonic() + START_WAIT
         while True:
             try:
-                item = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                item = self.queue.get(timeout=max(0.0, min(deadline, limit) - time.monotonic()))
             except queue.Empty:
                 break
             kind, t, payload = item
@@ -355,6 +362,12 @@ class Daemon:
             self.backlog.append(item)
             if kind == "eof":
                 return
+        if time.monotonic() < deadline:
+            self.resync_after = deadline  # still arriving: the loop asks once it is over
+            return
+        self._ask_now()
+
+    def _ask_now(self) -> None:
         if self.stale_answer_lines:
             log.info("start: discarded %d lines of an answer meant for the process before us",
                      self.stale_answer_lines)
@@ -534,6 +547,11 @@ class Daemon:
 
     def _text(self, kind: LineKind, text: str) -> list[Event]:
         if not self.pending:
+            if self.resync_after is not None:
+                # the tail of an answer meant for the process before us: wait until it is over
+                self.resync_after = time.monotonic() + RESYNC_QUIET
+                self.stale_answer_lines += 1
+                return []
             if kind is LineKind.TEXT:
                 log.debug("ExaBGP said: %s", text[:200])
             return []
@@ -652,7 +670,11 @@ class Daemon:
     def _timers(self) -> None:
         now = time.monotonic()
         ops = self.core.handle(Tick(now))
-        if self.grace_deadline is not None and now >= self.grace_deadline and self.pending:
+        if self.resync_after is not None and now >= self.resync_after:
+            self.resync_after = None
+            self._ask_now()
+        if self.grace_deadline is not None and now >= self.grace_deadline and (
+                self.pending or self.resync_after is not None):
             # ExaBGP is still sending its adj-rib-in (100k paths can take a minute with its
             # default api.chunk): sweeping now would remove routes about to be confirmed
             if not self.grace_waited:

@@ -610,6 +610,35 @@ def test_start_up_resync_ignores_an_answer_meant_for_the_process_before() -> Non
     assert daemon.grace_deadline is not None
 
 
+def test_a_long_answer_tail_is_left_to_the_loop_so_start_up_is_not_held() -> None:
+    """A predecessor's answer that goes on trickling (ExaBGP's default api.chunk) does not
+    hold start-up beyond START_WAIT: the routes are adopted, an updown request that came
+    meanwhile is answered by the loop, and the resync is asked once the tail is over."""
+    from vtibgp.daemon import RESYNC_QUIET, START_WAIT, _Request
+    keep = KernelRoute("10.1.0.0/16", 100, (NextHop("vti01"),))
+    kernel = MemoryKernel([keep])
+    commands = io.StringIO()
+    daemon = Daemon(config(), kernel, commands)  # type: ignore[arg-type]
+    now = time.monotonic()
+    request = _Request({"cmd": "status"})
+    daemon.queue.put(("request", now, request))
+    daemon.queue.put(("line", now + 2 * START_WAIT, _adj_rib("10.9.0.0/16")))  # (stamped late)
+    daemon.startup(resync=True)
+    assert time.monotonic() - now < 2 * START_WAIT
+    assert commands.getvalue() == "" and daemon.resync_after is not None
+    assert daemon.core.stale == {keep.key}  # adopted
+    daemon._process([daemon.backlog.popleft()])
+    assert request.done.is_set() and "peers" in request.answer
+    later = time.monotonic()
+    daemon._process([("line", later, _adj_rib("10.8.0.0/16")), ("line", later, b"done\n")])
+    assert commands.getvalue() == "" and daemon.stale_answer_lines == 3
+    assert daemon.resync_after >= later + RESYNC_QUIET - 0.05
+    daemon.resync_after = time.monotonic() - 1  # quiet since
+    daemon._timers()
+    assert commands.getvalue().splitlines() == ["show neighbor summary",
+                                                "show adj-rib in extensive"]
+
+
 def test_resync_paths_held_back_come_before_a_live_update() -> None:
     """Replayed lines are gathered into one Announce per run; a live UPDATE for one of those
     prefixes that arrives in the middle of the answer must win over the older replayed path,
