@@ -1141,8 +1141,9 @@ def run(cfg: Config, *, dry_run: bool, stdin: IO[bytes] | None = None) -> int:
         return 2
     if cfg.nexthop_objects != "off" and not writer.enable_nexthop_objects() and \
             cfg.nexthop_objects == "on":
-        log.error("%s: kernel.nexthop_objects is true but this kernel has no nexthop objects "
-                  "(Linux 5.3 or later); set it to auto or false", cfg.source)
+        log.error("%s: kernel.nexthop_objects is true but %s (nexthop objects need Linux 5.3 "
+                  "or later and net.ipv4.nexthop_compat_mode=1); set it to auto or false",
+                  cfg.source, writer.nexthop_refusal)
         writer.close()
         return 2
     daemon = Daemon(cfg, writer, sys.stdout, discover=find_device)

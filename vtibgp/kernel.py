@@ -69,12 +69,16 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
+from typing import TypeVar
 
 from vtibgp import netlink_codec as nc
 from vtibgp import nexthop_codec as nhc
 from vtibgp.model import KernelRoute, NextHop, OpKind, OpResult, RouteOp
 
 log = logging.getLogger("vtibgp.kernel")
+
+_T = TypeVar("_T")
+COMPAT_MODE = "/proc/sys/net/ipv4/nexthop_compat_mode"
 
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10
@@ -250,12 +254,14 @@ def _setns(fd: int) -> None:
         raise OSError(err, f"setns: {os.strerror(err)}")
 
 
-def in_netns(netns: str, make: Callable[[], socket.socket]) -> socket.socket:
+def in_netns(netns: str, make: Callable[[], _T]) -> _T:
     """Run `make` on a throw-away thread that first joins network namespace `netns` (a name
-    under /run/netns or a path), and return the socket it made: a socket stays in the
-    namespace it was made in, and the rest of the process never moves."""
+    under /run/netns or a path), and return what it made (a socket stays in the namespace
+    it was made in; a file under /proc/sys/net opened there shows that namespace's
+    settings; threads it starts are created there too); the rest of the process never
+    moves."""
     path = netns if "/" in netns else f"/run/netns/{netns}"
-    box: list[socket.socket | BaseException] = []
+    box: list[_T | BaseException] = []
 
     def run() -> None:
         try:
@@ -272,7 +278,7 @@ def in_netns(netns: str, make: Callable[[], socket.socket]) -> socket.socket:
     thread.start()
     thread.join()
     if not box:
-        raise RuntimeError(f"could not open a netlink socket in {path}")
+        raise RuntimeError(f"could not enter network namespace {path}")
     result = box[0]
     if isinstance(result, BaseException):
         raise result
@@ -341,6 +347,8 @@ class KernelWriter:
         def make() -> socket.socket:
             return self._open(rcvbuf, sndbuf)
 
+        self._netns = netns
+        self.nexthop_refusal = ""  # why enable_nexthop_objects said no
         self._sock = in_netns(netns, make) if netns else make()
         self._poller = select.poll()
         self._poller.register(self._sock.fileno(), select.POLLIN)
@@ -571,17 +579,40 @@ class KernelWriter:
         every object (ours are reused, everyone's ids avoided). False (and inline nexthops
         stay) if the kernel does not know RTM_GETNEXTHOP."""
         with self._lock:
+            self.nexthop_refusal = ""
             try:
                 found = self._dump_nexthops()
             except OSError as exc:
+                self.nexthop_refusal = f"this kernel has no nexthop objects ({exc})"
                 log.info("kernel: no nexthop objects (%s); routes carry their nexthops inline",
                          exc)
+                return False
+            if self._compat_mode() == "0":
+                # route dumps would then show a route's nexthop object id but not its device
+                # or gateway: our start-up adoption and the periodic repair need those
+                self.nexthop_refusal = ("net.ipv4.nexthop_compat_mode is 0 (route dumps "
+                                        "would not show the nexthops of routes using objects)")
+                log.warning("kernel: %s; routes carry their nexthops inline. Set it to 1 for "
+                            "nexthop objects (one-step failover on carrier loss)",
+                            self.nexthop_refusal)
                 return False
             self._load_nexthops(found)
             self.nexthop_objects = True
             log.info("kernel: routes use nexthop objects (%d of ours found)",
                      len(self._nh_single) + len(self._nh_group))
             return True
+
+    def _compat_mode(self) -> str | None:
+        """net.ipv4.nexthop_compat_mode in our namespace; None where the kernel predates it
+        (and always dumps the nexthops)."""
+        def read() -> str:
+            with open(COMPAT_MODE, encoding="ascii") as f:
+                return f.read().strip()
+
+        try:
+            return in_netns(self._netns, read) if self._netns else read()
+        except OSError:
+            return None
 
     def _load_nexthops(self, found: list[nhc.Nexthop]) -> None:
         """Rebuild the pool from a dump of every nexthop object."""

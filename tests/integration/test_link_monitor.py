@@ -12,7 +12,6 @@ reopen, resynchronise from a fresh snapshot, report vti01 down, and count the re
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -21,7 +20,6 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 from test_guards_kernel import MetricsDown, sample, scrape
@@ -29,14 +27,12 @@ from test_plugin import V4, GatewayFactory, expect, plugin, vtibgp, wait_fib, wr
 
 from vtibgp import lab as harness
 from vtibgp import metrics
+from vtibgp.kernel import in_netns
 from vtibgp.links import LinkMonitor
 from vtibgp.model import DeviceState
 
-T = TypeVar("T")
-
 RTMGRP_LINK = 0x1
 NETLINK_ROUTE = 0
-CLONE_NEWNET = 0x40000000
 ENOBUFS_SERIES = ("vtibgp_kernel_errors_total", {"errno": "ENOBUFS"})
 HOLD = 0.5  # tunnel.hold_down
 P1 = harness.TUNNELS[1].aws_v4
@@ -116,35 +112,6 @@ def lose_carrier_unseen(topo: harness.Topology, read: Callable[[], NetlinkSocket
 
 
 # ----------------------------------------------------------------------------- in process
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def in_netns(ns: str, fn: Callable[[], T]) -> T:
-    """Call ``fn`` in a thread that has entered namespace ``ns`` (setns(2) is per thread, and
-    threads it starts are created there too); the calling thread is never moved."""
-    box: dict[str, Any] = {}
-
-    def body() -> None:
-        try:
-            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns({ns})")
-            finally:
-                os.close(fd)
-            box["value"] = fn()
-        except BaseException as e:
-            box["error"] = e
-
-    t = threading.Thread(target=body, name=f"in-{ns}")
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    value: T = box["value"]
-    return value
 
 
 class Sink:

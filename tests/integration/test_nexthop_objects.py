@@ -164,3 +164,25 @@ def test_cut_down_group_is_collected_once_unused(topology: Topology,
     assert writer.collect_garbage() == 1
     assert group not in nexthops(topology)
     assert via(topology, "10.250.0.1") == "vti02"
+
+
+def test_compat_mode_off_keeps_nexthops_inline(topology: Topology) -> None:
+    """With net.ipv4.nexthop_compat_mode=0 a route dump shows a route's object id but not
+    its device: the writer would lose the nexthops of its own routes at start-up and in the
+    periodic repair. It says why and keeps the nexthops inline, and its dump stays right."""
+    topology.sysctl("gw", "net.ipv4.nexthop_compat_mode", 0)
+    w = KernelWriter(netns=topology.gw)
+    try:
+        assert not w.enable_nexthop_objects()
+        assert "nexthop_compat_mode" in w.nexthop_refusal
+        assert w.apply([add("10.77.0.0/24", 100, V1)]).failed == []
+        assert w.dump() == [KernelRoute("10.77.0.0/24", 100, V1)]
+        assert nexthops(topology) == {}
+    finally:
+        w.close()
+        topology.sysctl("gw", "net.ipv4.nexthop_compat_mode", 1)
+    w = KernelWriter(netns=topology.gw)
+    try:
+        assert w.enable_nexthop_objects() and w.nexthop_refusal == ""
+    finally:
+        w.close()
