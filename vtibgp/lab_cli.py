@@ -306,7 +306,8 @@ def _require_up() -> _Lab:
     problems = found.problems()
     if problems:
         raise LabError(f"the lab is broken: {'; '.join(problems)}\n"
-                       f"(`{_self_command()} lab up` builds it again)")
+                       f"(`{_self_command()} lab up` builds it again, "
+                       f"`{_self_command()} lab down` removes it)")
     return found
 
 
@@ -522,14 +523,7 @@ def up(host_link: bool = True) -> int:
 def status() -> int:
     _preflight()
     with _locked():
-        found = _existing()
-        if found is None:
-            raise LabError(f"the lab is not up (`{_self_command()} lab up` builds it)")
-        problems = found.problems()
-        if problems:
-            raise LabError(f"the lab is broken: {'; '.join(problems)}\n"
-                           f"(`{_self_command()} lab up` builds it again, "
-                           f"`{_self_command()} lab down` removes it)")
+        found = _require_up()
         _print_overview(found)
         _print_hints(found)
     return 0
