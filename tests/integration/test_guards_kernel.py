@@ -415,6 +415,16 @@ def rejected(lab: Lab, peer: str, reason: str) -> float:
     return lab.metric("vtibgp_prefixes_rejected_total", peer=peer, reason=reason)
 
 
+def refused(lab: Lab, peers: Sequence[str], prefixes: Sequence[str], reason: str) -> None:
+    """Each of `peers` had every one of `prefixes` refused for `reason`: counted, logged
+    once each, and none of them is in the gateway's kernel."""
+    for p in peers:
+        lab.wait_metric("vtibgp_prefixes_rejected_total", len(prefixes), peer=p, reason=reason)
+        for prefix in prefixes:
+            assert lab.refusals_logged(p, prefix, reason) == 1, prefix
+    assert lab.fib(prefixes) == {}
+
+
 def test_pipeline_installs_what_no_guard_refuses(policy_lab: Lab) -> None:
     """The control: without it every "not installed" below could be a broken lab."""
     assert policy_lab.ours(CONTROL) == both(CONTROL)
@@ -424,31 +434,17 @@ def test_pipeline_installs_what_no_guard_refuses(policy_lab: Lab) -> None:
 
 
 def test_martians_are_refused_and_an_allowed_one_installed(policy_lab: Lab) -> None:
-    for p in (P1, P2):
-        policy_lab.wait_metric("vtibgp_prefixes_rejected_total", len(MARTIANS), peer=p,
-                               reason="martian")
-        for prefix in MARTIANS:
-            assert policy_lab.refusals_logged(p, prefix, "martian") == 1, prefix
-    assert policy_lab.fib(MARTIANS) == {}
+    refused(policy_lab, (P1, P2), MARTIANS, "martian")
     # policy.allow_martians: inside 198.18.0.0/15, explicitly allowed
     assert policy_lab.ours([ALLOWED_MARTIAN]) == both([ALLOWED_MARTIAN])
 
 
 def test_default_routes_are_refused(policy_lab: Lab) -> None:
-    for p in (P1, P2):
-        policy_lab.wait_metric("vtibgp_prefixes_rejected_total", 2, peer=p,
-                               reason="default_route")
-        assert policy_lab.refusals_logged(p, "0.0.0.0/0", "default_route") == 1
-        assert policy_lab.refusals_logged(p, "::/0", "default_route") == 1
-    assert policy_lab.fib(DEFAULTS) == {}  # no default route in the gateway at all
+    refused(policy_lab, (P1, P2), DEFAULTS, "default_route")  # no default route at all
 
 
 def test_prefix_list_ge_le_denies_inside_the_range_only(policy_lab: Lab) -> None:
-    policy_lab.wait_metric("vtibgp_prefixes_rejected_total", len(PL_DENIED), peer=P1,
-                           reason="prefix_list")
-    for prefix in PL_DENIED:
-        assert policy_lab.refusals_logged(P1, prefix, "prefix_list") == 1, prefix
-    assert policy_lab.fib(PL_DENIED) == {}
+    refused(policy_lab, (P1,), PL_DENIED, "prefix_list")
     # /20 is shorter than ge 24, /27 longer than le 26: the deny entry does not match them
     assert policy_lab.ours(PL_PASSED) == both(PL_PASSED)
 
@@ -463,12 +459,7 @@ def test_peer_prefix_list_narrows_the_global_one(policy_lab: Lab) -> None:
 
 
 def test_prefixes_longer_than_max_length_are_refused(policy_lab: Lab) -> None:
-    for p in (P1, P2):
-        policy_lab.wait_metric("vtibgp_prefixes_rejected_total", len(TOO_LONG), peer=p,
-                               reason="max_length")
-        for prefix in TOO_LONG:
-            assert policy_lab.refusals_logged(p, prefix, "max_length") == 1, prefix
-    assert policy_lab.fib(TOO_LONG) == {}
+    refused(policy_lab, (P1, P2), TOO_LONG, "max_length")
     assert policy_lab.ours(LONGEST) == both(LONGEST)  # exactly the maximum is fine
 
 
@@ -483,21 +474,12 @@ def test_path_not_starting_with_the_peers_as_is_refused(policy_lab: Lab) -> None
 
 
 def test_path_longer_than_max_as_path_length_is_refused(policy_lab: Lab) -> None:
-    for p in (P1, P2):
-        policy_lab.wait_metric("vtibgp_prefixes_rejected_total", 1, peer=p,
-                               reason="as_path_length")
-        assert policy_lab.refusals_logged(p, PATH_TOO_LONG, "as_path_length") == 1
-    assert policy_lab.fib([PATH_TOO_LONG]) == {}
+    refused(policy_lab, (P1, P2), [PATH_TOO_LONG], "as_path_length")
     assert policy_lab.ours([PATH_LONGEST]) == both([PATH_LONGEST])  # 4 ASes: the maximum
 
 
 def test_protected_network_is_never_routed_into_a_tunnel(policy_lab: Lab) -> None:
-    for p in (P1, P2):
-        policy_lab.wait_metric("vtibgp_prefixes_rejected_total", len(PROTECTED), peer=p,
-                               reason="protected")
-        for prefix in PROTECTED:  # equal, inside, covering
-            assert policy_lab.refusals_logged(p, prefix, "protected") == 1, prefix
-    assert policy_lab.fib(PROTECTED) == {}
+    refused(policy_lab, (P1, P2), PROTECTED, "protected")  # equal, inside, covering
     assert policy_lab.ours([BESIDE_PROTECTED]) == both([BESIDE_PROTECTED])
 
 
