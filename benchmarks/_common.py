@@ -15,6 +15,7 @@ Everything here must run as root.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import ipaddress
@@ -80,6 +81,27 @@ def missing_prerequisite(tools: Sequence[str]) -> str | None:
         if shutil.which(tool) is None:
             return f"{tool} not found"
     return None
+
+
+def daemon_options(ap: argparse.ArgumentParser, *, timeout_help: str,
+                   profile_help: str) -> None:
+    """The options of the benchmarks that run the real daemons (end_to_end.py, restart.py)."""
+    ap.add_argument("--prefixes", type=int, default=None, help="N (default 100,000)")
+    ap.add_argument("--exabgp", default=lab.default_exabgp(), help="ExaBGP binary (5.0 venv)")
+    ap.add_argument("--hold-time", type=int, default=90, help="BGP hold time (s)")
+    ap.add_argument("--timeout", type=float, default=None, help=timeout_help)
+    ap.add_argument("--keep-logs", action="store_true", help="keep the work directory")
+    ap.add_argument("--profile", action="store_true", help=profile_help)
+    ap.add_argument("--vtibgp-path", metavar="DIR",
+                    help="import vtibgp from DIR (PYTHONPATH), e.g. a `git archive` of a commit")
+
+
+def daemons_missing(exabgp: str) -> str | None:
+    """Why the real daemons cannot run here (root, ip, BIRD, that ExaBGP), or None."""
+    problem = missing_prerequisite(["ip", "bird", "birdc"])
+    if problem is None and not os.access(exabgp, os.X_OK):
+        problem = f"ExaBGP not found at {exabgp}"
+    return problem
 
 
 def prefixes(n: int) -> list[str]:

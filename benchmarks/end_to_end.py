@@ -312,21 +312,14 @@ def report(runs: list[Run], n: int, labels: dict[str, str], args: argparse.Names
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--prefixes", type=int, default=None, help="N (default 100,000)")
+    c.daemon_options(ap, timeout_help="per run (s)", profile_help="run vtibgp under "
+                     "cProfile and print where its time goes (slows it)")
     ap.add_argument("--quick", action="store_true", help="10,000 prefixes, one run each")
     ap.add_argument("--repeat", type=int, default=None, help="runs per receiver (default 5)")
     ap.add_argument("--receivers", default=",".join(KINDS), help="comma list of: "
                     + ", ".join(KINDS))
-    ap.add_argument("--exabgp", default=lab.default_exabgp(), help="ExaBGP binary (5.0 venv)")
-    ap.add_argument("--hold-time", type=int, default=90, help="BGP hold time (s)")
     ap.add_argument("--settle", type=float, default=1.0,
                     help="seconds between session up and the feed (default 1)")
-    ap.add_argument("--timeout", type=float, default=None, help="per run (s)")
-    ap.add_argument("--keep-logs", action="store_true", help="keep the work directory")
-    ap.add_argument("--profile", action="store_true",
-                    help="run vtibgp under cProfile and print where its time goes (slows it)")
-    ap.add_argument("--vtibgp-path", metavar="DIR",
-                    help="import vtibgp from DIR (PYTHONPATH), e.g. a `git archive` of a commit")
     args = ap.parse_args()
     n = args.prefixes or (10_000 if args.quick else 100_000)
     args.repeat = args.repeat or (1 if args.quick else 5)
@@ -335,9 +328,7 @@ def main() -> int:
     unknown = set(kinds) - set(KINDS)
     if unknown:
         ap.error(f"unknown receiver(s): {', '.join(sorted(unknown))}")
-    problem = c.missing_prerequisite(["ip", "bird", "birdc"])
-    if problem is None and not os.access(args.exabgp, os.X_OK):
-        problem = f"ExaBGP not found at {args.exabgp}"
+    problem = c.daemons_missing(args.exabgp)
     if problem:
         print(f"end_to_end.py: {problem}", file=sys.stderr)
         return 2

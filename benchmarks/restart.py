@@ -345,35 +345,26 @@ def report(results: list[Restart], n: int, args: argparse.Namespace,
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--prefixes", type=int, default=None, help="N (default 100,000)")
+    c.daemon_options(ap, timeout_help="per step (s)", profile_help="run vtibgp under "
+                     "cProfile and print where the last restarted one spent its time (slows "
+                     "it: the times are then not representative)")
     ap.add_argument("--quick", action="store_true", help="10,000 routes")
     ap.add_argument("--how", default=",".join(HOW), help="comma list of: " + ", ".join(HOW))
     ap.add_argument("--repeat", type=int, default=1, help="restarts per way of stopping")
     ap.add_argument("--settle", type=float, default=3.0,
                     help="quiet seconds before each stop and watched after each sync (default 3)")
-    ap.add_argument("--exabgp", default=lab.default_exabgp(), help="ExaBGP binary (5.0 venv)")
-    ap.add_argument("--hold-time", type=int, default=90, help="BGP hold time (s)")
-    ap.add_argument("--timeout", type=float, default=None, help="per step (s)")
-    ap.add_argument("--vtibgp-path", metavar="DIR",
-                    help="import vtibgp from DIR (PYTHONPATH), e.g. a `git archive` of a commit")
     ap.add_argument("--chunk", type=int, default=None,
                     help="ExaBGP's exabgp.api.chunk: lines it writes per reactor turn when it "
                     "answers `show adj-rib in` (default: the lab's 1000; ExaBGP's own is 1)")
     ap.add_argument("--no-reference", dest="reference", action="store_false",
                     help="skip timing ExaBGP alone answering the adj-rib-in question")
-    ap.add_argument("--profile", action="store_true",
-                    help="run vtibgp under cProfile and print where the last restarted one "
-                    "spent its time (slows it: the times are then not representative)")
-    ap.add_argument("--keep-logs", action="store_true", help="keep the work directory")
     args = ap.parse_args()
     args.prefixes = args.prefixes or (10_000 if args.quick else 100_000)
     args.timeout = args.timeout or max(120.0, args.prefixes / 500)
     hows = [h.strip() for h in args.how.split(",") if h.strip()]
     if set(hows) - set(HOW):
         ap.error(f"--how: one or more of {', '.join(HOW)}")
-    problem = c.missing_prerequisite(["ip", "bird", "birdc"])
-    if problem is None and not os.access(args.exabgp, os.X_OK):
-        problem = f"ExaBGP not found at {args.exabgp}"
+    problem = c.daemons_missing(args.exabgp)
     if problem:
         print(f"restart.py: {problem}", file=sys.stderr)
         return 2
