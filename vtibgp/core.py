@@ -145,6 +145,11 @@ class Core:
     def __init__(self, settings: CoreSettings) -> None:
         self.settings = settings
         self.rib: dict[PeerAddr, dict[Prefix, PathAttrs]] = {}
+        # ADD-PATH: every path a peer holds per prefix, by path identifier; `rib` holds the
+        # best of them (several paths of one peer go through the same tunnel).
+        self.path_ids: dict[PeerAddr, dict[Prefix, dict[int, PathAttrs]]] = {}
+        # Outside endpoints the IPsec daemon told us (PLUTO_PEER), kept across reloads.
+        self.outside: dict[PeerAddr, tuple[str, ...]] = {}
         self.policy: dict[PeerAddr, PeerPolicy] = dict(settings.peers)
         self.discovered: dict[PeerAddr, str | None] = {}
         # Tunnel signals that say down, per scope (signal -> reason), and scopes that came up
@@ -161,6 +166,12 @@ class Core:
         # Prefixes whose adopted routes the RIB would change before the sync is complete:
         # left as they are until the sweep, which recomputes them (see _steps).
         self.deferred: set[Prefix] = set()
+        # Prefixes whose routes the kernel took away by itself (KernelFlushed): decided
+        # again once the event that caused the flush is in.
+        self._lost: set[Prefix] = set()
+        # (prefix, metric) an ADD of ours found another owner's route at: left alone (never
+        # overwritten) until the prefix's routes change; the periodic scan does not retry it.
+        self.conflicts: set[tuple[Prefix, int]] = set()
         self.synced = True  # becomes False when there is something to reconcile
         self.pending_sync: set[PeerAddr] = set(settings.peers)
         self.eor_seen: dict[PeerAddr, set[Family]] = {}
@@ -369,6 +380,16 @@ class Core:
     # ---------------------------------------------------------------- events
 
     def handle(self, event: Event) -> list[RouteOp]:
+        ops = self._handle(event)
+        if self._lost and not isinstance(event, KernelFlushed):
+            # the event behind the kernel's flush is in: what the flush took away that is
+            # still wanted (adopted routes kept until sync, a prefix whose path is held
+            # elsewhere) goes back now rather than at the sweep
+            lost, self._lost = self._lost, set()
+            ops += self._recompute(sorted(lost))
+        return ops
+
+    def _handle(self, event: Event) -> list[RouteOp]:
         match event:
             case Announce():
                 return self._announce(event)
@@ -418,8 +439,11 @@ class Core:
 
     def learn_outside(self, peer: PeerAddr, addresses: Iterable[str]) -> list[RouteOp]:
         """The IPsec daemon told us the tunnel's outside endpoint (PLUTO_PEER): from now on
-        no prefix covering it may go into that tunnel; held ones that do are dropped."""
-        if self.import_policy is None or not self.import_policy.set_outside(peer, addresses):
+        no prefix covering it may go into that tunnel; held ones that do are dropped. Kept
+        across reloads (`reconfigure`)."""
+        found = tuple(addresses)
+        self.outside[peer] = found
+        if self.import_policy is None or not self.import_policy.set_outside(peer, found):
             return []
         paths = self.rib.get(peer, {})
         gone = []
@@ -432,28 +456,47 @@ class Core:
         return self._recompute(gone)
 
     def reconfigure(self, settings: CoreSettings) -> list[RouteOp]:
-        """New settings (a config reload): every held path is judged again under them."""
+        """New settings (a config reload): every held path is judged again under them, and
+        what a peer no longer configured held is forgotten."""
         self.settings = settings
         self.policy = dict(settings.peers)
         self._set_policy(settings.policy)
-        self._invalidate()
         if self.import_policy is not None:
+            for peer, found in self.outside.items():
+                self.import_policy.set_outside(peer, found)
+        self._invalidate()
+        prefixes = set(self._inst)
+        for peer in [p for p in self.rib if not self.known(p)]:
+            prefixes.update(self.rib.pop(peer))
+            self.path_ids.pop(peer, None)
+            self.eor_seen.pop(peer, None)
+        self.pending_sync = {p for p in self.pending_sync if self.known(p)}
+        if self.import_policy is not None:
+            check = self.import_policy.check
             for peer, paths in self.rib.items():
-                for prefix, attrs in list(paths.items()):
-                    # a held path no longer allowed goes; peer AS is not kept per path, so the
-                    # first-AS rule is left to the next announcement
-                    reason = self.import_policy.check(peer, None, _family_of(prefix), prefix,
-                                                      attrs)
-                    if reason is not None:
-                        del paths[prefix]
-                        self._refuse(peer, prefix, reason)
-        prefixes = {p for paths in self.rib.values() for p in paths} | set(self._inst)
+                ids = self.path_ids.get(peer, {})
+                for prefix in list(paths):
+                    held: list[tuple[int | None, PathAttrs]] = [
+                        *ids.get(prefix, {}).items()] or [(None, paths[prefix])]
+                    for pid, path in held:
+                        # a held path no longer allowed goes; peer AS is not kept per path,
+                        # so the first-AS rule is left to the next announcement
+                        reason = check(peer, None, _family_of(prefix), prefix, path)
+                        if reason is not None:
+                            self._drop_path(peer, prefix, pid)
+                            self._refuse(peer, prefix, reason)
+        prefixes.update(p for paths in self.rib.values() for p in paths)
         return self._recompute(prefixes)
 
     def reconcile(self, kernel: Iterable[KernelRoute]) -> tuple[list[RouteOp], Counter[str]]:
-        """Compare what the kernel holds of ours with what we believe is installed (like
-        BIRD's periodic scan): routes the kernel lost are added back, changed ones replaced,
-        ones we do not hold removed. Returns the repairs and their count by kind."""
+        """Compare what the kernel holds of ours with what the RIB wants (like BIRD's periodic
+        scan, which compares with its table): routes the kernel lost are added back
+        ("missing"), changed ones replaced ("changed"), ones we do not hold removed
+        ("stray"), and what the kernel refused earlier for a transient reason (ENOBUFS,
+        ENOMEM, a link race) is tried again ("retried"). A route refused because another
+        owner holds its place (EEXIST) is not retried here: it is never overwritten, and is
+        tried again when its prefix next changes. Returns the repairs and their count by
+        kind."""
         seen = {r.key: r for r in kernel}
         ops: list[RouteOp] = []
         kinds: Counter[str] = Counter()
@@ -468,6 +511,18 @@ class Core:
         for route in seen.values():
             ops.append(RouteOp(OpKind.DELETE, route))
             kinds["stray"] += 1
+        if not self.synced:
+            return ops, kinds  # adopted routes are judged at the sweep
+        prefixes = {p for paths in self.rib.values() for p in paths}
+        conflicted = {prefix for prefix, _ in self.conflicts}
+        self.conflicts = {key for key in self.conflicts if key[0] in prefixes}
+        prefixes.update(self._inst)
+        # (these ops start from what we believed installed, the repairs above from the
+        # kernel: folded into one op per route, they take the kernel to what is wanted)
+        retry = self._recompute(prefixes - conflicted if conflicted else prefixes)
+        if retry:
+            kinds["retried"] += len(retry)
+            ops = coalesce(ops + retry)
         return ops, kinds
 
     def withdraw_all(self) -> list[RouteOp]:
@@ -533,9 +588,24 @@ class Core:
                 ev.peer, ev.peer_as, ev.family, ev.prefixes, attrs)
             for prefix, reason in refused:
                 self._refuse(ev.peer, prefix, reason)
-                if paths.pop(prefix, None) is not None:  # refused replacement: implicit withdraw
+                # a refused replacement: implicit withdraw
+                if self._drop_path(ev.peer, prefix, ev.path_id):
                     touched.append(prefix)
         limit = self.max_prefix.get(ev.peer)
+        pid = ev.path_id
+        if pid is not None or self.path_ids.get(ev.peer):
+            # ADD-PATH: the peer's best path of each prefix is what competes
+            for prefix in accepted:
+                if limit is not None:
+                    decision = limit.admit(len(paths), prefix not in paths, self.now)
+                    if decision.event is not None:
+                        self.limit_events.append((ev.peer, decision.event))
+                    if not decision.accept:
+                        self._refuse(ev.peer, prefix, "max_prefix")
+                        continue
+                self._store_path(ev.peer, paths, prefix, attrs, pid)
+                touched.append(prefix)
+            return self._recompute(touched)
         if limit is None:
             paths.update(zip(accepted, repeat(attrs)))
             ops = self._recompute(touched) if touched else []
@@ -561,9 +631,47 @@ class Core:
         paths = self.rib.get(ev.peer)
         if not paths:
             return []
-        gone = [p for p in ev.prefixes if paths.pop(p, None) is not None]
+        if ev.path_id is None and not self.path_ids.get(ev.peer):
+            gone = [p for p in ev.prefixes if paths.pop(p, None) is not None]
+        else:
+            gone = [p for p in ev.prefixes if self._drop_path(ev.peer, p, ev.path_id)]
         self.stats["prefixes_withdrawn"] += len(gone)
         return self._recompute(gone)
+
+    def _store_path(self, peer: PeerAddr, paths: dict[Prefix, PathAttrs], prefix: Prefix,
+                    attrs: PathAttrs, pid: int | None) -> None:
+        """Hold `attrs` as `peer`'s path of `prefix` with ADD-PATH identifier `pid` (None: the
+        only path, replacing all); the RIB entry becomes the best of the peer's paths."""
+        if pid is None:
+            paths[prefix] = attrs
+            ids = self.path_ids.get(peer)
+            if ids:
+                ids.pop(prefix, None)
+            return
+        per = self.path_ids.setdefault(peer, {}).setdefault(prefix, {})
+        per[pid] = attrs
+        paths[prefix] = _best_own(per)
+
+    def _drop_path(self, peer: PeerAddr, prefix: Prefix, pid: int | None) -> bool:
+        """Forget `peer`'s path `pid` of `prefix` (None: all of them). True if the peer's
+        RIB entry for the prefix changed (another of its paths is now its best) or went."""
+        paths = self.rib.get(peer)
+        if paths is None:
+            return False
+        ids = self.path_ids.get(peer, {})
+        per = ids.get(prefix)
+        if pid is None or per is None:
+            ids.pop(prefix, None)
+            return paths.pop(prefix, None) is not None
+        before = paths.get(prefix)
+        if per.pop(pid, None) is None:
+            return False
+        if per:
+            paths[prefix] = _best_own(per)
+            return paths[prefix] is not before
+        del ids[prefix]
+        paths.pop(prefix, None)
+        return True
 
     def _peer_state(self, ev: PeerState) -> list[RouteOp]:
         self.sessions[ev.peer] = ev.state
@@ -574,6 +682,7 @@ class Core:
         self.eor_seen.pop(ev.peer, None)
         if ev.peer in self.max_prefix:
             self.max_prefix[ev.peer].reset()
+        self.path_ids.pop(ev.peer, None)
         paths = self.rib.pop(ev.peer, None)
         return self._recompute(paths) if paths else []
 
@@ -615,7 +724,25 @@ class Core:
             self._invalidate()
         if before != after or flap:
             self.changes.append(TunnelChange(scope, after, f"{signal}: {reason}", flap))
-        return self._recompute(self._affected(scope)) if before != after else []
+        if before == after:
+            return []
+        touched = self._affected(scope)
+        if not after and (self.stale or self.deferred):
+            # adopted routes kept until sync that go into this tunnel, whoever's paths the
+            # prefixes hold now: they leave it too
+            touched |= self._adopted_dead()
+        return self._recompute(touched)
+
+    def _adopted_dead(self) -> set[Prefix]:
+        """Prefixes with an adopted route kept until sync (unconfirmed, or deferred: one the
+        RIB would change) into a tunnel that is not usable."""
+        inst = self._inst
+        dead = {prefix for prefix, metric in self.stale
+                if any(m == metric and not self._live(hops)
+                       for m, hops in inst.get(prefix, ()))}
+        dead.update(prefix for prefix in self.deferred
+                    if not all(self._live(hops) for _, hops in inst.get(prefix, ())))
+        return dead
 
     def _flushed(self, device: str) -> None:
         """Believe what the kernel did: routes through `device` are gone, multipath ones
@@ -645,6 +772,11 @@ class Core:
             if self.stale:
                 for metric in gone:
                     self.stale.discard((prefix, metric))
+            if not self.synced:
+                # an adopted route kept until sync may have gone while the RIB holds a usable
+                # path elsewhere: decided again after the signal (once synced, every route
+                # through the device is its peers', which the signal recomputes anyway)
+                self._lost.add(prefix)
             if after:
                 inst[prefix] = after
             else:
@@ -783,7 +915,7 @@ class Core:
         for metric, hops in have:
             if metric in wanted:
                 continue
-            if not self.synced and (prefix, metric) in stale:
+            if not self.synced and (prefix, metric) in stale and self._live(hops):
                 kept.append((metric, hops))
                 continue
             if stale:
@@ -808,8 +940,11 @@ class Core:
         touched = set(found)
         if self.stale:
             self.synced = False
-        # A path may already be held (events before the dump): reconcile those prefixes now.
-        return self._recompute(p for p in touched if any(p in rib for rib in self.rib.values()))
+        # A path may already be held (events before the dump), or a route goes into a tunnel
+        # already known down: decide those prefixes now.
+        dead = self._adopted_dead() if self.down or self.holding else set()
+        return self._recompute(p for p in touched
+                               if p in dead or any(p in rib for rib in self.rib.values()))
 
     def _peer_synced(self, peers: Iterable[PeerAddr]) -> list[RouteOp]:
         self.pending_sync.difference_update(peers)
@@ -841,9 +976,24 @@ class Core:
         return ops + self._recompute(sorted(deferred))
 
     def _live(self, hops: tuple[NextHop, ...]) -> bool:
-        """Whether every nexthop goes through a device no signal says is down."""
+        """Whether every nexthop goes through a tunnel no signal says is down (or held
+        down): its device, and for a gateway on a shared device, the peer's tunnel whose
+        address or held next-hop it is."""
         down = self.unusable_devices
-        return not any(h.device in down for h in hops)
+        if any(h.device in down for h in hops):
+            return False
+        if any(h.gateway is not None for h in hops):
+            dead = self._dead_gateways()
+            return not any(h.gateway in dead for h in hops)
+        return True
+
+    def _dead_gateways(self) -> set[str]:
+        dead: set[str] = set()
+        for kind, name in (*self.down, *self.holding):
+            if kind == "peer":
+                dead.add(name)
+                dead.update({a.next_hop for a in self.rib.get(name, _NO_PATHS).values()})
+        return dead
 
     def _failed(self, ev: RouteFailed) -> list[RouteOp]:
         route, kind = ev.op.route, ev.op.kind
@@ -865,6 +1015,7 @@ class Core:
                 del inst[route.prefix]
         if kind is OpKind.ADD and ev.errno == EEXIST:
             self.stats["route_conflicts"] += 1  # another owner holds prefix+metric: leave it
+            self.conflicts.add(route.key)
             return []
         if kind is OpKind.REPLACE and ev.errno in (ESRCH, ENOENT):
             per_metric[route.metric] = route.nexthops
@@ -903,6 +1054,15 @@ def coalesce(ops: Iterable[RouteOp]) -> list[RouteOp]:
         elif existed_before:
             out.append(op)
     return out
+
+
+def _best_own(paths: Mapping[int, PathAttrs]) -> PathAttrs:
+    """The best of one peer's ADD-PATH paths of a prefix (the order of steps 3-6, then the
+    lower path identifier): only it competes with other peers' paths, through the same
+    tunnel as the others would."""
+    return min(paths.items(), key=lambda kv: (
+        -(kv[1].local_pref if kv[1].local_pref is not None else DEFAULT_LOCAL_PREF),
+        kv[1].as_path_len, kv[1].origin, kv[1].med, kv[0]))[1]
 
 
 def _family_of(prefix: Prefix) -> Family:

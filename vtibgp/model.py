@@ -60,6 +60,9 @@ class Announce:
     attrs: PathAttrs
     prefixes: tuple[Prefix, ...]
     peer_as: int | None = None  # the session's peer AS (None when unknown, or iBGP)
+    # ADD-PATH (RFC 7911): the path identifier these prefixes carry; None without ADD-PATH.
+    # A peer may hold several paths of one prefix, one per identifier.
+    path_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,7 @@ class Withdraw:
     peer: PeerAddr
     family: Family
     prefixes: tuple[Prefix, ...]
+    path_id: int | None = None  # ADD-PATH: only this path of each prefix goes
 
 
 @dataclass(frozen=True, slots=True)

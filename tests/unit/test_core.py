@@ -258,8 +258,9 @@ def test_restart_does_not_keep_an_adopted_route_into_a_tunnel_that_is_down() -> 
     old = KernelRoute("10.0.0.0/16", 100, (NextHop("vti01"),))
     k.routes[old.key] = old
     feed(core, k, KernelRoutesFound((old,)), DeviceState("vti01", False, "carrier lost"))
+    assert k.routes == {}  # no path held yet: it goes with its tunnel, as any route does
     ops = feed(core, k, ann(P2, "10.0.0.0/16"))
-    assert [(o.kind, o.route.nexthops) for o in ops] == [(OpKind.REPLACE, (NextHop("vti02"),))]
+    assert [(o.kind, o.route.nexthops) for o in ops] == [(OpKind.ADD, (NextHop("vti02"),))]
 
 
 def test_grace_timer_sweeps() -> None:
@@ -725,3 +726,144 @@ def test_reconcile_repairs_missing_changed_and_stray() -> None:
     assert kinds == {"missing": 1, "changed": 1, "stray": 1}
     k.apply(ops)
     assert k.routes == installed(core)
+
+
+# ---------------------------------------------------------------- issue 12: the rarely walked paths
+
+
+def test_reconcile_retries_what_the_kernel_refused_for_a_transient_reason() -> None:
+    """ENOBUFS/ENOMEM or a link race: the route is wanted still, so the next scan adds it
+    (the comparison is with what the RIB wants, not with what was believed installed)."""
+    core, k = make_core(), Kernel()
+    ops = core.handle(ann(P1, "10.0.0.0/16"))
+    assert [o.kind for o in ops] == [OpKind.ADD]
+    assert core.handle(RouteFailed(ops[0], 105)) == []  # ENOBUFS: nothing in the kernel
+    assert installed(core) == {}
+    repairs, kinds = core.reconcile(k.routes.values())
+    assert kinds == {"retried": 1}
+    k.apply(repairs)
+    assert k.routes == installed(core) == {ops[0].route.key: ops[0].route}
+    assert core.reconcile(k.routes.values()) == ([], {})
+
+
+def test_reconcile_retries_a_refused_replace_and_delete() -> None:
+    core, k = make_core(), Kernel()
+    feed(core, k, ann(P1, "10.0.0.0/16"), ann(P2, "10.0.0.0/16", med=1))
+    ops = core.handle(Withdraw(P1, V4, ("10.0.0.0/16",)))  # REPLACE 100 -> vti02, DELETE 101
+    for op in ops:
+        core.handle(RouteFailed(op, 12))  # ENOMEM: the kernel still holds the old routes
+    repairs, _ = core.reconcile(k.routes.values())
+    k.apply(coalesce(repairs))
+    assert k.routes == installed(core) == {
+        ("10.0.0.0/16", 100): KernelRoute("10.0.0.0/16", 100, (NextHop("vti02"),))}
+
+
+def test_reconcile_leaves_a_foreign_owners_route_alone() -> None:
+    core, k = make_core(), Kernel()
+    ops = core.handle(ann(P1, "10.0.0.0/16"))
+    core.handle(RouteFailed(ops[0], 17))  # EEXIST: another owner holds prefix+metric
+    assert core.reconcile(k.routes.values()) == ([], {})
+
+
+def test_reload_keeps_the_outside_endpoints_learned_from_updown() -> None:
+    """PLUTO_PEER told us the tunnel's outside address: after a reload (new settings, new
+    policy object) a prefix covering it still may not go into that tunnel."""
+    settings = CoreSettings(peers={P1: PeerPolicy("vti01")}, policy=PolicySettings())
+    core, k = Core(settings), Kernel()
+    feed(core, k, ann(P1, "10.0.0.0/16"))
+    core.learn_outside(P1, ["52.1.2.3"])
+    core.reconfigure(settings)
+    assert feed(core, k, ann(P1, "52.1.0.0/16")) == []
+    assert core.rejected[(P1, "loop")] == 1
+    assert ("52.1.0.0/16", 100) not in k.routes
+
+
+def test_a_peer_removed_by_reload_leaves_nothing() -> None:
+    core, k = make_core(), Kernel()
+    feed(core, k, ann(P1, "10.0.0.0/16", "10.1.0.0/16"), ann(P2, "10.0.0.0/16", med=1))
+    ops = core.reconfigure(CoreSettings(peers={P2: PeerPolicy("vti02")}, fallback=True))
+    k.apply(ops)
+    assert P1 not in core.rib
+    # 10.1/16 was P1's alone: no route, not even the fallback; 10.0/16 via P2 only
+    assert k.routes == installed(core) == {
+        ("10.0.0.0/16", 100): KernelRoute("10.0.0.0/16", 100, (NextHop("vti02"),)),
+        ("10.0.0.0/16", 104): KernelRoute("10.0.0.0/16", 104, ()),
+    }
+
+
+def test_adopted_route_kept_until_sync_leaves_a_tunnel_that_goes_down() -> None:
+    """The earlier run left 10.0/16 via vti01; P2's path came back first (the adopted route
+    is kept, no churn). vti01 then goes down: the route must move to vti02 at once, although
+    P1 holds nothing of 10.0/16 (the down tunnel's own prefixes are not the only ones)."""
+    core, k = make_core(), Kernel()
+    old = KernelRoute("10.0.0.0/16", 100, (NextHop("vti01"),))
+    k.routes[old.key] = old
+    feed(core, k, KernelRoutesFound((old,)), ann(P2, "10.0.0.0/16"))
+    assert k.routes[old.key] == old  # kept while the tables come back
+    feed(core, k, DeviceState("vti01", False, "carrier lost"))
+    assert k.routes == {old.key: KernelRoute("10.0.0.0/16", 100, (NextHop("vti02"),))}
+
+
+def test_adopted_route_kept_until_sync_leaves_a_peer_tunnel_that_goes_down() -> None:
+    """The same with one IPsec tunnel of a shared device (a peer scope)."""
+    pols = {P1: PeerPolicy("vti09", gateway=True), P2: PeerPolicy("vti09", gateway=True)}
+    core, k = make_core(**pols), Kernel()
+    old = KernelRoute("10.0.0.0/16", 100, (NextHop("vti09", P1),))
+    k.routes[old.key] = old
+    feed(core, k, KernelRoutesFound((old,)), ann(P2, "10.0.0.0/16"))
+    feed(core, k, IpsecState(None, (P1,), up=False, reason="down-client"))
+    assert k.routes == {old.key: KernelRoute("10.0.0.0/16", 100, (NextHop("vti09", P2),))}
+
+
+def test_adopted_route_without_a_path_goes_with_its_tunnel() -> None:
+    core, k = make_core(), Kernel()
+    old = KernelRoute("10.5.0.0/16", 100, (NextHop("vti01"),))
+    k.routes[old.key] = old
+    feed(core, k, KernelRoutesFound((old,)))
+    feed(core, k, IpsecState("vti01", (), up=False, reason="down-client"))
+    assert k.routes == installed(core) == {}
+
+
+def test_flushed_adopted_route_is_replaced_by_the_usable_path_held() -> None:
+    """With nexthop objects the kernel takes the adopted route away itself; the usable path
+    held from P2 must be installed now, not at the sweep."""
+    core, k = make_core(), Kernel()
+    old = KernelRoute("10.0.0.0/16", 100, (NextHop("vti01"),))
+    k.routes[old.key] = old
+    feed(core, k, KernelRoutesFound((old,)), ann(P2, "10.0.0.0/16"))
+    flush_device(k.routes, "vti01")
+    feed(core, k, KernelFlushed("vti01"), DeviceState("vti01", False, "deleted"))
+    assert k.routes == installed(core) == {
+        old.key: KernelRoute("10.0.0.0/16", 100, (NextHop("vti02"),))}
+
+
+def addpath(peer: str, pid: int, *prefixes: str, **kw: object) -> Announce:
+    return Announce(peer, V4, attrs(peer, **kw), tuple(prefixes),  # type: ignore[arg-type]
+                    path_id=pid)
+
+
+def test_addpath_withdraw_of_one_path_keeps_the_others() -> None:
+    core, k = make_core(), Kernel()
+    feed(core, k, addpath(P1, 1, "10.0.0.0/16"), addpath(P1, 2, "10.0.0.0/16", med=5))
+    assert k.routes == {("10.0.0.0/16", 100): KernelRoute("10.0.0.0/16", 100,
+                                                           (NextHop("vti01"),))}
+    feed(core, k, Withdraw(P1, V4, ("10.0.0.0/16",), path_id=1))
+    assert core.rib[P1]["10.0.0.0/16"].med == 5  # path 2 stands
+    assert ("10.0.0.0/16", 100) in k.routes
+    feed(core, k, Withdraw(P1, V4, ("10.0.0.0/16",), path_id=2))
+    assert k.routes == {} and not core.rib[P1]
+
+
+def test_addpath_best_of_a_peers_paths_competes_with_other_peers() -> None:
+    core, k = make_core(), Kernel()
+    feed(core, k, addpath(P1, 1, "10.0.0.0/16", med=9), ann(P2, "10.0.0.0/16", med=5))
+    assert k.routes[("10.0.0.0/16", 100)].nexthops == (NextHop("vti02"),)
+    feed(core, k, addpath(P1, 7, "10.0.0.0/16", med=1))  # a better second path from P1
+    assert k.routes[("10.0.0.0/16", 100)].nexthops == (NextHop("vti01"),)
+    feed(core, k, Withdraw(P1, V4, ("10.0.0.0/16",), path_id=7))
+    assert k.routes[("10.0.0.0/16", 100)].nexthops == (NextHop("vti02"),)
+    assert core.rib[P1]["10.0.0.0/16"].med == 9
+    feed(core, k, PeerState(P1, "down", "hold timer expired"))
+    feed(core, k, PeerState(P1, "up"), addpath(P1, 3, "10.0.0.0/16", med=7))
+    feed(core, k, Withdraw(P1, V4, ("10.0.0.0/16",), path_id=1))  # from the old session: gone
+    assert core.rib[P1]["10.0.0.0/16"].med == 7
