@@ -11,9 +11,11 @@ import dataclasses
 import errno as errno_mod
 import fcntl
 import gc
+import ipaddress
 import logging
 import os
 import queue
+import re
 import signal
 import socket
 import sys
@@ -38,6 +40,7 @@ from .model import (
     DeviceState,
     EndOfRib,
     Event,
+    Family,
     GraceExpired,
     IpsecState,
     KernelFlushed,
@@ -47,6 +50,7 @@ from .model import (
     NotificationReceived,
     OpKind,
     OpResult,
+    PathAttrs,
     PeerDevice,
     PeerState,
     ResyncDone,
@@ -70,6 +74,20 @@ RESYNC_QUIET = 0.5  # seconds without stray answer lines before the start-up res
 START_WAIT = 1.0  # seconds start-up waits for that quiet at most (then the loop waits for it)
 APPLY_AT = 65_536  # route ops: a batch that has made this many goes to the kernel at once
 _KIND = attrgetter("kind")  # RouteOp -> OpKind
+_NEXT_HOP = attrgetter("next_hop")  # PathAttrs -> its BGP next-hop
+# The reason ExaBGP gives the sessions it closes because it is itself stopping
+# (Peer.shutdown: "stop, message [shutting down]"); 4.2's JSON encoder turns the brackets of a
+# reason into parentheses. Matched exactly: 4.2 also copies a peer's NOTIFICATION text into the
+# reason of a session the peer closed, and that text may well say "shutting down".
+EXABGP_SHUTDOWN_REASONS = frozenset({"stop, message [shutting down]",
+                                     "stop, message (shutting down)"})
+# `show neighbor summary`: the FSM states ExaBGP prints (lower case), and what `status` calls
+# them (the words of ExaBGP's `state` messages)
+SUMMARY_STATES = {"idle": "idle", "active": "idle", "connect": "idle", "opensent": "connected",
+                  "openconfirm": "connected", "established": "up"}
+# its up/down column: "down", or the up time as Python's timedelta prints it ("0:00:03",
+# "1 day, 0:00:03", "12 days, 1:02:03")
+_UP_TIME = re.compile(r"(?:(\d+) days?, )?(\d+):(\d\d):(\d\d)(?:\.\d+)?")
 
 
 @lru_cache(maxsize=1024)
@@ -77,6 +95,29 @@ def _child(metric: Any, label: str) -> Any:
     """`metric.labels(label)`, remembered: labels() validates and locks on every call, and
     the per-line and per-event metrics are always the same few series."""
     return metric.labels(label)
+
+
+def summary_row(text: str) -> tuple[str, str, int | None] | None:
+    """One row of ExaBGP's `show neighbor summary` answer (both versions: peer, AS, up/down,
+    state, #sent, #recvd) as (peer, state in lower case, seconds up or None); None for the
+    header and anything else. The up/down column has spaces in it from a day up ("1 day,
+    0:00:03"), so the columns are taken from both ends, not by position."""
+    cols = text.split()
+    if len(cols) < 6 or not cols[-1].isdigit() or not cols[-2].isdigit():
+        return None
+    state = cols[-3].lower()
+    if state not in SUMMARY_STATES:
+        return None
+    try:
+        peer = str(ipaddress.ip_address(cols[0]))
+    except ValueError:
+        return None
+    up = _UP_TIME.fullmatch(" ".join(cols[2:-3]))
+    if up is None:
+        return peer, state, None  # "down"
+    days, hours, minutes, seconds = up.groups()
+    return peer, state, ((int(days or 0) * 24 + int(hours)) * 60 + int(minutes)) * 60 + int(
+        seconds)
 
 
 def _tally(ops: list[RouteOp]) -> Counter[str]:
@@ -159,6 +200,55 @@ class _Pending:
 
 
 @dataclass
+class _Resync:
+    """One resync in flight (`show neighbor summary`, then `show adj-rib in extensive`), with
+    all of its own state: a second one may be asked while it runs (a reload).
+
+    ExaBGP writes the adj-rib-in of each peer from a snapshot, in chunks, while the live
+    UPDATEs and state changes go on between them: a live event is newer than any snapshot
+    line that follows it. So a (peer, family, path id, prefix) a live event was about since
+    the resync was asked takes no more answer lines, and a peer whose session changed state
+    after the summary told its state takes none at all: its new session re-sends its routes
+    and End-of-RIB itself. (A change read before the peer's summary row is in that row: ExaBGP
+    writes the rows as it makes them, after what it wrote before.)"""
+
+    reader: AdjRibReader  # gathers alike lines into one Announce (they are held back)
+    sessions: dict[str, tuple[str, int | None]] = field(default_factory=dict)  # the summary's
+    established: set[str] = field(default_factory=set)  # ... sessions in state established
+    live: dict[tuple[str, Family, int | None], set[str]] = field(default_factory=dict)
+    summarized: bool = False  # the summary's answer is over
+    moved: set[str] = field(default_factory=set)  # peers whose session changed state since
+    superseded: int = 0  # answer lines left out for a newer live event
+
+    def note(self, ev: Announce | Withdraw | PeerState) -> None:
+        """A live event, read after the resync was asked."""
+        if isinstance(ev, PeerState):
+            if not self.summarized and ev.peer not in self.sessions:
+                return  # its summary row, still to come, tells the new state
+            self.moved.add(ev.peer)
+            for key in [k for k in self.live if k[0] == ev.peer]:
+                del self.live[key]
+        elif ev.peer not in self.moved:
+            key = (ev.peer, ev.family, ev.path_id)
+            held = self.live.get(key)
+            if held is None:
+                self.live[key] = set(ev.prefixes)
+            else:
+                held.update(ev.prefixes)
+
+    def newer_live(self, ann: Announce) -> Announce | None:
+        """`ann` without the prefixes a live event has been about since: None if none is left."""
+        live = self.live.get((ann.peer, ann.family, ann.path_id))
+        if not live:
+            return ann
+        kept = tuple(p for p in ann.prefixes if p not in live)
+        self.superseded += len(ann.prefixes) - len(kept)
+        if not kept:
+            return None
+        return ann if len(kept) == len(ann.prefixes) else dataclasses.replace(ann, prefixes=kept)
+
+
+@dataclass
 class _Request:
     """A control-socket request waiting for the loop to answer it."""
 
@@ -195,8 +285,11 @@ class Daemon:
         self.resync_after: float | None = None
         self.lines_seen: dict[LineKind, int] = {}  # this batch's input lines, by kind
         self.stale_answer_lines = 0
-        # the adj-rib-in answer being read: hands over the paths it holds back (_resync)
-        self.replay_flush: Callable[[], list[Event]] | None = None
+        # the resyncs asked and not yet answered to the end, oldest first (_resync)
+        self.resyncs: list[_Resync] = []
+        # a session's state as the last resync's summary told it, for a peer we have had no
+        # state message from (a respawned plugin hears no `up` for its established sessions)
+        self.summary_sessions: dict[str, str] = {}
         self.grace_waited = False
         # when a max-prefix restart delay ends for a peer whose session came back inside it:
         # its refused prefixes are then taken from ExaBGP's adj-rib-in (see _peer_state)
@@ -374,53 +467,94 @@ class Daemon:
         self._resync()
 
     def _resync(self) -> None:
-        established: set[str] = set()  # filled by the summary, read when the rib is in
+        """Ask ExaBGP which sessions are established and what their adj-rib-in holds, and
+        load the answer (see _Resync)."""
+        rs = _Resync(AdjRibReader(self.api_version))
 
         def summary_line(text: str) -> list[Event]:
-            cols = text.split()
-            if len(cols) >= 4 and cols[3].lower() == "established":
-                established.add(cols[0])
+            row = summary_row(text)
+            if row is not None:
+                peer, state, up = row
+                rs.sessions[peer] = (state, up)
+                if state == "established":
+                    rs.established.add(peer)
+                else:
+                    rs.established.discard(peer)
             return []
 
-        reader = AdjRibReader(self.api_version)  # gathers alike lines into one Announce
-
-        def taken(anns: tuple[Announce, ...]) -> list[Event]:
-            out: list[Event] = []
-            for ann in anns:
-                if ann.peer not in established or self.core.sessions.get(ann.peer) == "down":
-                    # ExaBGP may still hold what a session that is down (or went down since
-                    # the summary) had sent: its routes must not come back. (A live line
-                    # flushes the run first, so this is as of each line's arrival.)
-                    self.stale_answer_lines += len(ann.prefixes)
-                else:
-                    out.append(ann)
-            return out
-
-        def flush() -> list[Event]:
-            return taken(reader.flush())
+        def summary_end(ok: bool) -> list[Event]:
+            rs.summarized = True
+            if ok:
+                self._learn_sessions(rs)
+            return []
 
         def adj_rib_line(text: str) -> list[Event]:
-            return taken(reader.feed(text))
+            return self._taken(rs, rs.reader.feed(text))
 
         def adj_rib_end(ok: bool) -> list[Event]:
-            self.replay_flush = None
-            events = flush()
+            events = self._taken(rs, rs.reader.flush())
+            self._resync_over(rs)
+            if rs.superseded:
+                log.info("resync: %d paths of ExaBGP's answer were older than a live update "
+                         "read meanwhile; the live one stays", rs.superseded)
             if not ok:
                 log.warning("resync: ExaBGP refused 'show adj-rib in extensive'; waiting for "
                             "End-of-RIB or the grace timer")
                 return events
+            established = rs.established - rs.moved
+            for peer in sorted(rs.established & rs.moved):
+                log.info("resync: the session with %s changed state during the answer; it "
+                         "is synced by its own updates and End-of-RIB", peer)
             log.info("resync: ExaBGP's adj-rib-in loaded (%d established sessions)",
                      len(established))
             return [*events, ResyncDone(frozenset(established))]
 
-        # anything else ExaBGP sends meanwhile (a live UPDATE, a session going down) must
-        # come after the paths read so far (see _line)
-        self.replay_flush = flush
-        self._command("show neighbor summary", summary_line, lambda ok: [])
-        self._command("show adj-rib in extensive", adj_rib_line, adj_rib_end)
+        # anything else ExaBGP sends meanwhile (a live UPDATE, a session going down) comes
+        # after the paths read so far (see _line), and wins over the answer's later lines
+        self.resyncs.append(rs)
+        if not (self._command("show neighbor summary", summary_line, summary_end)
+                and self._command("show adj-rib in extensive", adj_rib_line, adj_rib_end)):
+            self._resync_over(rs)
+
+    def _resync_over(self, rs: _Resync) -> None:
+        if rs in self.resyncs:
+            self.resyncs.remove(rs)
+
+    def _taken(self, rs: _Resync, anns: tuple[Announce, ...]) -> list[Event]:
+        """The announcements of an answer that still stand."""
+        if not anns:
+            return []
+        out: list[Event] = []
+        established = rs.established
+        for ann in anns:
+            if (ann.peer not in established or ann.peer in rs.moved
+                    or self.core.sessions.get(ann.peer) == "down"):
+                # ExaBGP may still hold what a session that is down (or went down since the
+                # summary) had sent, and a session that came back re-sends its routes: these
+                # must not come back. (A live line flushes the run first, so this is as of
+                # each line's arrival.)
+                self.stale_answer_lines += len(ann.prefixes)
+            elif (kept := rs.newer_live(ann)) is not None:
+                out.append(kept)
+        return out
+
+    def _learn_sessions(self, rs: _Resync) -> None:
+        """The summary's session states, for the peers nothing live has told us about."""
+        now = time.time()
+        for peer, (state, up) in rs.sessions.items():
+            if peer in rs.moved or peer in self.core.sessions:
+                continue  # a state message is newer
+            named = SUMMARY_STATES[state]
+            self.summary_sessions[peer] = named
+            if named == "up" and up is not None:
+                self.peer_since[peer] = now - up
+            if peer in self._known_peers:
+                m.PEER_UP.labels(peer).set(1 if named == "up" else 0)
+                if peer in self.peer_since:
+                    m.PEER_STATE_SINCE.labels(peer).set(self.peer_since[peer])
 
     def _command(self, cmd: str, on_line: Callable[[str], list[Event]],
-                 on_end: Callable[[bool], list[Event]]) -> None:
+                 on_end: Callable[[bool], list[Event]]) -> bool:
         assert self.commands is not None
         self.pending.append(_Pending(cmd, on_line, on_end))
         try:
@@ -429,6 +563,8 @@ class Daemon:
         except OSError as e:
             log.error("cannot write command %r to ExaBGP: %s", cmd, e)
             self.pending.pop()
+            return False
+        return True
 
     # ------------------------------------------------------------------ the loop
 
@@ -535,8 +671,8 @@ class Daemon:
             for ev in self._text(parsed.kind, parsed.text or ""):
                 self._event(ev, ops, replay=True)
             return False
-        if self.replay_flush is not None:  # the adj-rib-in paths read so far come first
-            for ev in self.replay_flush():
+        for rs in self.resyncs:  # the adj-rib-in paths read so far come first
+            for ev in self._taken(rs, rs.reader.flush()):
                 self._event(ev, ops, replay=True)
         for ev in parsed.events:
             self._event(ev, ops)
@@ -565,6 +701,9 @@ class Daemon:
         """One event into the core. `replay`: it comes from an answer of ExaBGP's (the
         adj-rib-in read at start or after a reload), not from the peer: not counted as
         received again."""
+        if not replay and self.resyncs and isinstance(ev, Announce | Withdraw | PeerState):
+            for rs in self.resyncs:
+                rs.note(ev)
         match ev:
             case Announce(peer=peer):
                 if peer in self._known_peers:
@@ -581,7 +720,7 @@ class Daemon:
                     _child(m.WITHDRAWS_RECEIVED, peer).inc(len(ev.prefixes))
                 log.debug("peer %s withdrew %d %s prefixes", peer, len(ev.prefixes), ev.family)
             case PeerState():
-                if ev.state == "down" and "shutting down" in ev.reason and \
+                if ev.state == "down" and ev.reason in EXABGP_SHUTDOWN_REASONS and \
                         self.cfg.on_exit == "retain":
                     # ExaBGP itself is stopping: its sessions go down but our routes stay.
                     log.info("peer %s session down (%s): ExaBGP is stopping; keeping its "
@@ -917,18 +1056,21 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         roles = self._roles()
         by_device = self._per_device(roles)
+        counts = self._peer_counts(roles)
         peers = []
         addresses = [p.address for p in self.cfg.peers]
-        addresses += sorted(set(self.core.sessions) - set(addresses))
+        addresses += sorted((set(self.core.sessions) | set(self.summary_sessions))
+                            - set(addresses))
         for addr in addresses:
             pc = self.cfg.peer(addr)
             dev = self.core.device_of(addr)
-            best, backup = self._peer_counts(addr, roles)
+            best, backup = counts.get(addr, (0, 0))
             peers.append({
                 "peer": addr,
                 "description": pc.description if pc else "",
                 "configured": pc is not None,
-                "state": self.core.sessions.get(addr, "idle"),
+                # a state message is newer than what the resync's summary said
+                "state": self.core.sessions.get(addr) or self.summary_sessions.get(addr, "idle"),
                 "since": self.peer_since.get(addr),
                 "device": dev,
                 "device_usable": self.core.usable(addr) if dev else False,
@@ -976,23 +1118,21 @@ class Daemon:
         out = []
         for pfx in prefixes:
             installed = self.core.installed.get(pfx, {})
-            ranked = {peer: i for i, (peer, _) in enumerate(self.core.ranked(pfx))}
+            best_first = self.core.ranked(pfx)
+            ranked = {peer: i for i, (peer, _) in enumerate(best_first)}
+            metric_of = self._route_owners(installed, best_first)
             paths = []
             for peer, rib in self.core.rib.items():
                 attrs = rib.get(pfx)
                 if attrs is None:
                     continue
-                dev = self.core.device_of(peer)
-                metric = None
-                for mtr, route in installed.items():
-                    if any(h.device == dev for h in route.nexthops) and peer in ranked:
-                        metric = mtr if metric is None else min(metric, mtr)
+                metric = metric_of.get(peer)
                 role = ("best" if metric == self.cfg.metric else
                         "backup" if metric is not None else
                         "unusable" if peer not in ranked else "not installed")
                 paths.append({
-                    "peer": peer, "device": dev, "rank": ranked.get(peer), "role": role,
-                    "metric": metric, "next_hop": attrs.next_hop,
+                    "peer": peer, "device": self.core.device_of(peer), "rank": ranked.get(peer),
+                    "role": role, "metric": metric, "next_hop": attrs.next_hop,
                     "as_path": list(attrs.as_path), "as_set": list(attrs.as_set),
                     "origin": attrs.origin, "med": attrs.med, "local_pref": attrs.local_pref,
                 })
@@ -1002,6 +1142,68 @@ class Daemon:
                       for mtr, r in sorted(installed.items())]
             out.append({"prefix": pfx, "paths": paths, "kernel": routes})
         return {"prefixes": out}
+
+    def _route_owners(self, routes: dict[int, KernelRoute],
+                      ranked: list[tuple[str, PathAttrs]]) -> dict[str, int]:
+        """Which installed route of a prefix is whose: {peer: metric}. A usable path's route
+        goes through its peer's device, via its BGP next-hop or peer address when it has a
+        gateway. Several peers on one device can share a nexthop (no gateway, or the same
+        next-hop): each nexthop of a route then belongs to one path, taken best first, so the
+        backup is not shown at the best route's metric."""
+        owners: dict[str, int] = {}
+        claimed: set[tuple[int, NextHop]] = set()
+        order = sorted(routes.items())
+        for peer, attrs in ranked:
+            dev = self.core.device_of(peer)
+            for metric, route in order:
+                hop = next((h for h in route.nexthops if h.device == dev
+                            and (h.gateway is None or h.gateway in (attrs.next_hop, peer))
+                            and (metric, h) not in claimed), None)
+                if hop is not None:
+                    claimed.add((metric, hop))
+                    owners[peer] = metric
+                    break
+        return owners
+
+    def _peer_counts(self, roles: dict[NextHop, list[int]]) -> dict[str, tuple[int, int]]:
+        """[best, backup] routes per peer. From the per-nexthop counts where each nexthop in
+        use can be only one peer's (its device has one peer with paths, or its gateway is
+        the next-hop or address of one of them); otherwise (peers sharing a device without
+        gateways, or announcing one next-hop) prefix by prefix, by rank."""
+        on_device: dict[str, list[str]] = {}
+        for peer, paths in self.core.rib.items():
+            dev = self.core.device_of(peer)
+            if paths and dev is not None:
+                on_device.setdefault(dev, []).append(peer)
+        gateways: dict[str, set[str]] = {}  # of the peers on a shared device, when asked
+
+        def gateways_of(peer: str) -> set[str]:
+            if peer not in gateways:
+                gateways[peer] = {peer, *map(_NEXT_HOP, self.core.rib[peer].values())}
+            return gateways[peer]
+
+        counts: dict[str, list[int]] = {}
+        for hop, (best, backup) in roles.items():
+            owners = on_device.get(hop.device, [])
+            if len(owners) > 1:
+                gw = hop.gateway
+                owners = [p for p in owners if gw is None or gw in gateways_of(p)]
+            if len(owners) > 1:
+                return self._peer_counts_by_prefix()
+            if owners:  # (none: a route of an earlier run that nothing confirms)
+                tot = counts.setdefault(owners[0], [0, 0])
+                tot[0] += best
+                tot[1] += backup
+        return {peer: (b, k) for peer, (b, k) in counts.items()}
+
+    def _peer_counts_by_prefix(self) -> dict[str, tuple[int, int]]:
+        counts: dict[str, list[int]] = {}
+        installed = self.core.installed
+        for pfx in installed:
+            for peer, metric in self._route_owners(installed[pfx],
+                                                   self.core.ranked(pfx)).items():
+                counts.setdefault(peer, [0, 0])[0 if metric == self.cfg.metric else 1] += 1
+        return {peer: (b, k) for peer, (b, k) in counts.items()}
 
     # ------------------------------------------------------------------ kernel
 
@@ -1058,21 +1260,11 @@ class Daemon:
             m.TUNNEL_ROUTES.labels(dev, "backup").set(backup)
         m.ROUTES_INSTALLED.labels("best").set(sum(b for b, _ in per_dev.values()))
         m.ROUTES_INSTALLED.labels("backup").set(sum(k for _, k in per_dev.values()))
+        counts = self._peer_counts(per_hop)
         for p in self.cfg.peers:
-            best, backup = self._peer_counts(p.address, per_hop)
+            best, backup = counts.get(p.address, (0, 0))
             m.PEER_ROUTES.labels(p.address, "best").set(best)
             m.PEER_ROUTES.labels(p.address, "backup").set(backup)
-
-    def _peer_counts(self, addr: str, roles: dict[NextHop, list[int]]) -> tuple[int, int]:
-        dev = self.core.device_of(addr)
-        pol = self.core.policy.get(addr)
-        best = backup = 0
-        for hop, (b, k) in roles.items():
-            if hop.device == dev and (hop.gateway is None or not (pol and pol.gateway)
-                                      or hop.gateway == addr):
-                best += b
-                backup += k
-        return best, backup
 
     # ------------------------------------------------------------------ exit
 

@@ -562,7 +562,9 @@ def test_adj_rib_replay_is_not_counted_as_received() -> None:
     assert received._value.get() - before == 1
     assert list(kernel.routes) == [("10.5.0.0/16", 100)]
     assert [op.kind for op in kernel.ops] == [OpKind.ADD]
-    assert daemon.stale_answer_lines == 0  # the replay was taken, and changed nothing
+    # the replay is older than the live update read after the resync was asked: left out
+    # (not counted as a line of a session that is down)
+    assert daemon.stale_answer_lines == 0
 
 
 def test_resync_skips_what_exabgp_holds_for_a_session_that_is_down() -> None:
@@ -683,3 +685,296 @@ def test_reader_widens_the_stdin_pipe() -> None:
         os.close(w)
         thread.join(5)
     assert daemon.queue.get(timeout=1)[0] == "eof"
+
+
+# ---------------------------------------------------------------- issue 12: resync and views
+
+VENVS = {"5.0.15": ROOT / ".venv" / "bin" / "python", "4.2.21": ROOT / ".venv42" / "bin" / "python"}
+
+# Runs inside a venv's interpreter: ExaBGP's own `show neighbor summary` formatter (5.0 keeps it
+# on NeighborTemplate, 4.2 on the command module's Neighbor) over the answers given as JSON,
+# exactly as the command writes them: the header, then one row per peer.
+_SUMMARY_SCRIPT = """
+import json, sys
+try:
+    from exabgp.bgp.neighbor import NeighborTemplate as formatter
+    formatter.summary
+except (ImportError, AttributeError):
+    from exabgp.reactor.api.command.neighbor import Neighbor as formatter
+print(formatter.summary_header)
+for answer in json.loads(sys.argv[1]):
+    print(formatter.summary(answer))
+"""
+
+# (peer, seconds up, ExaBGP FSM state name): long up times and every state
+SESSIONS = [
+    ("169.254.10.1", 86403, "ESTABLISHED"),          # 1 day, 0:00:03
+    ("169.254.11.1", 12 * 86400 + 3723, "ESTABLISHED"),  # 12 days, 1:02:03
+    ("169.254.12.1", 3, "ESTABLISHED"),              # 0:00:03
+    ("169.254.13.1", 0, "IDLE"),
+    ("169.254.14.1", 7, "ACTIVE"),
+    ("169.254.15.1", 0, "CONNECT"),
+    ("169.254.16.1", 0, "OPENSENT"),
+    ("169.254.17.1", 1, "OPENCONFIRM"),
+]
+ESTABLISHED = {p for p, _, s in SESSIONS if s == "ESTABLISHED"}
+
+
+def exabgp_summary(version: str, sessions: Sequence[tuple[str, int, str]]) -> list[bytes]:
+    """ExaBGP's `show neighbor summary` answer lines (without `done`), made by that version's
+    own formatter."""
+    import json
+    python = VENVS[version]
+    if not python.exists():
+        pytest.skip(f"no ExaBGP {version} venv at {python.parent.parent}")
+    answers = [{"peer-address": p, "peer-as": 64512, "duration": up, "state": state,
+                "messages": {"update": (2, 7)}} for p, up, state in sessions]
+    out = subprocess.run([str(python), "-c", _SUMMARY_SCRIPT, json.dumps(answers)],
+                         capture_output=True, timeout=60, check=True)
+    return out.stdout.splitlines(keepends=True)
+
+
+def _adj_rib_of(peer: str, prefix: str, path: str = "64512", med: int | None = None) -> bytes:
+    """One line of ExaBGP's `show adj-rib in extensive` answer for `peer`."""
+    return (f"neighbor {peer} local-ip 169.254.10.2 local-as 65000 peer-as 64512 "
+            f"router-id 1.1.1.1 family-allowed in-open ipv4 unicast {prefix} "
+            f"next-hop {peer} origin igp as-path ( {path} )"
+            + (f" med {med}" if med is not None else "") + "\n").encode()
+
+
+def _many_peers() -> Daemon:
+    cfg = parse({"metrics": {"listen": None}, "control": {"socket": None},
+                 "peers": [{"address": p, "interface": f"vti{i:02d}"}
+                           for i, (p, _, _) in enumerate(SESSIONS, 1)]}, "t.yaml")
+    return Daemon(cfg, MemoryKernel(), io.StringIO())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("version", ["5.0.15", "4.2.21"])
+def test_resync_summary_reads_exabgps_own_rows_whatever_the_up_time(version: str) -> None:
+    """ExaBGP prints the up time as Python's timedelta does ("1 day, 0:00:03", "12 days,
+    1:02:03"): a session up for a day or more is established all the same, its adj-rib-in is
+    taken and it counts as synced; sessions in any other state are not."""
+    summary = exabgp_summary(version, SESSIONS)
+    assert any(b" day, " in ln for ln in summary) and any(b" days, " in ln for ln in summary)
+    daemon = _many_peers()
+    now = time.monotonic()
+    daemon._resync()
+    rib = [_adj_rib_of(p, f"10.{i}.0.0/16") for i, (p, _, _) in enumerate(SESSIONS, 1)]
+    daemon._process([("line", now, ln) for ln in (*summary, b"done\n", *rib, b"done\n")])
+    held = {peer for peer, paths in daemon.core.rib.items() if paths}
+    assert held == ESTABLISHED
+    assert not ESTABLISHED & daemon.core.pending_sync  # synced by the answer
+    assert daemon.core.pending_sync == {p for p, _, _ in SESSIONS} - ESTABLISHED
+
+
+@pytest.mark.parametrize("version", ["5.0.15", "4.2.21"])
+def test_status_after_a_respawn_shows_the_sessions_the_summary_reported(version: str) -> None:
+    """A respawned plugin hears no `up` for sessions already established: `status` takes
+    their state (and since when) from the resync's summary instead of showing them idle."""
+    daemon = _many_peers()
+    now = time.monotonic()
+    daemon._resync()
+    before = time.time()
+    daemon._process([("line", now, ln)
+                     for ln in (*exabgp_summary(version, SESSIONS), b"done\n", b"done\n")])
+    after = time.time()
+    peers = {p["peer"]: p for p in daemon.status()["peers"]}
+    for peer, up, state in SESSIONS:
+        if state == "ESTABLISHED":
+            assert peers[peer]["state"] == "up"
+            assert before - up - 1 <= peers[peer]["since"] <= after - up + 1
+            assert m.PEER_UP.labels(peer)._value.get() == 1
+        else:
+            assert peers[peer]["state"] == ("connected" if state.startswith("OPEN") else "idle")
+    # a live state change wins over what the summary said
+    daemon._process([("line", now, _state("169.254.10.1", "down"))])
+    assert {p["peer"]: p["state"] for p in daemon.status()["peers"]}["169.254.10.1"] == "down"
+
+
+def _withdraw(peer: str, prefixes: list[str]) -> bytes:
+    nlri = ", ".join(f'{{ "nlri": "{p}" }}' for p in prefixes)
+    return ('{ "exabgp": "5.0.0", "type": "update", "neighbor": { "address": { "local": "x", '
+            f'"peer": "{peer}" }}, "asn": {{ "local": 65000, "peer": 64512 }}, "direction": '
+            f'"receive", "message": {{ "update": {{ "withdraw": {{ "ipv4 unicast": [ {nlri} ] '
+            '} } } } }\n').encode()
+
+
+def _update_med(peer: str, prefix: str, med: int) -> bytes:
+    return ('{ "exabgp": "5.0.0", "type": "update", "neighbor": { "address": { "local": "x", '
+            f'"peer": "{peer}" }}, "asn": {{ "local": 65000, "peer": 64512 }}, "direction": '
+            '"receive", "message": { "update": { "attribute": { "origin": "igp", "as-path": '
+            '{"0": {"element": "as-sequence", "value": [64512]}}, '
+            f'"med": {med} }}, "announce": {{ "ipv4 unicast": {{ "{peer}": [ '
+            f'{{ "nlri": "{prefix}" }} ] }} }} }} }} }} }}\n').encode()
+
+
+def _eor(peer: str) -> bytes:
+    return ('{ "exabgp": "5.0.0", "type": "update", "neighbor": { "address": { "local": "x", '
+            f'"peer": "{peer}" }}, "asn": {{ "local": 65000, "peer": 64512 }}, "direction": '
+            '"receive", "message": { "eor": { "afi" : "ipv4", "safi" : "unicast" } } } }\n'
+            ).encode()
+
+
+def _one_peer() -> tuple[Daemon, MemoryKernel]:
+    cfg = parse({"metrics": {"listen": None}, "control": {"socket": None},
+                 "peers": [{"address": PEER, "interface": "vti01"}]}, "t.yaml")
+    kernel = MemoryKernel()
+    return Daemon(cfg, kernel, io.StringIO()), kernel  # type: ignore[arg-type]
+
+
+def test_resync_answer_lines_after_a_live_withdraw_or_change_do_not_undo_it() -> None:
+    """ExaBGP answers from a snapshot while live UPDATEs go on: a snapshot line that arrives
+    after a live withdraw of its prefix must not bring it back, nor one after a live MED
+    change revert it; the other lines are taken."""
+    daemon, kernel = _one_peer()
+    now = time.monotonic()
+    daemon._resync()
+    daemon._process([("line", now, ln) for ln in (
+        SUMMARY, b"done\n",
+        _adj_rib_of(PEER, "10.1.0.0/16"),
+        _withdraw(PEER, ["10.2.0.0/16"]),
+        _update_med(PEER, "10.3.0.0/16", 200),
+        _adj_rib_of(PEER, "10.2.0.0/16"),  # the snapshot's, older than the live withdraw
+        _adj_rib_of(PEER, "10.3.0.0/16", med=100),  # older than the live MED 200
+        _adj_rib_of(PEER, "10.4.0.0/16"),
+        b"done\n")])
+    assert {p for p, _ in kernel.routes} == {"10.1.0.0/16", "10.3.0.0/16", "10.4.0.0/16"}
+    assert daemon.core.rib[PEER]["10.3.0.0/16"].med == 200
+    assert "10.2.0.0/16" not in daemon.core.rib[PEER]
+
+
+def test_a_session_that_flaps_mid_answer_drops_the_rest_of_its_old_snapshot() -> None:
+    """The session goes down and up while ExaBGP is still writing its adj-rib-in: the rest of
+    the old session's snapshot is not applied to the new one, and that peer is synced by its
+    new session's own updates and End-of-RIB, not by the answer."""
+    daemon, kernel = _one_peer()
+    now = time.monotonic()
+    daemon._resync()
+    daemon._process([("line", now, ln) for ln in (
+        SUMMARY, b"done\n",
+        _adj_rib_of(PEER, "10.1.0.0/16"),
+        _state(PEER, "down"), _state(PEER, "up"),
+        _adj_rib_of(PEER, "10.2.0.0/16"),  # the old session's
+        _update_many(PEER, ["10.5.0.0/16"]),  # the new session's
+        _adj_rib_of(PEER, "10.3.0.0/16"),
+        b"done\n")])
+    assert {p for p, _ in kernel.routes} == {"10.5.0.0/16"}
+    assert PEER in daemon.core.pending_sync  # not synced by the answer
+    daemon._process([("line", now, _eor(PEER))])
+    assert PEER not in daemon.core.pending_sync
+
+
+def test_a_session_that_came_up_before_its_summary_row_is_synced_by_the_answer() -> None:
+    """A session that comes up after the resync was asked but before ExaBGP wrote its
+    summary row is established in that row, and the snapshot is the new session's: the
+    answer is taken and syncs it (a fresh ExaBGP whose sessions come up at once)."""
+    daemon, kernel = _one_peer()
+    daemon.core.pending_sync.add(PEER)
+    now = time.monotonic()
+    daemon._resync()
+    daemon._process([("line", now, ln) for ln in (
+        _state(PEER, "up"), _update_many(PEER, ["10.5.0.0/16"]),
+        SUMMARY, b"done\n", _adj_rib_of(PEER, "10.1.0.0/16"), b"done\n")])
+    assert {p for p, _ in kernel.routes} == {"10.1.0.0/16", "10.5.0.0/16"}
+    assert PEER not in daemon.core.pending_sync
+
+
+def test_two_resyncs_in_flight_keep_their_own_state() -> None:
+    """A reload asks for the adj-rib-in while the start-up answer is still arriving: each
+    answer keeps its own held-back paths and its own record of live changes, so a live
+    withdraw is never overtaken by either answer's older lines."""
+    daemon, kernel = _one_peer()
+    now = time.monotonic()
+    daemon._resync()  # the first
+    daemon._process([("line", now, ln) for ln in (
+        SUMMARY, b"done\n",
+        _withdraw(PEER, ["10.3.0.0/16"]),
+        _adj_rib_of(PEER, "10.1.0.0/16"), _adj_rib_of(PEER, "10.2.0.0/16"))])  # a run: held back
+    daemon._resync()  # the second (a reload)
+    daemon._process([("line", now, ln) for ln in (
+        _withdraw(PEER, ["10.2.0.0/16"]),  # after the first answer's run above
+        _adj_rib_of(PEER, "10.3.0.0/16"),  # the first snapshot's, older than its withdraw
+        b"done\n",
+        SUMMARY, b"done\n",
+        _adj_rib_of(PEER, "10.1.0.0/16"), _adj_rib_of(PEER, "10.6.0.0/16"),
+        _withdraw(PEER, ["10.6.0.0/16"]),
+        b"done\n")])
+    assert {p for p, _ in kernel.routes} == {"10.1.0.0/16"}
+    assert not daemon.pending
+
+
+def _capture_line(version: str, needle: bytes) -> bytes:
+    for name in ("receiver", "resync", "ack", "mixed-tx4.2"):
+        for line in (CAPTURES / version / f"{name}.jsonl").read_bytes().splitlines(True):
+            if needle in line:
+                return line
+    raise AssertionError(f"no {needle!r} in the {version} captures")
+
+
+@pytest.mark.parametrize("version", ["5.0.15", "4.2.21"])
+def test_retain_keeps_routes_only_over_exabgps_own_shutdown(version: str) -> None:
+    """on_exit: retain keeps a peer's routes when ExaBGP itself stops (its exact reason, as
+    captured from each version), not when the peer's own NOTIFICATION text (which 4.2 copies
+    into the reason) merely says "shutting down": that is a real session loss."""
+    cfg = parse({"metrics": {"listen": None}, "control": {"socket": None}, "on_exit": "retain",
+                 "peers": [{"address": PEER, "interface": "vti01"}]}, "t.yaml")
+    own = _capture_line(version, b'"state": "down", "reason": "stop, message')
+    assert b"shutting down" in own
+    # 4.2's real form of a peer's Cease, with the peer's text saying "shutting down"
+    cease = _capture_line("4.2.21", b"Peer De-configured)").replace(
+        b"Peer De-configured / Peer De-configured)",
+        b"Peer De-configured / router shutting down for maintenance)")
+    for line, kept in ((own, True), (cease, False)):
+        kernel = MemoryKernel()
+        daemon = Daemon(cfg, kernel, None)  # type: ignore[arg-type]
+        now = time.monotonic()
+        daemon._process([("line", now, _state(PEER, "up")),
+                         ("line", now, _update_many(PEER, ["10.1.0.0/16"])),
+                         ("line", now, line)])
+        assert bool(kernel.routes) is kept, line
+
+
+def _shared(gateway: str, next_hop: str | None = None) -> Daemon:
+    """PEER and PEER2 on one device (vti-shared), PEER2's path longer."""
+    cfg = parse({"metrics": {"listen": None}, "control": {"socket": None},
+                 "peers": [{"address": PEER, "interface": "vti01", "gateway": gateway},
+                           {"address": PEER2, "interface": "vti01", "gateway": gateway}]},
+                "t.yaml")
+    daemon = Daemon(cfg, MemoryKernel(), None)  # type: ignore[arg-type]
+    now = time.monotonic()
+    first = _update_many(PEER, ["10.7.0.0/16"])
+    if next_hop is not None:  # PEER's BGP next-hop is not its own address
+        first = first.replace(f'"{PEER}": ['.encode(), f'"{next_hop}": ['.encode())
+    daemon._process([("line", now, first),
+                     ("line", now, _update_many(PEER2, ["10.7.0.0/16"], "64512, 64512"))])
+    return daemon
+
+
+@pytest.mark.parametrize("gateway", ["auto", "no"])
+def test_routes_on_a_shared_device_name_each_peers_own_route(gateway: str) -> None:
+    """Several peers on one device: `vtibgp routes` says which route is whose, by gateway or
+    by rank, not every peer of the device at the lowest metric."""
+    daemon = _shared(gateway)
+    (entry,) = daemon.route_table("10.7.0.0/16")["prefixes"]
+    assert [(p["peer"], p["role"], p["metric"]) for p in entry["paths"]] == [
+        (PEER, "best", 100), (PEER2, "backup", 101)]
+
+
+@pytest.mark.parametrize(("gateway", "next_hop"), [("auto", "169.254.10.5"), ("auto", None),
+                                                   ("no", None)])
+def test_status_and_peer_route_gauges_count_each_peers_own_routes(
+        gateway: str, next_hop: str | None) -> None:
+    """The best and backup routes per peer, in `status` and vtibgp_peer_routes, when the route
+    goes via a BGP next-hop that is not the peer's address, and on a shared device."""
+    daemon = _shared(gateway, next_hop)
+    if next_hop is not None:
+        assert daemon.core.installed["10.7.0.0/16"][100].nexthops == (
+            NextHop("vti01", next_hop),)
+    peers = {p["peer"]: p for p in daemon.status()["peers"]}
+    assert (peers[PEER]["best"], peers[PEER]["backup"]) == (1, 0)
+    assert (peers[PEER2]["best"], peers[PEER2]["backup"]) == (0, 1)
+    daemon._route_gauges()
+    assert m.PEER_ROUTES.labels(PEER, "best")._value.get() == 1
+    assert m.PEER_ROUTES.labels(PEER, "backup")._value.get() == 0
+    assert m.PEER_ROUTES.labels(PEER2, "best")._value.get() == 0
+    assert m.PEER_ROUTES.labels(PEER2, "backup")._value.get() == 1
