@@ -52,6 +52,7 @@ from collections.abc import Callable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any, NamedTuple
 
+from vtibgp.addresses import address_text
 from vtibgp.model import OpKind
 
 # ------------------------------------------------------------------ constants (linux uapi)
@@ -148,7 +149,8 @@ _SLASH_PLEN = [f"/{n}" for n in range(256)]
 _ADD = OpKind.ADD
 _DELETE = OpKind.DELETE
 _inet_pton = socket.inet_pton
-_inet_ntop = socket.inet_ntop
+# every address this module prints is spelt by vtibgp.addresses (the RIB's spelling)
+_inet_ntop = address_text
 _UNSEEN: Any = object()
 
 _KIND_FLAGS = {
@@ -459,7 +461,7 @@ def _parse_multipath(family: int, data: bytes | bytearray | memoryview, off: int
             if alen < NLA.size:
                 break
             if atype == RTA_GATEWAY and alen - NLA.size == _ADDR_LEN.get(family, -1):
-                gateway = socket.inet_ntop(family, bytes(data[a + 4 : a + alen]))
+                gateway = _inet_ntop(family, bytes(data[a + 4 : a + alen]))
             a += align4(alen)
         hops.append(Hop(ifindex, gateway))
         off += align4(length)
@@ -492,12 +494,12 @@ def parse_route_at(data: bytes | bytearray | memoryview, off: int = 0) -> RouteI
         elif ntype == RTA_OIF:
             oif = U32.unpack_from(data, a + 4)[0]
         elif ntype == RTA_GATEWAY and nlen - NLA.size == alen:
-            gateway = socket.inet_ntop(family, bytes(data[a + 4 : a + nlen]))
+            gateway = _inet_ntop(family, bytes(data[a + 4 : a + nlen]))
         elif ntype == RTA_MULTIPATH:
             multipath = _parse_multipath(family, data, a + 4, min(a + nlen, end))
         a += align4(nlen)
     if alen and len(dst) == alen:
-        prefix = f"{socket.inet_ntop(family, dst)}/{dst_len}"
+        prefix = f"{_inet_ntop(family, dst)}/{dst_len}"
     else:
         prefix = f"?{dst.hex()}/{dst_len}"
     return RouteInfo(family, prefix, dst_len, table, protocol, priority, scope, rtype, flags,

@@ -4,6 +4,7 @@ round trips (pack -> parse)."""
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 from typing import Any
@@ -15,6 +16,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from vtibgp import netlink_codec as nc
+from vtibgp.addresses import canonical_address
 from vtibgp.model import OpKind
 
 FLAGS = {
@@ -469,3 +471,68 @@ def test_mixed_batch_parses_in_order(batch: list[tuple[str, int, list[nc.Hop]]])
     msgs = [packer.pack(OpKind.ADD, p, m, tuple(h), 1) for p, m, h in batch]
     chunk = nc.parse_route_dump(as_dump(*msgs, seq=1), table=254, protocol=186, seq=1)
     assert chunk.routes == [(p, 254, m, tuple(h)) for p, m, h in batch]
+
+
+# ------------------------------------------------------------------ one spelling of addresses
+
+# IPv4 inside IPv6 (mapped, compatible), the unspecified and loopback addresses, runs of zero
+# groups to compress (the longest, the first of equals, never a single one), upper case
+AWKWARD_PREFIXES = [
+    "::ffff:10.0.0.0/104", "::FFFF:A00:0/104", "::10.0.0.0/104", "::a00:0/104", "::/0",
+    "::ffff:0:0/96", "::1/128", "::2/128", "::1.2.3.4/128", "2001:DB8:0:0:0:0:0:0/32",
+    "1:0:0:1:0:0:0:0/112", "0:0:1::/48", "2001:db8:0:1:0:0:0:0/64", "fd00:0:0:0:0:0:0:1/128",
+]
+AWKWARD_GATEWAYS = [
+    "::ffff:169.254.10.1", "::FFFF:a9fe:a01", "::169.254.10.1", "::a9fe:a01", "::", "::1",
+    "FD00:10::1", "fe80:0:0:0:0:0:0:1", "2001:db8:0:0:1:0:0:1", "1:0:0:1:0:0:0:1",
+]
+
+
+def _parsed_route(prefix: str, gateway: str) -> tuple[str, str]:
+    """(prefix, next-hop) as the ExaBGP input parser puts them into the RIB."""
+    from vtibgp.exabgp_input import parse_line
+    from vtibgp.model import Announce
+
+    line = json.dumps({
+        "exabgp": "5.0.0", "type": "update", "neighbor": {
+            "address": {"local": "169.254.10.2", "peer": "169.254.10.1"},
+            "direction": "receive", "message": {"update": {
+                "attribute": {"origin": "igp"},
+                "announce": {"ipv6 unicast": {gateway: [{"nlri": prefix}]}}}}}})  # fmt: skip
+    (announce,) = parse_line(line).events
+    assert isinstance(announce, Announce)
+    return announce.prefixes[0], announce.attrs.next_hop
+
+
+@pytest.mark.parametrize("prefix", AWKWARD_PREFIXES)
+@pytest.mark.parametrize("gateway", AWKWARD_GATEWAYS)
+def test_rib_and_kernel_dump_spell_addresses_alike(prefix: str, gateway: str) -> None:
+    """The RIB's text of a prefix and a next-hop is the text the kernel dump gives back for
+    the route installed from it: else a route is REPLACEd at every reconcile, or lost after a
+    restart because the dumped prefix matches nothing in the RIB."""
+    rib_prefix, rib_gateway = _parsed_route(prefix, gateway)
+    assert rib_prefix == f"{canonical_address(prefix.split('/')[0])}/{prefix.split('/')[1]}"
+    assert rib_gateway == canonical_address(gateway)
+    data = nc.pack_route(OpKind.ADD, rib_prefix, 100, [nc.Hop(3, rib_gateway)], 1)
+    info = nc.parse_route_at(data)
+    assert (info.prefix, info.gateway) == (rib_prefix, rib_gateway)
+    nc._LAYOUTS.clear()
+    dump = as_dump(data, data, seq=1)
+    for _ in range(2):  # learns the layout, then uses it
+        chunk = nc.parse_route_dump(dump, seq=1)
+        assert chunk.routes == [(rib_prefix, 254, 100, (nc.Hop(3, rib_gateway),))] * 2
+    # and a two-hop route (RTA_MULTIPATH)
+    hops = [nc.Hop(3, rib_gateway), nc.Hop(4, rib_gateway)]
+    multi = nc.parse_route_at(nc.pack_route(OpKind.ADD, rib_prefix, 100, hops, 1))
+    assert multi.prefix == rib_prefix and multi.multipath == tuple(hops)
+
+
+def test_canonical_address() -> None:
+    assert canonical_address("::FFFF:A9FE:A01") == "::ffff:169.254.10.1"
+    assert canonical_address("0:0:0:0:0:0:102:304") == "::1.2.3.4"
+    assert canonical_address("::0.0.0.1") == "::1"  # (seven zero groups: no dotted form)
+    assert canonical_address("1:0:0:2:0:0:0:3") == "1:0:0:2::3"
+    assert canonical_address("1:0:2:3:4:5:6:7") == "1:0:2:3:4:5:6:7"
+    assert canonical_address("169.254.10.1") == "169.254.10.1"
+    for bad in ("", "1.2.3", "01.2.3.4", "fe80::1%eth0", "::1\x00", "1::2::3", "\udcff", "x"):
+        assert canonical_address(bad) is None
