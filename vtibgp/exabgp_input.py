@@ -12,16 +12,23 @@ Contract:
   of `LineKind`, and whose `reason` (if set) is one of `REASONS`.
 * A partly bad UPDATE keeps what is good: a prefix that is not a network of its family is
   dropped alone (reason "nlri"); a family other than IPv4/IPv6 unicast is skipped (reason
-  "family"); announcements whose attributes cannot be read are dropped, its withdrawals
-  are kept (reason "attribute"). `reason`/`error` describe the first problem; `error` also
-  counts them.
-* Prefixes, peers and next-hops come out in the text form `ipaddress` prints. Text already in
-  that form (what ExaBGP prints) is accepted by a fast path; anything else goes through
-  `ipaddress` once. A prefix with host bits set is rejected, not repaired.
+  "family"). `reason`/`error` describe the first problem; `error` also counts them.
+* RFC 7606 treat-as-withdraw: announcements that cannot be used become withdrawals of their
+  prefixes, so that no older path of them stays: an invalid ORIGIN (ExaBGP prints
+  "invalid"), a missing ORIGIN, no next-hop (ExaBGP's key "no-nexthop") (reason
+  "treat_as_withdraw"), or attributes / a next-hop that cannot be read (reason "attribute").
+  A missing AS_PATH is not one: ExaBGP prints an empty AS_PATH (iBGP) the same way.
+* Prefixes, peers and next-hops come out in the text form of vtibgp.addresses (inet_ntop's,
+  which the kernel dump and ExaBGP use too). Text already in that form is accepted by a fast
+  path; anything else is spelt again once. A prefix with host bits set is masked (RFC 4271
+  4.3: the trailing bits are irrelevant; reason "host_bits").
 * In one UPDATE, withdrawals are emitted before announcements: RFC 4271 4.3 says a prefix in
   both lists is to be treated as announced.
-* Add-path (`"path-information"`) is tolerated, but vtibgp keys routes by (peer, prefix), so
-  several paths of one prefix from one peer collapse into the latest one.
+* ADD-PATH (RFC 7911): a prefix's `"path-information"` (ExaBGP prints the 32-bit id dotted,
+  "0.0.0.1", in announce and withdraw lists alike) sets `path_id`; one Announce/Withdraw
+  per distinct id (and one for the prefixes without an id, path_id None).
+* IPv6 with a global and a link-local next-hop: each prefix goes via the global one, unless
+  that is "::", then via the link-local one.
 * ExaBGP 4.2 writes route-refresh lines that are not JSON (`"afi": ""ipv4""`). They are
   recognised by their text and returned as IGNORED (with `error` saying so) rather than
   INVALID: refreshes are routine and would otherwise look like a fault.
@@ -29,7 +36,6 @@ Contract:
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 from dataclasses import dataclass, replace
@@ -38,6 +44,7 @@ from functools import lru_cache
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 from typing import Any, Final, Literal, TypeGuard
 
+from vtibgp.addresses import address_text, canonical_address, packed_address
 from vtibgp.model import (
     ORIGINS,
     Announce,
@@ -76,6 +83,10 @@ REASON_SHAPE: Final = "shape"  # JSON, but a field is missing or of the wrong ty
 REASON_FAMILY: Final = "family"  # an address family vtibgp does not handle was skipped
 REASON_NLRI: Final = "nlri"  # a prefix that is not a network of its family was dropped
 REASON_ATTRIBUTE: Final = "attribute"  # unreadable path attributes / next-hop
+# an announcement that cannot be used (invalid or missing ORIGIN, no usable next-hop, other
+# unreadable attributes) withdraws its prefixes instead (RFC 7606 treat-as-withdraw)
+REASON_TREAT_AS_WITHDRAW: Final = "treat_as_withdraw"
+REASON_HOST_BITS: Final = "host_bits"  # a prefix with host bits set was masked (RFC 4271 4.3)
 REASON_INTERNAL: Final = "internal"  # a bug in this module (caught so the reader survives)
 REASONS: Final[tuple[str, ...]] = (
     REASON_ENCODING,
@@ -85,6 +96,8 @@ REASONS: Final[tuple[str, ...]] = (
     REASON_NLRI,
     REASON_ATTRIBUTE,
     REASON_INTERNAL,
+    REASON_TREAT_AS_WITHDRAW,
+    REASON_HOST_BITS,
 )
 
 
@@ -173,16 +186,11 @@ def _is_u32(value: object) -> TypeGuard[int]:
 @lru_cache(maxsize=4096)
 def _canonical_address(text: str) -> str | None:
     # Cached: peers and next-hops repeat on every line. Only short text gets here.
-    if "%" in text:  # ipaddress takes IPv6 scope ids; ExaBGP never prints them
-        return None
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        return None
+    return canonical_address(text)
 
 
 def _address(value: object) -> str | None:
-    """An IPv4/IPv6 address in ipaddress's text form, or None."""
+    """An IPv4/IPv6 address in vtibgp's text form (vtibgp.addresses), or None."""
     if type(value) is not str or len(value) > _MAX_ADDR_TEXT:
         return None
     return _canonical_address(value)
@@ -195,62 +203,126 @@ _PLEN4: Final = {str(n): n for n in range(33)}
 _PLEN6: Final = {str(n): n for n in range(129)}
 
 
-def _slow_prefix(text: str, v6: bool) -> str | None:
-    """Full check through ipaddress for text the fast path did not accept as canonical."""
-    if len(text) > _MAX_ADDR_TEXT or "%" in text:
+def _masked(packed: bytes, length: int, v6: bool) -> str:
+    """The network of `packed`/`length` with its host bits cleared, as text."""
+    host = (_HOST6 if v6 else _HOST4)[length]
+    network = (int.from_bytes(packed, "big") & ~host).to_bytes(len(packed), "big")
+    return f"{address_text(AF_INET6 if v6 else AF_INET, network)}/{length}"
+
+
+def _slow_prefix(text: str, v6: bool) -> tuple[str, bool] | None:
+    """(canonical text, host bits were set) for a prefix the fast path did not take as
+    canonical, or None if it is no network of its family."""
+    if len(text) > _MAX_ADDR_TEXT:
         return None
-    _, slash, plen = text.partition("/")
-    if not slash or not plen.isascii() or not plen.isdigit():
-        return None  # ipaddress would also take netmasks and a missing length; ExaBGP never
+    addr, slash, plen = text.partition("/")
+    if not slash or not plen.isascii() or not plen.isdigit() or len(plen) > 3:
+        return None  # a netmask or a missing length: ExaBGP never prints those
+    length = int(plen)
+    if length > (128 if v6 else 32) or (":" in addr) != v6:
+        return None
+    found = packed_address(addr)  # (inet_pton: no scope ids, no leading zeros in IPv4)
+    if found is None:
+        return None
+    packed = found[1]
+    if int.from_bytes(packed, "big") & (_HOST6 if v6 else _HOST4)[length]:
+        return _masked(packed, length, v6), True
+    return f"{address_text(found[0], packed)}/{length}", False
+
+
+def _path_id(value: object) -> int | None:
+    """An ADD-PATH identifier as ExaBGP prints it ("0.0.0.1", dotted like an IPv4 address)."""
+    if type(value) is not str or len(value) > 15:
+        return None
     try:
-        net = ipaddress.IPv6Network(text) if v6 else ipaddress.IPv4Network(text)
-    except ValueError:  # covers host bits set (strict=True is the default)
+        return int.from_bytes(inet_pton(AF_INET, value), "big")
+    except (OSError, ValueError):
         return None
-    return str(net)
 
 
-def _prefixes(items: object, v6: bool, issues: _Issues) -> tuple[str, ...]:
-    """The valid prefixes of one NLRI list, in the form ipaddress prints. The list holds
-    {"nlri": "p"} objects (with "path-information" under add-path) or bare strings
-    (`exabgp.api.compact`). This is the hot loop of a full table: keep it lean."""
+# The prefixes of one NLRI list: those without a path identifier, and those with one by id.
+_Nlri = tuple[tuple[str, ...], dict[int, list[str]] | None]
+
+
+def _nlri(items: object, v6: bool, issues: _Issues) -> _Nlri:
+    """The valid prefixes of one NLRI list, in vtibgp's text form, host bits cleared (RFC 4271
+    4.3: the trailing bits are irrelevant). The list holds {"nlri": "p"} objects (with
+    "path-information" under ADD-PATH) or bare strings (`exabgp.api.compact`). This is the hot
+    loop of a full table: keep it lean."""
     if type(items) is not list:
         issues.add(REASON_SHAPE, f"NLRI list is {type(items).__name__}, not a list")
-        return ()
+        return (), None
     out: list[str] = []
     keep = out.append
+    by_id: dict[int, list[str]] | None = None
     from_bytes = int.from_bytes
     host = _HOST6 if v6 else _HOST4
     plens = _PLEN6 if v6 else _PLEN4
     af = AF_INET6 if v6 else AF_INET
     for item in items:
-        text = item.get("nlri") if type(item) is dict else item
+        if type(item) is dict:
+            text = item.get("nlri")
+            # one key is the common case: no "path-information" to look for
+            path_info = None if len(item) == 1 else item.get("path-information")
+        else:
+            text, path_info = item, None
         if type(text) is not str:
             issues.add(REASON_SHAPE, f"NLRI entry {_short(item)} has no prefix text")
             continue
         addr, _, plen = text.partition("/")
         length = plens.get(plen)
+        prefix: str | None = None
         if length is not None:
             try:
                 packed = inet_pton(af, addr)
             except (OSError, ValueError):
                 packed = b""
             # inet_pton is strict for IPv4 (dotted quad, no leading zeros), so the text is
-            # canonical; IPv6 text is canonical if inet_ntop prints it back unchanged (dotted
-            # IPv4-in-IPv6 forms differ from ipaddress's, and take the slow path).
-            if (
-                packed
-                and not from_bytes(packed, "big") & host[length]
-                and (not v6 or (inet_ntop(af, packed) == addr and "." not in addr))
-            ):
-                keep(text)
+            # canonical; IPv6 text is canonical if inet_ntop prints it back unchanged.
+            if packed and (not v6 or inet_ntop(af, packed) == addr):
+                if not from_bytes(packed, "big") & host[length]:
+                    prefix = text
+                else:
+                    prefix = _masked(packed, length, v6)
+                    issues.add(REASON_HOST_BITS, f"host bits cleared: {_short(text)}")
+        if prefix is None:
+            found = _slow_prefix(text, v6)
+            if found is None:
+                family = "IPv6" if v6 else "IPv4"
+                issues.add(REASON_NLRI, f"not an {family} network: {_short(text)}")
                 continue
-        canonical = _slow_prefix(text, v6)
-        if canonical is None:
-            family = "IPv6" if v6 else "IPv4"
-            issues.add(REASON_NLRI, f"not an {family} network: {_short(text)}")
+            prefix, masked = found
+            if masked:
+                issues.add(REASON_HOST_BITS, f"host bits cleared: {_short(text)}")
+        if path_info is None:
+            keep(prefix)
+            continue
+        path_id = _path_id(path_info)
+        if path_id is None:
+            issues.add(REASON_NLRI, f"bad path-information {_short(path_info)} of {_short(text)}")
+            continue
+        if by_id is None:
+            by_id = {}
+        group = by_id.get(path_id)
+        if group is None:
+            by_id[path_id] = [prefix]
         else:
-            keep(canonical)
-    return tuple(out)
+            group.append(prefix)
+    return tuple(out), by_id
+
+
+def _prefixes(items: object, v6: bool, issues: _Issues) -> tuple[str, ...]:
+    """The valid prefixes of a list of bare prefix texts (no path identifiers)."""
+    return _nlri(items, v6, issues)[0]
+
+
+def _by_path(nlri: _Nlri) -> list[tuple[int | None, tuple[str, ...]]]:
+    """(path id, prefixes) of one NLRI list: those without an id first, then by first use."""
+    plain, by_id = nlri
+    groups: list[tuple[int | None, tuple[str, ...]]] = [(None, plain)] if plain else []
+    if by_id:
+        groups.extend((path_id, tuple(prefixes)) for path_id, prefixes in by_id.items())
+    return groups
 
 
 # ---------------------------------------------------------------- path attributes (JSON)
@@ -289,7 +361,10 @@ def _as_path_50(segments: dict[str, Any]) -> tuple[list[int], list[int]]:
         elif element in _SET_ELEMENTS:
             as_set.extend(asns)
         elif "confed" in element:
-            continue  # RFC 5065: confederation segments do not count toward the path length
+            # "as-confed-sequence" / "as-confed-set" (ExaBGP after 5.0): they do not count
+            # toward the path length (RFC 5065 5.3). ExaBGP 5.0 labels both "as-sequence",
+            # indistinguishable from an AS_SEQUENCE: see _text_as_path for the resync side.
+            continue
         else:
             raise _BadLine(REASON_ATTRIBUTE, f"unknown as-path element {_short(element)}")
     return sequence, as_set
@@ -302,10 +377,12 @@ def _json_attrs(attribute: object) -> tuple[int, tuple[int, ...], tuple[int, ...
         attribute = {}
     if type(attribute) is not dict:
         raise _BadLine(REASON_ATTRIBUTE, f"attribute is not an object: {_short(attribute)}")
-    origin_text = attribute.get("origin", "igp")
+    origin_text = attribute.get("origin")
+    if origin_text is None:  # a well-known mandatory attribute (RFC 7606 3.d)
+        raise _BadLine(REASON_TREAT_AS_WITHDRAW, "no ORIGIN attribute")
     origin = ORIGINS.get(origin_text) if type(origin_text) is str else None
-    if origin is None:
-        raise _BadLine(REASON_ATTRIBUTE, f"unknown origin {_short(origin_text)}")
+    if origin is None:  # ExaBGP prints "invalid" for an ORIGIN value other than 0-2
+        raise _BadLine(REASON_TREAT_AS_WITHDRAW, f"invalid ORIGIN {_short(origin_text)}")
 
     path = attribute.get("as-path")
     if path is None:
@@ -375,16 +452,20 @@ def _update(neighbor: dict[str, Any], api: str | None) -> Parsed:
                 if family is None:
                     issues.add(REASON_FAMILY, f"skipped family {_short(name)}")
                     continue
-                prefixes = _prefixes(items, family == "ipv6 unicast", issues)
-                if prefixes:
-                    withdraws.append(Withdraw(peer, family, prefixes))
+                nlri = _nlri(items, family == "ipv6 unicast", issues)
+                if nlri[1] is None:  # no ADD-PATH: the common case
+                    if nlri[0]:
+                        withdraws.append(Withdraw(peer, family, nlri[0]))
+                    continue
+                for path_id, prefixes in _by_path(nlri):
+                    withdraws.append(Withdraw(peer, family, prefixes, path_id))
 
     announce = update.get("announce")
     if announce is not None:
         if type(announce) is not dict:
             issues.add(REASON_SHAPE, "announce is not an object")
         else:
-            _announces(peer, announce, update.get("attribute"), issues, announces,
+            _announces(peer, announce, update.get("attribute"), issues, announces, withdraws,
                        _peer_as(neighbor))
 
     events = tuple(withdraws + announces)
@@ -404,15 +485,37 @@ def _peer_as(neighbor: dict[str, Any]) -> int | None:
     return peer
 
 
+# The next-hop keys ExaBGP writes for an announcement without a next-hop: 5.0 and 4.2 print
+# "no-nexthop" (str of their NoNextHop), 4.2 "null" when the NLRI has none at all.
+_NO_NEXT_HOP: Final = frozenset({"no-nexthop", "null"})
+_UNSPECIFIED: Final = frozenset({"::", "0.0.0.0"})
+
+
+def _next_hop_order(by_next_hop: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The next-hop groups of one family, in the order their prefixes are to be kept. ExaBGP
+    prints an MP_REACH with a global and a link-local next-hop as two keys holding the same
+    prefixes, global first; a global of "::" (a peer that has none) goes after the link-local
+    one, so that its prefixes go via the link-local address and not via "::"."""
+    groups = list(by_next_hop.items())
+    if any(key in _UNSPECIFIED for key, _ in groups):
+        groups.sort(key=lambda group: group[0] in _UNSPECIFIED)  # (stable)
+    return groups
+
+
 def _announces(
     peer: str,
     announce: dict[str, Any],
     attribute: object,
     issues: _Issues,
     out: list[Event],
+    withdrawn: list[Event],
     peer_as: int | None = None,
 ) -> None:
+    """The announcements of an update into `out`; those that cannot be used (RFC 7606
+    treat-as-withdraw: attributes that cannot be read, no usable next-hop) into `withdrawn`,
+    as withdrawals of their prefixes."""
     values: tuple[int, tuple[int, ...], tuple[int, ...], int, int | None] | None = None
+    bad_attrs: _BadLine | None = None
     for name, by_next_hop in announce.items():
         family = _family(name)
         if family is None:
@@ -421,29 +524,47 @@ def _announces(
         if type(by_next_hop) is not dict:
             issues.add(REASON_SHAPE, f"announce {name} is not an object")
             continue
+        if values is None and bad_attrs is None:
+            try:
+                values = _json_attrs(attribute)
+            except _BadLine as bad:
+                bad_attrs = bad
+                issues.add(bad.reason, f"{bad.error}: its prefixes are withdrawn")
         v6 = family == "ipv6 unicast"
-        # ExaBGP prints an MP_REACH with a global and a link-local next-hop as two next-hop
-        # keys holding the same prefixes (global first). Keep each prefix under the first.
-        seen: set[str] | None = set() if len(by_next_hop) > 1 else None
-        for next_hop_text, items in by_next_hop.items():
+        several = len(by_next_hop) > 1
+        groups = _next_hop_order(by_next_hop) if several else by_next_hop.items()
+        # (path id, prefix) already kept under an earlier next-hop of this family
+        seen: set[tuple[int | None, str]] | None = set() if several else None
+        unusable: list[tuple[int | None, tuple[str, ...]]] = []
+        for next_hop_text, items in groups:
+            nlri = _nlri(items, v6, issues)
             next_hop = _address(next_hop_text)
-            if next_hop is None:
-                issues.add(REASON_ATTRIBUTE, f"next-hop is not an address: {_short(next_hop_text)}")
+            if next_hop is None and bad_attrs is None:
+                if next_hop_text in _NO_NEXT_HOP:
+                    issues.add(REASON_TREAT_AS_WITHDRAW, "no NEXT_HOP: its prefixes are withdrawn")
+                else:
+                    issues.add(REASON_ATTRIBUTE, f"next-hop is not an address: "
+                               f"{_short(next_hop_text)}: its prefixes are withdrawn")
+            if next_hop is None or values is None:
+                unusable.extend(_by_path(nlri))
                 continue
-            if values is None:
-                try:
-                    values = _json_attrs(attribute)
-                except _BadLine as bad:
-                    issues.add(bad.reason, bad.error)
-                    return
-            prefixes = _prefixes(items, v6, issues)
-            if seen is not None:
-                prefixes = tuple(p for p in prefixes if p not in seen)
-                seen.update(prefixes)
+            origin, as_path, as_set, med, local_pref = values
+            attrs = PathAttrs(next_hop, origin, as_path, as_set, med, local_pref)
+            if nlri[1] is None and seen is None:  # one next-hop, no ADD-PATH: the common case
+                if nlri[0]:
+                    out.append(Announce(peer, family, attrs, nlri[0], peer_as))
+                continue
+            for path_id, prefixes in _by_path(nlri):
+                if seen is not None:
+                    prefixes = tuple(p for p in prefixes if (path_id, p) not in seen)
+                    seen.update((path_id, p) for p in prefixes)
+                if prefixes:
+                    out.append(Announce(peer, family, attrs, prefixes, peer_as, path_id))
+        for path_id, prefixes in unusable:
+            if seen is not None:  # announced under a usable next-hop: not withdrawn
+                prefixes = tuple(p for p in prefixes if (path_id, p) not in seen)
             if prefixes:
-                origin, as_path, as_set, med, local_pref = values
-                attrs = PathAttrs(next_hop, origin, as_path, as_set, med, local_pref)
-                out.append(Announce(peer, family, attrs, prefixes, peer_as))
+                withdrawn.append(Withdraw(peer, family, prefixes, path_id))
 
 
 def _eor(peer: str, eor: object, api: str | None) -> Parsed:
@@ -616,6 +737,7 @@ def parse_line(line: bytes | str) -> Parsed:
 _PATH_TOKEN: Final = re.compile(r"\{\(|\)\}|\{\[|\]\}|[()\[\]{}]|[^\s()\[\]{}]+")
 _CLOSER: Final = {")": "(", "]": "[", ")}": "{(", "]}": "{["}
 _OPENERS: Final = frozenset(_CLOSER.values())
+_CONFED_OPENERS: Final = frozenset({"{(", "{["})
 _TEXT_KEYS: Final = frozenset({"next-hop", "origin", "as-path", "med", "local-preference"})
 
 
@@ -661,7 +783,8 @@ def _text_groups(text: str) -> list[_Group] | None:
 def _text_as_path(
     text: str, api_version: str | None
 ) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
-    """(sequence, set) from the as-path text of either version, confederation parts dropped."""
+    """(sequence, set) from the as-path text of either version, read as the same route's JSON
+    is read (`_json_attrs`), so that a resync gives the paths the live stream gave."""
     groups = _text_groups(text)
     if groups is None:
         return None
@@ -685,14 +808,19 @@ def _text_as_path(
                 for inner in group.inner:
                     as_set.extend(inner.asns)
         return tuple(sequence), tuple(as_set)
+    # "{(" / "{[" are AS_CONFED_SEQUENCE / AS_CONFED_SET. They do not count (RFC 5065 5.3)
+    # where the JSON says what they are, but ExaBGP 5.0 labels both "as-sequence" in its JSON
+    # (fixed after 5.0, in ExaBGP #1367): read from 5.0 (or an unknown version, which prints
+    # braces only if it is 5.0 or later) they are taken as its JSON takes them, as sequence.
+    confed_counts = api_version is None or api_version.startswith("5.")
     for group in groups:
         if group.inner:
             return None
-        if group.opener == "(":
+        opener = group.opener
+        if opener == "(" or (confed_counts and opener in _CONFED_OPENERS):
             sequence.extend(group.asns)
-        elif group.opener == "[":
+        elif opener == "[":
             as_set.extend(group.asns)
-        # "{(" / "{[": confederation segments, skipped (RFC 5065)
     return tuple(sequence), tuple(as_set)
 
 
@@ -709,7 +837,10 @@ def parse_adj_rib_line(text: str, *, api_version: str | None = None) -> Announce
     attributes, `done`, other families and malformed lines all give None).
 
     `api_version` ("4.0.1" / "5.0.0", as `Parsed.api_version` reports it) settles the one
-    ambiguous case, an as-path made only of AS_SETs; without it the 4.2 reading is taken."""
+    ambiguous case, an as-path made only of AS_SETs; without it the 4.2 reading is taken.
+
+    A route the JSON reader would treat as withdrawn (no ORIGIN or an invalid one, no
+    next-hop: ExaBGP keeps such routes in its adj-rib-in) gives None as well: not held."""
     tokens = text.split()
     if len(tokens) < 10 or tokens[0] != "neighbor":
         return None
@@ -729,14 +860,20 @@ def parse_adj_rib_line(text: str, *, api_version: str | None = None) -> Announce
     if not prefixes:
         return None
 
+    index = at + 5
+    count = len(tokens)
+    path_id: int | None = None
+    if index + 1 < count and tokens[index] == "path-information":  # ADD-PATH
+        path_id = _path_id(tokens[index + 1])
+        if path_id is None:
+            return None
+        index += 2
     next_hop: str | None = None
-    origin = 0
+    origin: int | None = None
     med = 0
     local_pref: int | None = None
     path: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
     depth = 0
-    index = at + 5
-    count = len(tokens)
     while index < count:
         token = tokens[index]
         if depth == 0 and index + 1 < count and token in _TEXT_KEYS:
@@ -773,14 +910,14 @@ def parse_adj_rib_line(text: str, *, api_version: str | None = None) -> Announce
             continue
         depth += _depth(token)
         index += 1
-    if next_hop is None:
+    if next_hop is None or origin is None:
         return None
     attrs = PathAttrs(next_hop, origin, path[0], path[1], med, local_pref)
     header = dict(zip(tokens[2:at:2], tokens[3:at:2], strict=False))
     peer_as = _text_u32(header.get("peer-as", ""))
     if peer_as is not None and peer_as == _text_u32(header.get("local-as", "")):
         peer_as = None  # iBGP
-    return Announce(peer, family, attrs, prefixes, peer_as)
+    return Announce(peer, family, attrs, prefixes, peer_as, path_id)
 
 
 class AdjRibReader:
