@@ -163,12 +163,14 @@ class Core:
         self._inst: dict[Prefix, Shape] = {}
         # Routes found in the kernel at start that nothing has confirmed yet.
         self.stale: set[tuple[Prefix, int]] = set()
-        # Prefixes whose adopted routes the RIB would change before the sync is complete:
-        # left as they are until the sweep, which recomputes them (see _steps).
-        self.deferred: set[Prefix] = set()
+        # Adopted routes (prefix, metric) the RIB would change before the sync is complete:
+        # left as the earlier run left them until the sweep, which recomputes their prefixes
+        # (see _steps), unless their tunnel goes down.
+        self.deferred: set[tuple[Prefix, int]] = set()
         # Prefixes whose routes the kernel took away by itself (KernelFlushed): decided
         # again once the event that caused the flush is in.
         self._lost: set[Prefix] = set()
+        self._dead_gateways_seen: set[str] = set()  # next-hops of down peers checked (above)
         # (prefix, metric) an ADD of ours found another owner's route at: left alone (never
         # overwritten) until the prefix's routes change; the periodic scan does not retry it.
         self.conflicts: set[tuple[Prefix, int]] = set()
@@ -392,7 +394,15 @@ class Core:
     def _handle(self, event: Event) -> list[RouteOp]:
         match event:
             case Announce():
-                return self._announce(event)
+                ops: list[RouteOp] = self._announce(event)
+                if (self.stale or self.deferred) and not self.synced and \
+                        not self.scope_usable(("peer", event.peer)) and \
+                        event.attrs.next_hop not in self._dead_gateways_seen:
+                    # a next-hop of a peer whose tunnel is down, not seen before: an adopted
+                    # route via it as gateway is now known to go into that dead tunnel
+                    self._dead_gateways_seen.add(event.attrs.next_hop)
+                    ops += self._recompute(self._adopted_dead())
+                return ops
             case Withdraw():
                 return self._withdraw(event)
             case PeerState():
@@ -409,7 +419,7 @@ class Core:
             case IpsecState():
                 scopes = [("peer", p) for p in event.peers] if event.peers else (
                     [("device", event.device)] if event.device else [])
-                ops: list[RouteOp] = []
+                ops = []
                 for scope in scopes:
                     ops += self._signal(scope, "ipsec", event.up, event.reason, event.at)
                 return ops
@@ -498,6 +508,8 @@ class Core:
         tried again when its prefix next changes. Returns the repairs and their count by
         kind."""
         seen = {r.key: r for r in kernel}
+        # an EEXIST whose place the dump shows as ours was our own route, not another owner's
+        self.conflicts.difference_update(seen)
         ops: list[RouteOp] = []
         kinds: Counter[str] = Counter()
         for route in self.routes():
@@ -514,12 +526,20 @@ class Core:
         if not self.synced:
             return ops, kinds  # adopted routes are judged at the sweep
         prefixes = {p for paths in self.rib.values() for p in paths}
-        conflicted = {prefix for prefix, _ in self.conflicts}
         self.conflicts = {key for key in self.conflicts if key[0] in prefixes}
         prefixes.update(self._inst)
         # (these ops start from what we believed installed, the repairs above from the
         # kernel: folded into one op per route, they take the kernel to what is wanted)
-        retry = self._recompute(prefixes - conflicted if conflicted else prefixes)
+        retry = self._recompute(prefixes)
+        if self.conflicts:
+            # not over another owner's route: left out, and not believed installed
+            kept = []
+            for op in retry:
+                if op.kind is OpKind.ADD and op.route.key in self.conflicts:
+                    self._forget(op.route)
+                else:
+                    kept.append(op)
+            retry = kept
         if retry:
             kinds["retried"] += len(retry)
             ops = coalesce(ops + retry)
@@ -740,8 +760,9 @@ class Core:
         dead = {prefix for prefix, metric in self.stale
                 if any(m == metric and not self._live(hops)
                        for m, hops in inst.get(prefix, ()))}
-        dead.update(prefix for prefix in self.deferred
-                    if not all(self._live(hops) for _, hops in inst.get(prefix, ())))
+        dead.update(prefix for prefix, metric in self.deferred
+                    if any(m == metric and not self._live(hops)
+                           for m, hops in inst.get(prefix, ())))
         return dead
 
     def _flushed(self, device: str) -> None:
@@ -769,9 +790,10 @@ class Core:
             _, after, gone = hit
             if after is shape:
                 continue
-            if self.stale:
+            if self.stale or self.deferred:
                 for metric in gone:
                     self.stale.discard((prefix, metric))
+                    self.deferred.discard((prefix, metric))
             if not self.synced:
                 # an adopted route kept until sync may have gone while the RIB holds a usable
                 # path elsewhere: decided again after the signal (once synced, every route
@@ -807,6 +829,7 @@ class Core:
         add = ops.append
         inst = self._inst
         stale = self.stale
+        deferred = self.deferred
         usable = self._usable_peers()
         tables = [(peer, paths) for peer, paths in self.rib.items() if peer in usable]
         gets = [paths.get for _, paths in tables]
@@ -855,7 +878,7 @@ class Core:
                     for metric, hops in shape:
                         add(route_op(ADD, prefix, metric, hops))
                     continue
-            if stale:
+            if stale or deferred:
                 steps, after = self._steps(prefix, have, shape)
             elif have is shape:
                 continue
@@ -889,7 +912,7 @@ class Core:
         """The ops from the routes `have` to the routes `want` of `prefix` (as kind, metric,
         nexthops), and the routes held after them: `want`, and the unconfirmed leftovers of
         an earlier run, which are kept until the sweep."""
-        stale = self.stale
+        stale, deferred = self.stale, self.deferred
         steps: Steps = []
         held = dict(have)
         kept_old: dict[int, tuple[NextHop, ...]] = {}
@@ -898,14 +921,18 @@ class Core:
             if old is None:
                 steps.append((OpKind.ADD, metric, hops))
             elif old is not hops and old != hops:
-                if not self.synced and (prefix, metric) in stale and self._live(old):
+                key = (prefix, metric)
+                if not self.synced and (key in stale or key in deferred) and self._live(old):
                     # An adopted route that the RIB, still filling, would change: while the
                     # peers re-send their tables the best path may flip and flip back, so the
                     # route stays as the earlier run left it, and is judged at the sweep.
                     kept_old[metric] = old
-                    self.deferred.add(prefix)
+                    deferred.add(key)
                 else:
                     steps.append((OpKind.REPLACE, metric, hops))
+                    deferred.discard(key)
+            elif deferred:
+                deferred.discard((prefix, metric))
             if stale:
                 stale.discard((prefix, metric))
         if kept_old:
@@ -915,11 +942,13 @@ class Core:
         for metric, hops in have:
             if metric in wanted:
                 continue
-            if not self.synced and (prefix, metric) in stale and self._live(hops):
+            key = (prefix, metric)
+            if not self.synced and (key in stale or key in deferred) and self._live(hops):
                 kept.append((metric, hops))
                 continue
             if stale:
-                stale.discard((prefix, metric))
+                stale.discard(key)
+            deferred.discard(key)
             steps.append((OpKind.DELETE, metric, hops))
         return steps, want + tuple(kept) if kept else want
 
@@ -973,7 +1002,7 @@ class Core:
         self.stale.clear()
         self.stats["stale_routes_swept"] += len(ops)
         deferred, self.deferred = self.deferred, set()
-        return ops + self._recompute(sorted(deferred))
+        return ops + self._recompute(sorted({prefix for prefix, _ in deferred}))
 
     def _live(self, hops: tuple[NextHop, ...]) -> bool:
         """Whether every nexthop goes through a tunnel no signal says is down (or held
@@ -995,6 +1024,17 @@ class Core:
                 dead.update({a.next_hop for a in self.rib.get(name, _NO_PATHS).values()})
         return dead
 
+    def _forget(self, route: KernelRoute) -> None:
+        """The kernel does not hold `route` (an ADD that did not happen): not installed."""
+        inst = self._inst
+        per_metric = dict(inst.get(route.prefix, ()))
+        if per_metric.get(route.metric) == route.nexthops:
+            del per_metric[route.metric]
+            if per_metric:
+                inst[route.prefix] = tuple(per_metric.items())
+            else:
+                del inst[route.prefix]
+
     def _failed(self, ev: RouteFailed) -> list[RouteOp]:
         route, kind = ev.op.route, ev.op.kind
         self.stats[f"route_failed_{kind.value}"] += 1
@@ -1007,12 +1047,12 @@ class Core:
                 per_metric[route.metric] = route.nexthops
                 inst[route.prefix] = tuple(per_metric.items())
             return []
-        if per_metric.get(route.metric) == route.nexthops:
-            del per_metric[route.metric]
-            if per_metric:
-                inst[route.prefix] = tuple(per_metric.items())
-            else:
-                del inst[route.prefix]
+        if kind is OpKind.REPLACE and ev.errno not in (ESRCH, ENOENT):
+            # refused for another reason (ENOMEM, ENOBUFS, a device race): our route is still
+            # there with its old nexthops. Believing the new ones keeps its place known to be
+            # ours, and the periodic scan finds it 'changed' and replaces it again.
+            return []
+        self._forget(route)
         if kind is OpKind.ADD and ev.errno == EEXIST:
             self.stats["route_conflicts"] += 1  # another owner holds prefix+metric: leave it
             self.conflicts.add(route.key)
