@@ -56,6 +56,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg is None:
         return 1
     setup_logging(args.log_level or cfg.log_level, cfg.syslog)
+    if not (args.no_supervisor or args.dry_run):
+        # ExaBGP's process is the relay; the daemon runs as its child (see vtibgp.supervisor)
+        from .supervisor import Relay, child_command
+
+        return Relay(child_command(args.config, args.log_level)).run()
+    from .supervisor import attach
+
+    attach()  # started by the relay: die with it, never mistake its death for ExaBGP's EOF
     from .daemon import run
 
     return run(cfg, dry_run=args.dry_run)
@@ -255,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--dry-run", action="store_true",
                      help="print the kernel operations instead of making them (no root needed)")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--no-supervisor", action="store_true",
+                     help="run the daemon itself as ExaBGP's process, without the relay that "
+                     "keeps ExaBGP's sessions through a daemon crash (README, 'Crashes')")
     run.set_defaults(func=cmd_run)
 
     chk = sub.add_parser("check-config", help="validate a config file and exit")

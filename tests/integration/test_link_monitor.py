@@ -231,7 +231,9 @@ def test_tunnel_down_lost_in_an_overflow_still_moves_the_routes(
                        tunnel={"hold_down": HOLD})
     gw = exabgp_gateway(plugin(cfg))
     wait_fib(gw, topology, expect(V4, "vti01", "vti02"))
-    [pid] = gw.plugin_pids()
+    [relay] = gw.plugin_pids()
+    # the daemon, with the netlink sockets, is the relay's child (vtibgp/supervisor.py)
+    [pid] = [int(x) for x in Path(f"/proc/{relay}/task/{relay}/children").read_text().split()]
 
     def read() -> NetlinkSocket:
         return link_socket(Path(f"/proc/{pid}/net/netlink").read_text(), pid)
