@@ -613,32 +613,21 @@ class Core:
                     touched.append(prefix)
         limit = self.max_prefix.get(ev.peer)
         pid = ev.path_id
-        if pid is not None or self.path_ids.get(ev.peer):
-            # ADD-PATH: the peer's best path of each prefix is what competes
-            for prefix in accepted:
-                if limit is not None:
-                    decision = limit.admit(len(paths), prefix not in paths, self.now)
-                    if decision.event is not None:
-                        self.limit_events.append((ev.peer, decision.event))
-                    if not decision.accept:
-                        self._refuse(ev.peer, prefix, "max_prefix")
-                        continue
-                self._store_path(ev.peer, paths, prefix, attrs, pid)
-                touched.append(prefix)
-            return self._recompute(touched)
-        if limit is None:
+        if limit is None and pid is None and not self.path_ids.get(ev.peer):
             paths.update(zip(accepted, repeat(attrs)))
             ops = self._recompute(touched) if touched else []
             ops += self._recompute(accepted, (ev.peer, attrs))
             return ops
+        # a max-prefix limit, or ADD-PATH (the peer's best path of each prefix competes)
         for prefix in accepted:
-            decision = limit.admit(len(paths), prefix not in paths, self.now)
-            if decision.event is not None:
-                self.limit_events.append((ev.peer, decision.event))
-            if not decision.accept:
-                self._refuse(ev.peer, prefix, "max_prefix")
-                continue
-            paths[prefix] = attrs
+            if limit is not None:
+                decision = limit.admit(len(paths), prefix not in paths, self.now)
+                if decision.event is not None:
+                    self.limit_events.append((ev.peer, decision.event))
+                if not decision.accept:
+                    self._refuse(ev.peer, prefix, "max_prefix")
+                    continue
+            self._store_path(ev.peer, paths, prefix, attrs, pid)
             touched.append(prefix)
         return self._recompute(touched)
 
