@@ -757,10 +757,9 @@ def test_resync_summary_reads_exabgps_own_rows_whatever_the_up_time(version: str
     summary = exabgp_summary(version, SESSIONS)
     assert any(b" day, " in ln for ln in summary) and any(b" days, " in ln for ln in summary)
     daemon = _many_peers()
-    now = time.monotonic()
     daemon._resync()
     rib = [_adj_rib_of(p, f"10.{i}.0.0/16") for i, (p, _, _) in enumerate(SESSIONS, 1)]
-    daemon._process([("line", now, ln) for ln in (*summary, b"done\n", *rib, b"done\n")])
+    read_lines(daemon, *summary, b"done\n", *rib, b"done\n")
     held = {peer for peer, paths in daemon.core.rib.items() if paths}
     assert held == ESTABLISHED
     assert not ESTABLISHED & daemon.core.pending_sync  # synced by the answer
@@ -815,6 +814,11 @@ def _eor(peer: str) -> bytes:
             ).encode()
 
 
+def read_lines(daemon: Daemon, *lines: bytes) -> None:
+    """Hand `lines` to the daemon's loop as one batch read from ExaBGP now."""
+    daemon._process([("line", time.monotonic(), ln) for ln in lines])
+
+
 def _one_peer() -> tuple[Daemon, MemoryKernel]:
     cfg = parse({"metrics": {"listen": None}, "control": {"socket": None},
                  "peers": [{"address": PEER, "interface": "vti01"}]}, "t.yaml")
@@ -827,9 +831,9 @@ def test_resync_answer_lines_after_a_live_withdraw_or_change_do_not_undo_it() ->
     after a live withdraw of its prefix must not bring it back, nor one after a live MED
     change revert it; the other lines are taken."""
     daemon, kernel = _one_peer()
-    now = time.monotonic()
     daemon._resync()
-    daemon._process([("line", now, ln) for ln in (
+    read_lines(
+        daemon,
         SUMMARY, b"done\n",
         _adj_rib_of(PEER, "10.1.0.0/16"),
         _withdraw(PEER, ["10.2.0.0/16"]),
@@ -837,7 +841,7 @@ def test_resync_answer_lines_after_a_live_withdraw_or_change_do_not_undo_it() ->
         _adj_rib_of(PEER, "10.2.0.0/16"),  # the snapshot's, older than the live withdraw
         _adj_rib_of(PEER, "10.3.0.0/16", med=100),  # older than the live MED 200
         _adj_rib_of(PEER, "10.4.0.0/16"),
-        b"done\n")])
+        b"done\n")
     assert {p for p, _ in kernel.routes} == {"10.1.0.0/16", "10.3.0.0/16", "10.4.0.0/16"}
     assert daemon.core.rib[PEER]["10.3.0.0/16"].med == 200
     assert "10.2.0.0/16" not in daemon.core.rib[PEER]
@@ -850,14 +854,15 @@ def test_a_session_that_flaps_mid_answer_drops_the_rest_of_its_old_snapshot() ->
     daemon, kernel = _one_peer()
     now = time.monotonic()
     daemon._resync()
-    daemon._process([("line", now, ln) for ln in (
+    read_lines(
+        daemon,
         SUMMARY, b"done\n",
         _adj_rib_of(PEER, "10.1.0.0/16"),
         _state(PEER, "down"), _state(PEER, "up"),
         _adj_rib_of(PEER, "10.2.0.0/16"),  # the old session's
         _update_many(PEER, ["10.5.0.0/16"]),  # the new session's
         _adj_rib_of(PEER, "10.3.0.0/16"),
-        b"done\n")])
+        b"done\n")
     assert {p for p, _ in kernel.routes} == {"10.5.0.0/16"}
     assert PEER in daemon.core.pending_sync  # not synced by the answer
     daemon._process([("line", now, _eor(PEER))])
@@ -870,11 +875,11 @@ def test_a_session_that_came_up_before_its_summary_row_is_synced_by_the_answer()
     answer is taken and syncs it (a fresh ExaBGP whose sessions come up at once)."""
     daemon, kernel = _one_peer()
     daemon.core.pending_sync.add(PEER)
-    now = time.monotonic()
     daemon._resync()
-    daemon._process([("line", now, ln) for ln in (
+    read_lines(
+        daemon,
         _state(PEER, "up"), _update_many(PEER, ["10.5.0.0/16"]),
-        SUMMARY, b"done\n", _adj_rib_of(PEER, "10.1.0.0/16"), b"done\n")])
+        SUMMARY, b"done\n", _adj_rib_of(PEER, "10.1.0.0/16"), b"done\n")
     assert {p for p, _ in kernel.routes} == {"10.1.0.0/16", "10.5.0.0/16"}
     assert PEER not in daemon.core.pending_sync
 
@@ -884,21 +889,22 @@ def test_two_resyncs_in_flight_keep_their_own_state() -> None:
     answer keeps its own held-back paths and its own record of live changes, so a live
     withdraw is never overtaken by either answer's older lines."""
     daemon, kernel = _one_peer()
-    now = time.monotonic()
     daemon._resync()  # the first
-    daemon._process([("line", now, ln) for ln in (
+    read_lines(
+        daemon,
         SUMMARY, b"done\n",
         _withdraw(PEER, ["10.3.0.0/16"]),
-        _adj_rib_of(PEER, "10.1.0.0/16"), _adj_rib_of(PEER, "10.2.0.0/16"))])  # a run: held back
+        _adj_rib_of(PEER, "10.1.0.0/16"), _adj_rib_of(PEER, "10.2.0.0/16"))  # a run: held back
     daemon._resync()  # the second (a reload)
-    daemon._process([("line", now, ln) for ln in (
+    read_lines(
+        daemon,
         _withdraw(PEER, ["10.2.0.0/16"]),  # after the first answer's run above
         _adj_rib_of(PEER, "10.3.0.0/16"),  # the first snapshot's, older than its withdraw
         b"done\n",
         SUMMARY, b"done\n",
         _adj_rib_of(PEER, "10.1.0.0/16"), _adj_rib_of(PEER, "10.6.0.0/16"),
         _withdraw(PEER, ["10.6.0.0/16"]),
-        b"done\n")])
+        b"done\n")
     assert {p for p, _ in kernel.routes} == {"10.1.0.0/16"}
     assert not daemon.pending
 
