@@ -1,7 +1,7 @@
 """Pieces shared by benchmarks/end_to_end.py and benchmarks/restart.py.
 
 * namespaces named ``vtibgp-bench-<pid>x<hex>-gw`` / ``-aws`` (never ``vtb-…``, which the test
-  harness owns), built with :class:`vtibgp.lab.Topology`'s code, and a clean-up of the ones a
+  harness owns), built with :class:`vtibgp.lab.parts.Topology`'s code, and a clean-up of the ones a
   killed run left behind (the owner's pid is in the name);
 * BIRD 2 as the announcer of N prefixes in the aws namespace (its static protocol can be held
   back until the session is up, so "the peer starts sending" is one ``birdc enable``);
@@ -38,8 +38,8 @@ from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vtibgp import lab
-from vtibgp.kernel import MultiRecv, in_netns
+from vtibgp.kernel.writer import MultiRecv, in_netns
+from vtibgp.lab import parts as lab
 
 NS_PREFIX = "vtibgp-bench"
 _NS_RE = re.compile(rf"^{NS_PREFIX}-(\d+)x[0-9a-f]+-(gw|aws)$")

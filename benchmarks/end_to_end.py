@@ -46,7 +46,7 @@ from pathlib import Path
 import _common as c
 import yaml
 
-from vtibgp import lab
+from vtibgp.lab import parts as lab
 
 KINDS = ("reader", "vtibgp", "bird", "frr")
 TARGET_RATIO = 1.10

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Failover time at scale: from a tunnel-down signal to every prefix routed via the other tunnel.
 
-Builds the lab of ``vtibgp.lab`` (namespaces gw/aws joined by the veth "tunnels" vti01 and
+Builds the lab of ``vtibgp.lab.parts`` (namespaces gw/aws joined by the veth "tunnels" vti01 and
 vti02, BIRD 2 as the AWS VGW, the real ExaBGP running ``vtibgp run``), has BIRD announce N
 prefixes on both tunnels with tunnel 2 prepended, and waits until the gateway's kernel holds
 every prefix at metric 100 via vti01 and 101 via vti02. Then, for each signal
@@ -114,9 +114,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import yaml  # noqa: E402
 
-from vtibgp import lab  # noqa: E402
-from vtibgp.control_client import ControlError, request  # noqa: E402
-from vtibgp.kernel import MultiRecv, in_netns  # noqa: E402
+from vtibgp.control.client import ControlError, request  # noqa: E402
+from vtibgp.kernel.writer import MultiRecv, in_netns  # noqa: E402
+from vtibgp.lab import parts as lab  # noqa: E402
 
 T1, T2 = lab.TUNNELS[1], lab.TUNNELS[2]
 PROTO, METRIC = 186, 100
@@ -713,10 +713,10 @@ def profile(n: int, nets: list[str], nexthop_objects: bool) -> None:
     operations that carry traffic ahead of the deletes of the old backups."""
     import logging
 
-    from vtibgp import daemon as daemon_mod
-    from vtibgp.config import parse
-    from vtibgp.kernel import KernelWriter
-    from vtibgp.model import Announce, DeviceState, Event, IpsecState, OpKind, PathAttrs
+    from vtibgp.config.schema import parse
+    from vtibgp.core.model import Announce, DeviceState, Event, IpsecState, OpKind, PathAttrs
+    from vtibgp.kernel.writer import KernelWriter
+    from vtibgp.shell import daemon as daemon_mod
 
     logging.getLogger("vtibgp").addHandler(logging.NullHandler())
     logging.getLogger("vtibgp").propagate = False

@@ -29,8 +29,8 @@ from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vtibgp.kernel import KernelWriter
-from vtibgp.model import KernelRoute, NextHop, OpKind, RouteOp
+from vtibgp.core.model import KernelRoute, NextHop, OpKind, RouteOp
+from vtibgp.kernel.writer import KernelWriter
 
 DEVICES = ("vti01", "vti02")
 PROTO = 186

@@ -33,9 +33,9 @@ import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from vtibgp.config import parse
-from vtibgp.daemon import Daemon
-from vtibgp.model import KernelRoute, OpResult, RouteOp
+from vtibgp.config.schema import parse
+from vtibgp.core.model import KernelRoute, OpResult, RouteOp
+from vtibgp.shell.daemon import Daemon
 
 PEERS = (("169.254.10.1", "169.254.10.2", "vti01", 1), ("169.254.11.1", "169.254.11.2", "vti02", 2))
 PER_LINE = 16_000  # prefixes per UPDATE line (extended messages: ~500 KB lines)
@@ -138,7 +138,7 @@ class TimedWriter:
 
 def kernel_run(data: Path) -> tuple[float, float]:
     """(seconds end to end, seconds of them inside the writer's apply)."""
-    from vtibgp.kernel import KernelWriter
+    from vtibgp.kernel.writer import KernelWriter
 
     with bench_namespace() as ns:
         writer = TimedWriter(KernelWriter(netns=ns))

@@ -44,7 +44,7 @@ from pathlib import Path
 import _common as c
 import yaml
 
-from vtibgp import lab
+from vtibgp.lab import parts as lab
 
 HOW = {"kill": signal.SIGKILL, "term": signal.SIGTERM}
 TARGET_S = 5.0

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from vtibgp import lab as harness
+from vtibgp.lab import parts as harness
 
 HERE = Path(__file__).resolve().parent
 _skip_reason: str | None = None

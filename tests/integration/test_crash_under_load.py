@@ -30,8 +30,8 @@ from typing import Any
 
 import yaml
 
-from vtibgp import lab as harness
-from vtibgp.control_client import ControlError, request
+from vtibgp.control.client import ControlError, request
+from vtibgp.lab import parts as harness
 
 PREFIXES = int(os.environ.get("VTIBGP_CRASH_PREFIXES", "10000"))
 GRACE = 5  # startup.grace_time of the daemon, seconds

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import yaml
 
-from vtibgp import lab as harness
-from vtibgp.config import load
-from vtibgp.exabgp_config import render
+from vtibgp.config.schema import load
+from vtibgp.exabgp.render import render
+from vtibgp.lab import parts as harness
 
 SCRIPT = """
 import dataclasses, json, sys
-from vtibgp import doctor
-from vtibgp.config import load
+from vtibgp.tools import doctor
+from vtibgp.config.schema import load
 out = doctor.run_checks(load(sys.argv[1]), exabgp_conf=sys.argv[2])
 print(json.dumps([dataclasses.asdict(f) for f in out]))
 """

@@ -37,7 +37,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from vtibgp import lab as harness
+from vtibgp.lab import parts as harness
 
 T1, T2, T3 = (harness.ALL_TUNNELS[n] for n in (1, 2, 3))
 P1, P2, P3 = T1.aws_v4, T2.aws_v4, T3.aws_v4

@@ -9,8 +9,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from vtibgp.exabgp_input import LineKind, parse_line
-from vtibgp.lab import (
+from vtibgp.core.model import Announce, PeerState, Withdraw
+from vtibgp.exabgp.parse import LineKind, parse_line
+from vtibgp.lab.parts import (
     TUNNELS,
     BirdPeer,
     ExaBGPGateway,
@@ -24,7 +25,6 @@ from vtibgp.lab import (
     routes,
     wait_until,
 )
-from vtibgp.model import Announce, PeerState, Withdraw
 
 V4 = ["10.10.0.0/24", "10.10.1.0/24", "10.10.2.0/24"]
 V6 = ["2001:db8:10::/48"]

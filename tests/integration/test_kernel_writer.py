@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from vtibgp import netlink_codec as nc
-from vtibgp.kernel import _SPREAD, KernelPermissionError, KernelWriter, _send_order
-from vtibgp.lab import TUNNELS, Topology, routes
-from vtibgp.model import KernelRoute, NextHop, OpKind, RouteOp
+from vtibgp.core.model import KernelRoute, NextHop, OpKind, RouteOp
+from vtibgp.kernel import codec as nc
+from vtibgp.kernel.writer import _SPREAD, KernelPermissionError, KernelWriter, _send_order
+from vtibgp.lab.parts import TUNNELS, Topology, routes
 
 pytestmark = [
     pytest.mark.integration,
@@ -419,8 +419,8 @@ def test_check_permission_and_eperm(topology: Topology) -> None:
     script = textwrap.dedent(
         """
         import sys
-        from vtibgp.kernel import KernelPermissionError, KernelWriter
-        from vtibgp.model import KernelRoute, NextHop, OpKind, RouteOp
+        from vtibgp.kernel.writer import KernelPermissionError, KernelWriter
+        from vtibgp.core.model import KernelRoute, NextHop, OpKind, RouteOp
         with KernelWriter() as w:
             try:
                 w.check_permission()

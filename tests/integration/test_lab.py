@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 
-from vtibgp import lab
+from vtibgp.lab import parts as lab
 
 
 def has_route(text: str, prefix: str, dev: str, metric: int) -> bool:

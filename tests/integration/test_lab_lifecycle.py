@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from vtibgp import lab as harness
-from vtibgp import lab_cli
+from vtibgp.lab import cli as lab_cli
+from vtibgp.lab import parts as harness
 
 NAMESPACES = {lab_cli.NS_GW, lab_cli.NS_AWS}
 STATE = lab_cli.STATE_DIR

@@ -25,11 +25,11 @@ import pytest
 from test_guards_kernel import MetricsDown, sample, scrape
 from test_plugin import V4, GatewayFactory, expect, plugin, vtibgp, wait_fib, write_config
 
-from vtibgp import lab as harness
-from vtibgp import metrics
-from vtibgp.kernel import in_netns
-from vtibgp.links import LinkMonitor
-from vtibgp.model import DeviceState
+from vtibgp.core.model import DeviceState
+from vtibgp.kernel.links import LinkMonitor
+from vtibgp.kernel.writer import in_netns
+from vtibgp.lab import parts as harness
+from vtibgp.shell import metrics
 
 RTMGRP_LINK = 0x1
 NETLINK_ROUTE = 0
@@ -232,7 +232,7 @@ def test_tunnel_down_lost_in_an_overflow_still_moves_the_routes(
     gw = exabgp_gateway(plugin(cfg))
     wait_fib(gw, topology, expect(V4, "vti01", "vti02"))
     [relay] = gw.plugin_pids()
-    # the daemon, with the netlink sockets, is the relay's child (vtibgp/supervisor.py)
+    # the daemon, with the netlink sockets, is the relay's child (vtibgp/shell/supervisor.py)
     [pid] = [int(x) for x in Path(f"/proc/{relay}/task/{relay}/children").read_text().split()]
 
     def read() -> NetlinkSocket:

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from vtibgp.kernel import NHID_BASE, KernelWriter
-from vtibgp.lab import TUNNELS, Topology
-from vtibgp.model import KernelRoute, NextHop, OpKind, RouteOp
+from vtibgp.core.model import KernelRoute, NextHop, OpKind, RouteOp
+from vtibgp.kernel.writer import NHID_BASE, KernelWriter
+from vtibgp.lab.parts import TUNNELS, Topology
 
 pytestmark = [
     pytest.mark.integration,

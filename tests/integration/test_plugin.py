@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from vtibgp import lab as harness
+from vtibgp.lab import parts as harness
 
 V4 = ["10.100.0.0/16", "10.101.0.0/24", "10.102.0.0/24"]
 V6 = ["fd10:100::/48"]  # ULA: documentation prefixes are martians

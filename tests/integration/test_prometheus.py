@@ -40,7 +40,7 @@ from typing import Any
 import pytest
 import yaml
 
-from vtibgp import lab as harness
+from vtibgp.lab import parts as harness
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "config" / "prometheus" / "vtibgp-alerts.yml"

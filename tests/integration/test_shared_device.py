@@ -22,7 +22,7 @@ import yaml
 from test_plugin import GatewayFactory, plugin, vtibgp
 from test_tunnels import updown
 
-from vtibgp import lab as harness
+from vtibgp.lab import parts as harness
 
 T1, T2, T3 = (harness.ALL_TUNNELS[n] for n in (1, 2, 3))
 P1, P2, P3 = T1.aws_v4, T2.aws_v4, T3.aws_v4  # .10.1 and .12.1 on vti01, .11.1 on vti02
@@ -35,7 +35,7 @@ Fib = dict[tuple[str, int], tuple[str, str | None]]
 
 # Every route of a vti01 peer goes via its own next hop (onlink); vti02 has one peer, no gateway.
 # C is announced by both vti01 peers with equal attributes: the tie goes to the lower peer
-# address (core.py, rule 7), so 169.254.10.1 is best and 169.254.12.1 the first backup.
+# address (core/engine.py, rule 7), so 169.254.10.1 is best and 169.254.12.1 the first backup.
 ALL_UP: Fib = {
     (A, 100): ("vti01", P1), (A, 101): ("vti02", None),
     (B, 100): ("vti01", P3), (B, 101): ("vti02", None),

@@ -22,7 +22,7 @@ from test_plugin import (
     write_config,
 )
 
-from vtibgp import lab as harness
+from vtibgp.lab import parts as harness
 
 P1 = harness.TUNNELS[1].aws_v4
 BOTH = expect(V4, "vti01", "vti02")

@@ -50,7 +50,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from vtibgp.model import Family, KernelRoute, NextHop, PathAttrs
+from vtibgp.core.model import Family, KernelRoute, NextHop, PathAttrs
 
 Scope = tuple[str, str]  # ("device", name) or ("peer", address)
 Key = tuple[str, int]

@@ -5,7 +5,7 @@ fallback) stays. One statement of it for the tests' kernel stand-ins."""
 
 from __future__ import annotations
 
-from vtibgp.model import KernelRoute
+from vtibgp.core.model import KernelRoute
 
 
 def flush_device(routes: dict[tuple[str, int], KernelRoute], device: str) -> None:

@@ -6,7 +6,7 @@
 * the annotations name the labels the alert carries (device, peer, vpn, errno, instance);
 * every PromQL expression of the dashboard parses (run through ``promtool check rules`` as
   recording rules) and every metric and label the dashboard and the alerts use exists in
-  ``vtibgp.metrics.REGISTRY``;
+  ``vtibgp.shell.metrics.REGISTRY``;
 * the dashboard is importable: Grafana 10 schema, ``__inputs``/``__requires``, datasource and
   multi-select instance variables, panels that do not overlap.
 
@@ -32,7 +32,7 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
-from vtibgp import metrics
+from vtibgp.shell import metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 PROM_DIR = ROOT / "config" / "prometheus"
@@ -357,7 +357,7 @@ def test_dashboard_covers_the_issue() -> None:
 
 
 def test_docs_list_every_metric_and_alert() -> None:
-    """docs/metrics.md is the reference: it must not fall behind metrics.py or the rules."""
+    """docs/metrics.md is the reference: it must not fall behind shell/metrics.py or the rules."""
     docs = (ROOT / "docs" / "metrics.md").read_text()
     for name in exposed_names():
         base = re.sub(r"_(bucket|sum|count)$", "", name)

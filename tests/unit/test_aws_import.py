@@ -1,4 +1,4 @@
-"""vtibgp.aws_import: AWS's VPN connection XML to vtibgp.yaml, exabgp.conf, libreswan, sysctl."""
+"""vtibgp.tools.aws_import: AWS VPN XML to vtibgp.yaml, exabgp.conf, libreswan, sysctl."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from vtibgp.aws_import import FILES, AwsImportError, import_vpn, parse_vpn
-from vtibgp.config import load
+from vtibgp.config.schema import load
+from vtibgp.tools.aws_import import FILES, AwsImportError, import_vpn, parse_vpn
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "aws"
 EXABGP = shutil.which("exabgp") or str(Path(sys.executable).parent / "exabgp")

@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vtibgp.cli import main
-from vtibgp.config import ConfigError, PeerConfig, load, parse
-from vtibgp.model import PathAttrs
-from vtibgp.policy import (
+from vtibgp.config.schema import ConfigError, PeerConfig, load, parse
+from vtibgp.core.model import PathAttrs
+from vtibgp.core.policy import (
     MARTIANS,
     Martian,
     MaxPrefixSettings,
@@ -20,6 +19,7 @@ from vtibgp.policy import (
     PolicySettings,
     PrefixRule,
 )
+from vtibgp.tools.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config" / "vtibgp.yaml"

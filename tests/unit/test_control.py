@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from vtibgp.control import MAX_REQUEST, ControlError, ControlServer, request
+from vtibgp.control.server import MAX_REQUEST, ControlError, ControlServer, request
 
 
 @pytest.fixture
@@ -108,7 +108,7 @@ def test_other_users_are_refused() -> None:
 
 def _as_nobody(path: str, seen: list[dict[str, Any]]) -> None:
     code = (  # import first: the interpreter's own files may not be readable by nobody
-        "import os, sys\nfrom vtibgp.control import request, ControlError\n"
+        "import os, sys\nfrom vtibgp.control.server import request, ControlError\n"
         "os.setgid(65534); os.setuid(65534)\n"
         "try:\n request(sys.argv[1], {'cmd': 'status'})\n"
         "except ControlError as e:\n print(e)\n"

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kernel_model import flush_device
 
-from vtibgp.core import Core, CoreSettings, PeerPolicy, coalesce
-from vtibgp.model import (
+from vtibgp.core.engine import Core, CoreSettings, PeerPolicy, coalesce
+from vtibgp.core.model import (
     Announce,
     DeviceState,
     EndOfRib,
@@ -33,7 +33,7 @@ from vtibgp.model import (
     Tick,
     Withdraw,
 )
-from vtibgp.policy import PolicySettings
+from vtibgp.core.policy import PolicySettings
 
 P1, P2, P3 = "169.254.10.1", "169.254.11.1", "169.254.12.1"
 V4 = "ipv4 unicast"

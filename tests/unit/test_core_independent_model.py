@@ -40,8 +40,8 @@ from hypothesis.stateful import (
 )
 from independent_model import V4, V6, Conf, Key, Model, PeerConf
 
-from vtibgp.core import Core, CoreSettings, PeerPolicy, coalesce
-from vtibgp.model import (
+from vtibgp.core.engine import Core, CoreSettings, PeerPolicy, coalesce
+from vtibgp.core.model import (
     Announce,
     DeviceState,
     EndOfRib,
@@ -62,7 +62,7 @@ from vtibgp.model import (
     Tick,
     Withdraw,
 )
-from vtibgp.policy import PolicySettings
+from vtibgp.core.policy import PolicySettings
 
 ENOBUFS, ENOMEM, EEXIST, ESRCH = 105, 12, 17, 3
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from kernel_model import flush_device
 
-from vtibgp import metrics as m
-from vtibgp.config import load, parse
-from vtibgp.daemon import Daemon, _Request
-from vtibgp.exabgp_input import LineKind, parse_line
-from vtibgp.model import KernelRoute, NextHop, OpKind, OpResult, RouteOp
+from vtibgp.config.schema import load, parse
+from vtibgp.core.model import KernelRoute, NextHop, OpKind, OpResult, RouteOp
+from vtibgp.exabgp.parse import LineKind, parse_line
+from vtibgp.shell import metrics as m
+from vtibgp.shell.daemon import Daemon, _Request
 
 ROOT = Path(__file__).resolve().parents[2]
 CAPTURES = ROOT / "tests" / "data" / "captures"
@@ -453,7 +453,7 @@ def test_device_down_with_nexthop_objects_trusts_the_kernel_flush() -> None:
     """Carrier loss with nexthop objects: the kernel has removed the routes through the device
     (and the multipath routes lost that nexthop) before the link event arrives; the daemon's
     view follows and its repairs meet no error."""
-    from vtibgp.model import DeviceState
+    from vtibgp.core.model import DeviceState
     daemon, kernel = _two_tunnels(True, ecmp=True)
     assert {r.nexthops for r in kernel.routes.values()} == {
         (NextHop("vti01"), NextHop("vti02"))}
@@ -591,7 +591,7 @@ def test_start_up_resync_ignores_an_answer_meant_for_the_process_before() -> Non
     resync at once and, at the grace timer, sweep routes its real answer would confirm: the
     tail is discarded and the resync asked only once the input has been free of answer text
     for RESYNC_QUIET (from each line's arrival); a live UPDATE read meanwhile is kept."""
-    from vtibgp.daemon import RESYNC_QUIET
+    from vtibgp.shell.daemon import RESYNC_QUIET
     keep = KernelRoute("10.1.0.0/16", 100, (NextHop("vti01"),))
     kernel = MemoryKernel([keep])
     commands = io.StringIO()
@@ -616,7 +616,7 @@ def test_a_long_answer_tail_is_left_to_the_loop_so_start_up_is_not_held() -> Non
     """A predecessor's answer that goes on trickling (ExaBGP's default api.chunk) does not
     hold start-up beyond START_WAIT: the routes are adopted, an updown request that came
     meanwhile is answered by the loop, and the resync is asked once the tail is over."""
-    from vtibgp.daemon import RESYNC_QUIET, START_WAIT, _Request
+    from vtibgp.shell.daemon import RESYNC_QUIET, START_WAIT, _Request
     keep = KernelRoute("10.1.0.0/16", 100, (NextHop("vti01"),))
     kernel = MemoryKernel([keep])
     commands = io.StringIO()
@@ -655,7 +655,7 @@ def test_resync_paths_held_back_come_before_a_live_update() -> None:
     handle = daemon.core.handle
 
     def spy(ev: object) -> list[RouteOp]:
-        from vtibgp.model import Announce
+        from vtibgp.core.model import Announce
         if isinstance(ev, Announce):
             seen.append(len(ev.prefixes))
         return handle(ev)  # type: ignore[arg-type]
@@ -675,7 +675,7 @@ def test_reader_widens_the_stdin_pipe() -> None:
     """ExaBGP may write a megabyte ahead of the reader thread instead of 64 KiB."""
     import fcntl
 
-    from vtibgp.daemon import PIPE_SIZE
+    from vtibgp.shell.daemon import PIPE_SIZE
     daemon = Daemon(config(), MemoryKernel(), None)  # type: ignore[arg-type]
     r, w = os.pipe()
     with os.fdopen(r, "rb") as rd:

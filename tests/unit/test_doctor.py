@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from vtibgp import doctor
-from vtibgp.config import Config, parse
-from vtibgp.doctor import Finding, Iface
+from vtibgp.config.schema import Config, parse
+from vtibgp.tools import doctor
+from vtibgp.tools.doctor import Finding, Iface
 
 
 class FakeNet:
@@ -232,7 +232,7 @@ def test_exabgp_templates_and_inherit_are_followed() -> None:
     """The shipped config/exabgp.conf puts the api block in a template neighbor."""
     from pathlib import Path
 
-    from vtibgp.doctor import parse_exabgp_neighbors
+    from vtibgp.tools.doctor import parse_exabgp_neighbors
 
     text = (Path(__file__).resolve().parents[2] / "config" / "exabgp.conf").read_text()
     found = parse_exabgp_neighbors(text)

@@ -1,4 +1,4 @@
-"""vtibgp.exabgp_config: the ExaBGP config rendered from vtibgp.yaml, checked by ExaBGP."""
+"""vtibgp.exabgp.render: the ExaBGP config rendered from vtibgp.yaml, checked by ExaBGP."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from vtibgp.config import parse
-from vtibgp.exabgp_config import ExabgpConfigError, Session, aws_local_address, render
+from vtibgp.config.schema import parse
+from vtibgp.exabgp.render import ExabgpConfigError, Session, aws_local_address, render
 
 REPO = Path(__file__).resolve().parents[2]
 EXABGP = shutil.which("exabgp") or str(Path(sys.executable).parent / "exabgp")
@@ -31,7 +31,7 @@ def cfg(peers: list[dict[str, object]]):  # type: ignore[no-untyped-def]
 
 
 def test_example_config_renders_and_validates(tmp_path: Path) -> None:
-    from vtibgp.config import load
+    from vtibgp.config.schema import load
 
     text = render(load(REPO / "config" / "vtibgp.yaml"), plugin_command=PLUGIN, local_as=65000)
     assert "neighbor 169.254.10.1 {" in text and "local-address 169.254.10.2;" in text

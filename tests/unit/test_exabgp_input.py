@@ -27,16 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vtibgp.exabgp_input import (
-    REASONS,
-    AdjRibReader,
-    LineKind,
-    Parsed,
-    answer_line,
-    parse_adj_rib_line,
-    parse_line,
-)
-from vtibgp.model import (
+from vtibgp.core.model import (
     Announce,
     EndOfRib,
     ExabgpShutdown,
@@ -45,6 +36,15 @@ from vtibgp.model import (
     PathAttrs,
     PeerState,
     Withdraw,
+)
+from vtibgp.exabgp.parse import (
+    REASONS,
+    AdjRibReader,
+    LineKind,
+    Parsed,
+    answer_line,
+    parse_adj_rib_line,
+    parse_line,
 )
 
 CAPTURES = Path(__file__).resolve().parents[1] / "data" / "captures"

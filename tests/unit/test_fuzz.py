@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vtibgp.config import parse
-from vtibgp.core import Core
-from vtibgp.daemon import core_settings
-from vtibgp.exabgp_input import REASONS, LineKind, parse_line
+from vtibgp.config.schema import parse
+from vtibgp.core.engine import Core
+from vtibgp.exabgp.parse import REASONS, LineKind, parse_line
+from vtibgp.shell.daemon import core_settings
 
 CAPTURES = Path(__file__).resolve().parents[1] / "data" / "captures"
 BUDGET = int(os.environ.get("VTIBGP_FUZZ_LINES", "20000"))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from vtibgp import metrics as m
+from vtibgp.shell import metrics as m
 
 
 def free_port() -> int:

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-from vtibgp import netlink_codec as nc
 from vtibgp.addresses import canonical_address
-from vtibgp.model import OpKind
+from vtibgp.core.model import OpKind
+from vtibgp.kernel import codec as nc
 
 FLAGS = {
     OpKind.ADD: (nc.RTM_NEWROUTE, 0x605),  # REQUEST|ACK|CREATE|EXCL
@@ -490,8 +490,8 @@ AWKWARD_GATEWAYS = [
 
 def _parsed_route(prefix: str, gateway: str) -> tuple[str, str]:
     """(prefix, next-hop) as the ExaBGP input parser puts them into the RIB."""
-    from vtibgp.exabgp_input import parse_line
-    from vtibgp.model import Announce
+    from vtibgp.core.model import Announce
+    from vtibgp.exabgp.parse import parse_line
 
     line = json.dumps({
         "exabgp": "5.0.0", "type": "update", "neighbor": {

@@ -7,8 +7,8 @@ import struct
 
 import pytest
 
-from vtibgp import netlink_codec as nc
-from vtibgp import nexthop_codec as nhc
+from vtibgp.kernel import codec as nc
+from vtibgp.kernel import nexthop_codec as nhc
 
 
 def test_single_nexthop_reads_back() -> None:

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vtibgp.model import Family, PathAttrs
-from vtibgp.policy import (
+from vtibgp.core.model import Family, PathAttrs
+from vtibgp.core.policy import (
     MARTIANS,
     REASONS,
     Decision,

@@ -1,4 +1,4 @@
-"""The relay of `vtibgp run` (vtibgp.supervisor): its line framing and backoff, then the real
+"""The relay of `vtibgp run` (vtibgp.shell.supervisor): its line framing and backoff, then the real
 relay with a small real child (a Python script using `attach`), no root needed."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vtibgp.supervisor import Backoff, LineFramer, exit_status
+from vtibgp.shell.supervisor import Backoff, LineFramer, exit_status
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,7 +58,7 @@ def test_exit_status() -> None:
 
 CHILD = """\
 import os, signal, sys, time
-from vtibgp.supervisor import attach
+from vtibgp.shell.supervisor import attach
 attach()
 mark = sys.argv[1]
 with open(mark + ".pids", "a") as f:
@@ -81,7 +81,7 @@ sys.exit(3)
 
 RELAY = """\
 import sys
-from vtibgp.supervisor import Backoff, Relay
+from vtibgp.shell.supervisor import Backoff, Relay
 sys.exit(Relay([sys.executable, sys.argv[1], sys.argv[2]],
                backoff=Backoff(initial=0.05, maximum=0.2)).run())
 """

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vtibgp import control_client
-from vtibgp.control import ControlServer
-from vtibgp.updown import UsageError, hook_script, main, parse_args, request_from_env
+from vtibgp.control import client as control_client
+from vtibgp.control.server import ControlServer
+from vtibgp.control.updown import UsageError, hook_script, main, parse_args, request_from_env
 
 ROOT = Path(__file__).resolve().parents[2]
 DOWN = {"PLUTO_VERB": "down-client", "PLUTO_CONNECTION": "aws-1", "VTI_IFACE": "vti01",
@@ -129,6 +129,6 @@ def test_installed_hook_runs_lean_against_the_daemon(server: Any, tmp_path: Path
     assert res.returncode == 0, res.stderr
     imported = {line.split("|")[-1].strip() for line in res.stderr.splitlines()
                 if line.startswith("import time:")}
-    assert "vtibgp.updown" in imported
+    assert "vtibgp.control.updown" in imported
     assert not imported & {"site", "re", "json", "socket", "argparse", "typing", "enum",
-                           "vtibgp.cli", "vtibgp.config"}, sorted(imported)
+                           "vtibgp.tools.cli", "vtibgp.config.schema"}, sorted(imported)

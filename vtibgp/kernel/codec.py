@@ -15,7 +15,7 @@ Layout of a route request (all integers in host byte order, as netlink wants)::
     RTA_PRIORITY  u32, the metric
     add/replace only: RTA_OIF [+ RTA_GATEWAY]   one nexthop
                   or  RTA_MULTIPATH            several (rtnexthop entries, weight 1)
-                  or  RTA_NH_ID                a nexthop object (vtibgp.nexthop_codec)
+                  or  RTA_NH_ID                a nexthop object (vtibgp.kernel.nexthop_codec)
 
 Header choices, checked against iproute2 6.1 and pyroute2 0.9.7 on Linux 6.x:
 
@@ -53,7 +53,7 @@ from operator import itemgetter
 from typing import Any, NamedTuple
 
 from vtibgp.addresses import address_text
-from vtibgp.model import OpKind
+from vtibgp.core.model import OpKind
 
 # ------------------------------------------------------------------ constants (linux uapi)
 

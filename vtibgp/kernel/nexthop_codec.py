@@ -30,7 +30,7 @@ import struct
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from vtibgp.netlink_codec import (
+from vtibgp.kernel.codec import (
     AF_INET,
     AF_INET6,
     NLA,

@@ -5,7 +5,7 @@ pyroute2 0.9's NetlinkSocket is built on an asyncio transport with its own reade
 queue and request objects; the hot path needs nothing but ``send`` of a prepared buffer and
 reads of 36-byte acks, which the bare socket gives with no overhead and no hidden reader
 competing for the datagrams. Links are looked up with raw RTM_GETLINK over the same socket
-(so always in the socket's namespace). Messages are packed by :mod:`vtibgp.netlink_codec`
+(so always in the socket's namespace). Messages are packed by :mod:`vtibgp.kernel.codec`
 (byte-for-byte what pyroute2's ``rtmsg`` encodes; see its unit tests). Socket options:
 
 * SO_SNDBUFFORCE / SO_RCVBUFFORCE (CAP_NET_ADMIN; falls back to the rmem/wmem-capped plain
@@ -71,11 +71,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import TypeVar
 
-from vtibgp import netlink_codec as nc
-from vtibgp import nexthop_codec as nhc
-from vtibgp.model import KernelRoute, NextHop, OpKind, OpResult, RouteOp
+from vtibgp.core.model import KernelRoute, NextHop, OpKind, OpResult, RouteOp
+from vtibgp.kernel import codec as nc
+from vtibgp.kernel import nexthop_codec as nhc
 
-log = logging.getLogger("vtibgp.kernel")
+log = logging.getLogger("vtibgp.kernel.writer")
 
 _T = TypeVar("_T")
 COMPAT_MODE = "/proc/sys/net/ipv4/nexthop_compat_mode"

@@ -9,16 +9,16 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
-from .control_client import DEFAULT_SOCKET, ControlError, request
-from .updown import HOOK_PATH
-from .updown import main as updown_main
+from vtibgp import __version__
+from vtibgp.control.client import DEFAULT_SOCKET, ControlError, request
+from vtibgp.control.updown import HOOK_PATH
+from vtibgp.control.updown import main as updown_main
 
 if TYPE_CHECKING:
-    from .config import Config
+    from vtibgp.config.schema import Config
 
 # The config module (and YAML) is imported only by the commands that read a config. The IPsec
-# daemon's hook, `vtibgp updown`, lives in vtibgp.updown (see `vtibgp install-hook`).
+# daemon's hook, `vtibgp updown`, lives in vtibgp.control.updown (see `vtibgp install-hook`).
 
 DEFAULT_CONFIG = "/etc/vtibgp/vtibgp.yaml"
 
@@ -42,7 +42,7 @@ def setup_logging(level: str, use_syslog: bool) -> None:
 
 
 def _load(path: str) -> Config | None:
-    from .config import ConfigError, load
+    from vtibgp.config.schema import ConfigError, load
 
     try:
         return load(path)
@@ -57,14 +57,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     setup_logging(args.log_level or cfg.log_level, cfg.syslog)
     if not (args.no_supervisor or args.dry_run):
-        # ExaBGP's process is the relay; the daemon runs as its child (see vtibgp.supervisor)
-        from .supervisor import Relay, child_command
+        # ExaBGP's process is the relay; the daemon runs as its child (see vtibgp.shell.supervisor)
+        from vtibgp.shell.supervisor import Relay, child_command
 
         return Relay(child_command(args.config, args.log_level)).run()
-    from .supervisor import attach
+    from vtibgp.shell.supervisor import attach
 
     attach()  # started by the relay: die with it, never mistake its death for ExaBGP's EOF
-    from .daemon import run
+    from vtibgp.shell.daemon import run
 
     return run(cfg, dry_run=args.dry_run)
 
@@ -183,13 +183,13 @@ def cmd_routes(args: argparse.Namespace) -> int:
 
 
 def cmd_install_hook(args: argparse.Namespace) -> int:
-    """Write the lean updown hook (vtibgp.updown.hook_script) for this Python and vtibgp."""
+    """Write the lean updown hook (vtibgp.control.updown.hook_script) for this Python and vtibgp."""
     from pathlib import Path
 
-    from .updown import hook_script
+    from vtibgp.control.updown import hook_script
 
     path = Path(args.path)
-    package_parent = str(Path(__file__).resolve().parent.parent)
+    package_parent = str(Path(__file__).resolve().parents[2])
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(hook_script(sys.executable, package_parent))
@@ -202,7 +202,7 @@ def cmd_install_hook(args: argparse.Namespace) -> int:
 
 
 def cmd_aws_import(args: argparse.Namespace) -> int:
-    from .aws_import import AwsImportError, import_vpn
+    from vtibgp.tools.aws_import import AwsImportError, import_vpn
 
     try:
         with open(args.xml, encoding="utf-8") as f:
@@ -218,7 +218,7 @@ def cmd_aws_import(args: argparse.Namespace) -> int:
 
 
 def cmd_exabgp_config(args: argparse.Namespace) -> int:
-    from .exabgp_config import ExabgpConfigError, render
+    from vtibgp.exabgp.render import ExabgpConfigError, render
 
     cfg = _load(args.config)
     if cfg is None:
@@ -234,7 +234,7 @@ def cmd_exabgp_config(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .doctor import exit_status, format, run_checks
+    from vtibgp.tools.doctor import exit_status, format, run_checks
 
     cfg = _load(args.config)
     if cfg is None:
@@ -245,7 +245,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
-    from .lab_cli import dispatch
+    from vtibgp.lab.cli import dispatch
 
     return dispatch(args)
 

@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 
-log = logging.getLogger("vtibgp.supervisor")
+log = logging.getLogger("vtibgp.shell.supervisor")
 
 ENV = "VTIBGP_RELAY"  # "relay pid:held write end of stdin:control read end", for the child
 FINISH = b"E"  # on the control pipe: ExaBGP's input is over

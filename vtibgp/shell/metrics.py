@@ -11,9 +11,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
-from . import __version__
+from vtibgp import __version__
 
-log = logging.getLogger("vtibgp.metrics")
+log = logging.getLogger("vtibgp.shell.metrics")
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 

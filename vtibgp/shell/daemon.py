@@ -28,14 +28,11 @@ from functools import lru_cache
 from operator import attrgetter
 from typing import IO, Any, Protocol
 
-from . import __version__
-from . import metrics as m
-from .config import Config, ConfigError, load
-from .control import ControlError, ControlServer
-from .core import Core, CoreSettings, PeerPolicy, TunnelChange, coalesce
-from .exabgp_input import REASONS as INPUT_REASONS
-from .exabgp_input import AdjRibReader, LineKind, answer_line, parse_line
-from .model import (
+from vtibgp import __version__
+from vtibgp.config.schema import Config, ConfigError, load
+from vtibgp.control.server import ControlError, ControlServer
+from vtibgp.core.engine import Core, CoreSettings, PeerPolicy, TunnelChange, coalesce
+from vtibgp.core.model import (
     Announce,
     DeviceState,
     EndOfRib,
@@ -59,7 +56,10 @@ from .model import (
     Tick,
     Withdraw,
 )
-from .policy import REASONS as POLICY_REASONS
+from vtibgp.core.policy import REASONS as POLICY_REASONS
+from vtibgp.exabgp.parse import REASONS as INPUT_REASONS
+from vtibgp.exabgp.parse import AdjRibReader, LineKind, answer_line, parse_line
+from vtibgp.shell import metrics as m
 
 log = logging.getLogger("vtibgp")
 
@@ -127,7 +127,7 @@ def _tally(ops: list[RouteOp]) -> Counter[str]:
 
 
 class Writer(Protocol):
-    """What the shell needs of the kernel side (vtibgp.kernel.KernelWriter; see there)."""
+    """What the shell needs of the kernel side (vtibgp.kernel.writer.KernelWriter; see there)."""
 
     def apply(self, ops: Sequence[RouteOp]) -> OpResult: ...
     def dump(self) -> list[KernelRoute]: ...
@@ -1318,8 +1318,8 @@ def run(cfg: Config, *, dry_run: bool, stdin: IO[bytes] | None = None) -> int:
         daemon.startup(resync=False)
         return daemon.run()
 
-    from .kernel import KernelWriter
-    from .links import LinkMonitor, find_device
+    from vtibgp.kernel.links import LinkMonitor, find_device
+    from vtibgp.kernel.writer import KernelWriter
 
     writer = KernelWriter(table=cfg.table, proto=cfg.protocol, batch=cfg.batch,
                           fallback=None if cfg.fallback == "none" else cfg.fallback)

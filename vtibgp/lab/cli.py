@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from . import lab
+from vtibgp.lab import parts as lab
 
 VPC = ["10.0.0.0/16", "10.1.0.0/16", "10.2.0.0/24", "fd10:100::/56"]
 METRICS = "127.0.0.1:10179"
@@ -55,7 +55,7 @@ HOST_MGMT = "169.254.179.1"
 GW_MGMT = "169.254.179.2"
 METRICS_PORT = 10179
 SIGNALS = ("link", "bgp", "both")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 UP_TIMEOUT = 60.0
 FAIL_TIMEOUT = 30.0

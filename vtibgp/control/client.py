@@ -1,7 +1,7 @@
-"""The client half of the control socket (see vtibgp.control): one JSON request, one answer.
+"""The client half of the control socket (see vtibgp.control.server): one JSON request, one answer.
 
 Kept apart from the server, and light: `vtibgp updown`, which the IPsec daemon runs on every
-tunnel event and waits for, imports only this and vtibgp.updown. It uses the C modules under
+tunnel event and waits for, imports only this and vtibgp.control.updown. It uses the C modules under
 `socket` and `json` directly (`_socket`, `_json`: json.loads's own scanner), because the
 Python modules pull in `re` and `enum`, which cost more than the interpreter's own start-up
 (see updown.main and docs/failover.md).

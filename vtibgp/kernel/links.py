@@ -16,10 +16,10 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl import RTMGRP_LINK
 
-from . import metrics
-from .model import DeviceState
+from vtibgp.core.model import DeviceState
+from vtibgp.shell import metrics
 
-log = logging.getLogger("vtibgp.links")
+log = logging.getLogger("vtibgp.kernel.links")
 
 IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000  # carrier: a VTI/XFRM device always has it once up; a veth loses it

@@ -45,7 +45,7 @@ from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 from typing import Any, Final, Literal, TypeGuard
 
 from vtibgp.addresses import address_text, canonical_address, packed_address
-from vtibgp.model import (
+from vtibgp.core.model import (
     ORIGINS,
     Announce,
     EndOfRib,

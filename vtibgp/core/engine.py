@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from operator import attrgetter
 
-from .model import (
+from vtibgp.core.model import (
     Announce,
     DeviceState,
     EndOfRib,
@@ -54,7 +54,7 @@ from .model import (
     kernel_route,
     route_op,
 )
-from .policy import MaxPrefix, Policy, PolicySettings
+from vtibgp.core.policy import MaxPrefix, Policy, PolicySettings
 
 DEFAULT_LOCAL_PREF = 100
 SHAPE_CACHE = 4096  # distinct (family, candidate paths) combinations remembered

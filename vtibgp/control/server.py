@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 # the client half lives apart, light to import (`vtibgp updown` runs on every tunnel event)
-from .control_client import DEFAULT_SOCKET, TIMEOUT, ControlError, request
+from vtibgp.control.client import DEFAULT_SOCKET, TIMEOUT, ControlError, request
 
 __all__ = ["DEFAULT_SOCKET", "MAX_REQUEST", "ControlError", "ControlServer", "request"]
 
-log = logging.getLogger("vtibgp.control")
+log = logging.getLogger("vtibgp.control.server")
 
 MAX_REQUEST = 64 * 1024
 

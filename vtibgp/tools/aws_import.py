@@ -6,7 +6,7 @@ XML: a `vpn_connection` element with two `ipsec_tunnel`s) and writes into one di
 
   vtibgp.yaml     peers (VGW inside address, device, vpn id, outside address, max_prefix 1000,
                   families) and the tunnels: map (connection name -> device)
-  exabgp.conf     rendered from that vtibgp.yaml (vtibgp.exabgp_config.render)
+  exabgp.conf     rendered from that vtibgp.yaml (vtibgp.exabgp.render.render)
   ipsec.conf      libreswan conns for both tunnels (route-based, VTI devices)
   ipsec.secrets   the two pre-shared keys, mode 0600
   sysctl.conf     the tunnel devices' sysctls
@@ -36,8 +36,8 @@ from typing import Any
 
 import yaml
 
-from . import config as vconfig
-from .exabgp_config import ExabgpConfigError, Session, render
+from vtibgp.config import schema as vconfig
+from vtibgp.exabgp.render import ExabgpConfigError, Session, render
 
 V4_LINK_LOCAL = ipaddress.IPv4Network("169.254.0.0/16")
 V6_INSIDE = ipaddress.IPv6Network("fd00::/8")

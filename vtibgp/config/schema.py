@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from .model import FAMILIES, Family
-from .policy import (
+from vtibgp.core.model import FAMILIES, Family
+from vtibgp.core.policy import (
     MARTIANS,
     Martian,
     MaxPrefixSettings,

@@ -1065,7 +1065,7 @@ def default_exabgp42(repo: Path | None = None) -> str | None:
     env = os.environ.get("VTIBGP_EXABGP42")
     if env:
         return env if os.access(env, os.X_OK) else None
-    repo = repo or Path(__file__).resolve().parents[1]
+    repo = repo or Path(__file__).resolve().parents[2]
     for cand in (repo / ".venv42" / "bin" / "exabgp", Path("/tmp/venv42/bin/exabgp")):
         if os.access(cand, os.X_OK):
             return str(cand)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from .config import Config
+from vtibgp.config.schema import Config
 
 Level = Literal["ok", "warn", "error"]
 Iface = ipaddress.IPv4Interface | ipaddress.IPv6Interface

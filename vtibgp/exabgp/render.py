@@ -23,7 +23,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .config import Config, PeerConfig
+from vtibgp.config.schema import Config, PeerConfig
 
 DEFAULT_PEER_AS = 64512
 DEFAULT_HOLD_TIME = 30

@@ -52,7 +52,7 @@ from functools import lru_cache
 from socket import inet_pton
 from typing import Literal, TypeVar, get_args
 
-from .model import Family, PathAttrs, PeerAddr, Prefix
+from vtibgp.core.model import Family, PathAttrs, PeerAddr, Prefix
 
 Reason = Literal[
     "invalid",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .control_client import DEFAULT_SOCKET, ControlError, request
+from vtibgp.control.client import DEFAULT_SOCKET, ControlError, request
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # (typing costs start-up time; this module is the IPsec daemon's hook)
@@ -139,5 +139,5 @@ def hook_script(python: str, package_parent: str) -> str:
             "# Write it again after moving or upgrading vtibgp's Python environment.\n"
             "import sys\n"
             f"sys.path.append({package_parent!r})\n"
-            "from vtibgp.updown import hook\n"
+            "from vtibgp.control.updown import hook\n"
             "sys.exit(hook())\n")

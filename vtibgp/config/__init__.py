@@ -1,0 +1,1 @@
+"""vtibgp.config.schema.schema."""
