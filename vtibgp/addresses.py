@@ -5,14 +5,19 @@ place that turns an address into text must spell it the same way. inet_ntop is w
 kernel-dump parser uses and what ExaBGP prints, and it differs from `ipaddress` for IPv4 inside
 IPv6: inet_ntop gives "::ffff:169.254.10.1" (mapped) and "::1.2.3.4" (compatible) where
 Python 3.11's ipaddress gives "::ffff:a9fe:a01" and "::102:304" (and 3.13's changed again).
+
+The conversions come from the C socket module (_socket) but open nothing: the pure core (policy's
+prefix matching) takes them from here, so that it imports no module that does I/O.
 """
 
 from __future__ import annotations
 
-from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
+# the C functions from the C module: `socket` would also load select and selectors
+from _socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 from typing import Final
 
-__all__ = ["address_text", "canonical_address", "packed_address"]
+__all__ = ["AF_INET", "AF_INET6", "address_text", "canonical_address", "inet_pton",
+           "packed_address"]
 
 # (family, packed bytes) -> canonical text. The C function itself, not a wrapper: the kernel
 # dump calls it once or twice per route.

@@ -153,7 +153,8 @@ class Sink:
 def monitor(topology: harness.Topology) -> Iterator[tuple[LinkMonitor, Sink]]:
     """A LinkMonitor started inside the topology's gateway namespace."""
     sink = Sink()
-    mon = LinkMonitor(sink)
+    # counted as the daemon counts what the monitor reports (run() in shell/daemon.py)
+    mon = LinkMonitor(sink, on_error=lambda name: metrics.KERNEL_ERRORS.labels(name).inc())
     try:
         in_netns(topology.gw, lambda: mon.start({"vti01", "vti02"}))
         yield mon, sink

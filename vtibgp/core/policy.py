@@ -44,14 +44,13 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import socket
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from socket import inet_pton
 from typing import Literal, TypeVar, get_args
 
+from vtibgp.addresses import AF_INET, AF_INET6, inet_pton
 from vtibgp.core.model import Family, PathAttrs, PeerAddr, Prefix
 
 Reason = Literal[
@@ -220,8 +219,8 @@ def parse_prefix(prefix: str) -> tuple[int, int, int]:
 def _parse_address(addr: str) -> tuple[int, int]:
     try:
         if ":" in addr:
-            return 6, int.from_bytes(socket.inet_pton(socket.AF_INET6, addr))
-        return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, addr))
+            return 6, int.from_bytes(inet_pton(AF_INET6, addr))
+        return 4, int.from_bytes(inet_pton(AF_INET, addr))
     except (OSError, ValueError, TypeError):
         raise ValueError(f"not an address: {addr!r}") from None
 
@@ -276,7 +275,7 @@ class _Family:
 
     def __init__(self, version: int, s: PolicySettings, lists: tuple[tuple[PrefixRule, ...], ...],
                  outside: Iterable[str], aspath: tuple[bool, int]) -> None:
-        self.af = socket.AF_INET if version == 4 else socket.AF_INET6
+        self.af = AF_INET if version == 4 else AF_INET6
         self.width = width = _WIDTH[version]
         self.lengths = {str(n): n for n in range(width + 1)}  # the valid length texts
         self.hostmask = [(1 << (width - n)) - 1 for n in range(width + 1)]

@@ -17,7 +17,6 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl import RTMGRP_LINK
 
 from vtibgp.core.model import DeviceState
-from vtibgp.shell import metrics
 
 log = logging.getLogger("vtibgp.kernel.links")
 
@@ -47,10 +46,13 @@ class LinkMonitor:
     scheduled): the kernel then drops events and the next read fails with ENOBUFS. The monitor
     opens a new socket, takes a fresh snapshot and reports every device whose state differs
     from what it last reported, so a change lost in the overflow is still seen. Each such
-    recovery is counted in `vtibgp_kernel_errors_total{errno="ENOBUFS"}`."""
+    recovery goes to `on_error` with its errno name (the shell counts it in
+    `vtibgp_kernel_errors_total{errno="ENOBUFS"}`: metrics are not this layer's)."""
 
-    def __init__(self, sink: Callable[[DeviceState], None]) -> None:
+    def __init__(self, sink: Callable[[DeviceState], None],
+                 on_error: Callable[[str], None] | None = None) -> None:
         self._sink = sink
+        self._on_error = on_error
         self._state: dict[str, bool] = {}
         self._ip: Any = None
         self._ready = threading.Event()
@@ -102,7 +104,8 @@ class LinkMonitor:
                     return
                 # ENOBUFS: events were lost. Reopen and resynchronise from a fresh snapshot.
                 name = errno.errorcode.get(e.errno or 0, "unknown")
-                metrics.KERNEL_ERRORS.labels(name).inc()
+                if self._on_error is not None:
+                    self._on_error(name)
                 log.warning("link monitor: %s (%s); reopening and resynchronising", name,
                             "events were lost" if e.errno == errno.ENOBUFS else e)
                 self._reopen()

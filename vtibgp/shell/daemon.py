@@ -1350,7 +1350,8 @@ def run(cfg: Config, *, dry_run: bool, stdin: IO[bytes] | None = None) -> int:
         except (OSError, ControlError) as e:
             log.error("control socket %s: %s; continuing without it", cfg.control_socket, e)
             control = None
-    monitor = LinkMonitor(daemon.post)
+    monitor = LinkMonitor(daemon.post,
+                          on_error=lambda name: m.KERNEL_ERRORS.labels(name).inc())
     devices = {p.interface for p in cfg.peers if p.interface}
     for ev in monitor.start(devices):
         daemon.core.handle(ev)
