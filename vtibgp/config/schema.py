@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from vtibgp import defaults
 from vtibgp.core.model import FAMILIES, Family
 from vtibgp.core.policy import (
     MARTIANS,
@@ -63,20 +64,20 @@ class Config:
     source: str = "<defaults>"
     log_level: str = "info"
     syslog: bool = False
-    table: int = 254
-    protocol: int = 186
+    table: int = defaults.TABLE
+    protocol: int = defaults.PROTOCOL
     metric: int = 100
     max_paths: int = 4
     ecmp: bool = False
-    batch: int = 2000
+    batch: int = defaults.BATCH
     grace_time: float = 60.0
     resync: bool = True
     on_exit: str = "withdraw"
     accept_unconfigured_peers: bool = False
-    metrics_listen: str | None = "127.0.0.1:10179"
+    metrics_listen: str | None = defaults.METRICS_LISTEN
     metrics_tls_cert: str | None = None  # serve /metrics over HTTPS with this certificate
     metrics_tls_key: str | None = None
-    control_socket: str | None = "/run/vtibgp/vtibgp.sock"
+    control_socket: str | None = defaults.CONTROL_SOCKET
     hold_down: float = 2.0
     # what stays for a prefix whose every tunnel is down (while its paths are held): nothing,
     # or a route of this type behind the real ones (see README "Routes follow the tunnel")

@@ -12,12 +12,14 @@ from __future__ import annotations
 import _json
 import _socket
 
+from vtibgp import defaults
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
 TIMEOUT = 5.0
-DEFAULT_SOCKET = "/run/vtibgp/vtibgp.sock"
+DEFAULT_SOCKET = defaults.CONTROL_SOCKET
 
 
 class ControlError(RuntimeError):

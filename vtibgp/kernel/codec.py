@@ -52,6 +52,7 @@ from collections.abc import Callable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any, NamedTuple
 
+from vtibgp import defaults
 from vtibgp.addresses import address_text
 from vtibgp.core.model import OpKind
 
@@ -102,7 +103,7 @@ RT_TABLE_UNSPEC = 0
 RT_TABLE_COMPAT = 252
 RT_TABLE_MAIN = 254
 
-RTPROT_VTIBGP = 186  # "bgp" in /etc/iproute2/rt_protos
+RTPROT_VTIBGP = defaults.PROTOCOL  # "bgp" in /etc/iproute2/rt_protos
 
 RTNH_F_DEAD = 0x01
 RTNH_F_ONLINK = 0x04

@@ -71,6 +71,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import TypeVar
 
+from vtibgp import defaults
 from vtibgp.core.model import KernelRoute, NextHop, OpKind, OpResult, RouteOp
 from vtibgp.kernel import codec as nc
 from vtibgp.kernel import nexthop_codec as nhc
@@ -290,9 +291,9 @@ class KernelWriter:
 
     def __init__(
         self,
-        table: int = 254,
-        proto: int = 186,
-        batch: int = 2000,
+        table: int = defaults.TABLE,
+        proto: int = defaults.PROTOCOL,
+        batch: int = defaults.BATCH,
         *,
         netns: str | None = None,
         rcvbuf: int = 32 << 20,

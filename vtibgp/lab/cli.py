@@ -38,10 +38,11 @@ from typing import Any
 
 import yaml
 
+from vtibgp import defaults
 from vtibgp.lab import parts as lab
 
 VPC = ["10.0.0.0/16", "10.1.0.0/16", "10.2.0.0/24", "fd10:100::/56"]
-METRICS = "127.0.0.1:10179"
+METRICS = defaults.METRICS_LISTEN
 PREPEND = {2: 2}  # tunnel 2 less preferred: AWS-style AS-path prepending on the VGW side
 
 STATE_DIR = Path("/run/vtibgp-lab")
@@ -53,7 +54,7 @@ GW_MGMT_DEV = "mgmt0"
 MGMT_NET = ipaddress.ip_network("169.254.179.0/30")
 HOST_MGMT = "169.254.179.1"
 GW_MGMT = "169.254.179.2"
-METRICS_PORT = 10179
+METRICS_PORT = defaults.METRICS_PORT
 SIGNALS = ("link", "bgp", "both")
 REPO = Path(__file__).resolve().parents[2]
 

@@ -55,6 +55,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from vtibgp import defaults
+
 T = TypeVar("T")
 
 MARKER_DIR = Path("/run/vtibgp-harness")
@@ -62,7 +64,7 @@ NS_PREFIX = "vtb"
 _NS_RE = re.compile(rf"^{NS_PREFIX}-([0-9a-z]+)-[a-z0-9]+$")
 
 GW_ASN = 65000
-AWS_ASN = 64512
+AWS_ASN = defaults.AWS_ASN
 DEFAULT_HOLD_TIME = 30
 
 

@@ -9,7 +9,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from vtibgp import __version__
+from vtibgp import __version__, defaults
 from vtibgp.control.client import DEFAULT_SOCKET, ControlError, request
 from vtibgp.control.updown import HOOK_PATH
 from vtibgp.control.updown import main as updown_main
@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     exa = sub.add_parser("exabgp-config", help="render ExaBGP's config from vtibgp.yaml")
     exa.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     exa.add_argument("--local-as", type=int, required=True)
-    exa.add_argument("--peer-as", type=int, default=64512)
+    exa.add_argument("--peer-as", type=int, default=defaults.AWS_ASN)
     exa.add_argument("--hold-time", type=int, default=30)
     exa.add_argument("--router-id")
     exa.add_argument("--vtibgp", default="/usr/local/bin/vtibgp", help="path of the command")
