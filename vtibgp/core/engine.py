@@ -10,7 +10,7 @@ Path order, best first (documented in README "How the best path is chosen"):
   3. higher LOCAL_PREF (absent = 100)
   4. shorter AS path (an AS_SET counts as one hop; confederation segments not at all)
   5. lower origin (igp < egp < incomplete)
-  6. lower MED (absent = 0), compared across peers (AWS signals tunnel maintenance with MED)
+  6. lower MED (absent = 0), compared across peers (in maintenance AWS lowers the other's MED)
   7. lower peer address (IPv4 before IPv6, then numerically)
 Rank i is installed at metric `metric + i` through its own peer's device, for at most
 `max_paths` routes, so the kernel falls back by itself when a device goes down. With `ecmp`,
@@ -66,7 +66,7 @@ _NO_PATHS: dict[Prefix, PathAttrs] = {}
 
 
 @dataclass(frozen=True, slots=True)
-class PeerPolicy:
+class PeerSettings:
     """What the core needs to know of a peer: its device (None = not known yet), its
     preference, whether routes go via its next-hop as an onlink gateway, and the families whose
     End-of-RIB complete its initial sync."""
@@ -82,7 +82,7 @@ class CoreSettings:
     metric: int = 100
     max_paths: int = 4
     ecmp: bool = False
-    peers: Mapping[PeerAddr, PeerPolicy] = field(default_factory=dict)
+    peers: Mapping[PeerAddr, PeerSettings] = field(default_factory=dict)
     accept_unconfigured_peers: bool = False
     hold_down: float = 0.0  # seconds a tunnel must stay up before routes return to it
     policy: PolicySettings | None = None  # import policy; None: accept everything
@@ -150,7 +150,7 @@ class Core:
         self.path_ids: dict[PeerAddr, dict[Prefix, dict[int, PathAttrs]]] = {}
         # Outside endpoints the IPsec daemon told us (PLUTO_PEER), kept across reloads.
         self.outside: dict[PeerAddr, tuple[str, ...]] = {}
-        self.policy: dict[PeerAddr, PeerPolicy] = dict(settings.peers)
+        self.peers: dict[PeerAddr, PeerSettings] = dict(settings.peers)
         self.discovered: dict[PeerAddr, str | None] = {}
         # Tunnel signals that say down, per scope (signal -> reason), and scopes that came up
         # but are held down until the time given (flap damping).
@@ -197,13 +197,13 @@ class Core:
     # ---------------------------------------------------------------- queries
 
     def device_of(self, peer: PeerAddr) -> str | None:
-        pol = self.policy.get(peer)
+        pol = self.peers.get(peer)
         if pol is not None and pol.device is not None:
             return pol.device
         return self.discovered.get(peer)
 
     def known(self, peer: PeerAddr) -> bool:
-        return peer in self.policy or self.settings.accept_unconfigured_peers
+        return peer in self.peers or self.settings.accept_unconfigured_peers
 
     def scope_usable(self, scope: Scope) -> bool:
         return scope not in self.down and scope not in self.holding
@@ -231,7 +231,7 @@ class Core:
         if not self.rib.get(peer) or not self.usable(peer):
             return None
         dev = self.device_of(peer)
-        for other in {*self.policy, *self.discovered, *self.rib}:
+        for other in {*self.peers, *self.discovered, *self.rib}:
             if other != peer and self.device_of(other) == dev:
                 return None
         return dev
@@ -267,7 +267,7 @@ class Core:
         self.import_policy = Policy(settings) if settings is not None else None
         self.max_prefix: dict[PeerAddr, MaxPrefix] = {}
         if self.import_policy is not None:
-            for peer in self.policy:
+            for peer in self.peers:
                 mp = self.import_policy.max_prefix(peer)
                 if mp is not None:
                     self.max_prefix[peer] = MaxPrefix(mp)
@@ -469,7 +469,7 @@ class Core:
         """New settings (a config reload): every held path is judged again under them, and
         what a peer no longer configured held is forgotten."""
         self.settings = settings
-        self.policy = dict(settings.peers)
+        self.peers = dict(settings.peers)
         self._set_policy(settings.policy)
         if self.import_policy is not None:
             for peer, found in self.outside.items():
@@ -555,12 +555,12 @@ class Core:
     # ---------------------------------------------------------------- internals
 
     def _families(self, peer: PeerAddr) -> tuple[Family, ...]:
-        pol = self.policy.get(peer)
+        pol = self.peers.get(peer)
         return pol.families if pol else ("ipv4 unicast",)
 
     def _rank_key(self, cand: tuple[PeerAddr, PathAttrs]) -> tuple[object, ...]:
         peer, a = cand
-        pol = self.policy.get(peer)
+        pol = self.peers.get(peer)
         order = self._order_cache.get(peer)
         if order is None:
             order = self._order_cache[peer] = _peer_order(peer)
@@ -577,7 +577,7 @@ class Core:
                  gateway: bool = False) -> NextHop:
         dev = self.device_of(peer)
         assert dev is not None
-        pol = self.policy.get(peer)
+        pol = self.peers.get(peer)
         if gateway or (pol is not None and pol.gateway):
             v6 = ":" in prefix
             for gw in (attrs.next_hop, peer):
