@@ -113,7 +113,7 @@ def test_carrier_loss_takes_the_routes_and_the_writer_follows(topology: Topology
         time.sleep(0.02)
     assert via(topology, "10.0.5.1") == "vti02"
     assert {r["metric"] for r in our_routes(topology) if r["dst"] in prefixes} == {101}
-    assert writer.flushed("vti01") is True
+    assert writer.note_device_gone("vti01") is True
     topology.carrier_on(1)
     topology.wait_link_ready(1)
     res = writer.apply([RouteOp(OpKind.ADD, KernelRoute(p, 100, V1)) for p in prefixes])
@@ -125,7 +125,7 @@ def test_admin_down_takes_the_routes(topology: Topology, writer: KernelWriter) -
     primary_and_backup(writer, 20)
     topology.set_link("gw", "vti01", False)
     assert via(topology, "10.0.5.1") == "vti02"
-    assert writer.flushed("vti01")
+    assert writer.note_device_gone("vti01")
     topology.set_link("gw", "vti01", True)
 
 

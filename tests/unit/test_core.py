@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kernel_model import flush_device
 
-from vtibgp.core.engine import Core, CoreSettings, PeerPolicy, coalesce
+from vtibgp.core.engine import Core, CoreSettings, PeerSettings, coalesce
 from vtibgp.core.model import (
     Announce,
     DeviceState,
@@ -39,10 +39,10 @@ P1, P2, P3 = "169.254.10.1", "169.254.11.1", "169.254.12.1"
 V4 = "ipv4 unicast"
 
 
-def make_core(ecmp: bool = False, max_paths: int = 4, **peers: PeerPolicy) -> Core:
+def make_core(ecmp: bool = False, max_paths: int = 4, **peers: PeerSettings) -> Core:
     pols = peers or {
-        P1: PeerPolicy(device="vti01"),
-        P2: PeerPolicy(device="vti02"),
+        P1: PeerSettings(device="vti01"),
+        P2: PeerSettings(device="vti02"),
     }
     return Core(CoreSettings(metric=100, max_paths=max_paths, ecmp=ecmp, peers=pols))
 
@@ -101,7 +101,7 @@ def test_primary_and_backup_metrics() -> None:
 
 def test_order_preference_localpref_aspath_origin_med_address() -> None:
     def best(a1: dict[str, object], a2: dict[str, object], pol1: int = 100) -> str:
-        core = make_core(**{P1: PeerPolicy("vti01", preference=pol1), P2: PeerPolicy("vti02")})
+        core = make_core(**{P1: PeerSettings("vti01", preference=pol1), P2: PeerSettings("vti02")})
         core.handle(ann(P1, "10.1.0.0/24", **a1))
         core.handle(ann(P2, "10.1.0.0/24", **a2))
         return core.ranked("10.1.0.0/24")[0][0]
@@ -147,7 +147,7 @@ def test_session_flush_only_for_a_peer_alone_on_a_usable_device() -> None:
     assert (core.session_flush(P1), core.session_flush(P2)) == ("vti01", "vti02")
     feed(core, k, DeviceState("vti01", False, "admin down"))
     assert core.session_flush(P1) is None  # its routes already left the device
-    shared = make_core(**{P1: PeerPolicy("vti01"), P3: PeerPolicy("vti01", gateway=True)})
+    shared = make_core(**{P1: PeerSettings("vti01"), P3: PeerSettings("vti01", gateway=True)})
     feed(shared, Kernel(), ann(P1, "10.0.0.0/16"), ann(P3, "10.1.0.0/16"))
     assert shared.session_flush(P1) is None and shared.session_flush(P3) is None
 
@@ -171,7 +171,7 @@ def test_ecmp_groups_equal_paths() -> None:
 
 
 def test_max_paths_caps_backups() -> None:
-    pols = {P1: PeerPolicy("vti01"), P2: PeerPolicy("vti02"), P3: PeerPolicy("vti03")}
+    pols = {P1: PeerSettings("vti01"), P2: PeerSettings("vti02"), P3: PeerSettings("vti03")}
     core, k = make_core(max_paths=2, **pols), Kernel()
     feed(core, k, ann(P1, "10.0.0.0/16"), ann(P2, "10.0.0.0/16"), ann(P3, "10.0.0.0/16"))
     assert sorted(m for _, m in k.routes) == [100, 101]
@@ -184,8 +184,8 @@ def test_max_paths_caps_backups() -> None:
 
 def test_shared_device_uses_next_hop_as_gateway() -> None:
     pols = {
-        P1: PeerPolicy("vti01", gateway=True, families=(V4, "ipv6 unicast")),
-        P2: PeerPolicy("vti01", gateway=True),
+        P1: PeerSettings("vti01", gateway=True, families=(V4, "ipv6 unicast")),
+        P2: PeerSettings("vti01", gateway=True),
     }
     core, k = make_core(**pols), Kernel()
     feed(core, k, ann(P1, "10.0.0.0/16"), ann(P2, "10.0.0.0/16", med=1))
@@ -212,7 +212,7 @@ def test_unknown_peer_is_ignored_and_counted() -> None:
 
 
 def test_discovered_device() -> None:
-    core, k = make_core(**{P1: PeerPolicy(None)}), Kernel()
+    core, k = make_core(**{P1: PeerSettings(None)}), Kernel()
     assert feed(core, k, ann(P1, "10.0.0.0/16")) == []  # device not known yet
     feed(core, k, PeerDevice(P1, "ipsec0"))
     assert k.routes[("10.0.0.0/16", 100)].nexthops == (NextHop("ipsec0"),)
@@ -389,7 +389,7 @@ events = st.one_of(
 policies = st.fixed_dictionaries(
     {
         p: st.builds(
-            PeerPolicy,
+            PeerSettings,
             device=st.none() | st.sampled_from(DEVICES),
             preference=st.sampled_from([50, 100]),
             gateway=st.booleans(),
@@ -410,7 +410,7 @@ policies = st.fixed_dictionaries(
     evs=st.lists(events, max_size=40),
 )
 def test_incremental_equals_from_scratch(
-    pols: dict[str, PeerPolicy], ecmp: bool, max_paths: int, hold_down: float,
+    pols: dict[str, PeerSettings], ecmp: bool, max_paths: int, hold_down: float,
     fallback: bool, kernel_flushes: bool, evs: list[Event],
 ) -> None:
     """The ops always fit the kernel and the core ends where it would from scratch. With
@@ -442,7 +442,7 @@ def test_incremental_equals_from_scratch(
     downs=st.lists(peers_st, min_size=1, max_size=4),
 )
 def test_session_flush_takes_only_what_goes(
-    pols: dict[str, PeerPolicy], ecmp: bool, max_paths: int, fallback: bool,
+    pols: dict[str, PeerSettings], ecmp: bool, max_paths: int, fallback: bool,
     anns: list[Announce], evs: list[Event], downs: list[str],
 ) -> None:
     """Sessions ending after the tables are in (what the general property above rarely
@@ -487,7 +487,7 @@ def test_fallback_stays_while_every_tunnel_is_down() -> None:
     """Both tunnels down, sessions not yet timed out: only the fallback (no nexthop) is left
     for the prefix, so its traffic is refused instead of following a less specific route;
     it is there all along behind the real routes, and goes with the last path."""
-    pols = {P1: PeerPolicy(device="vti01"), P2: PeerPolicy(device="vti02")}
+    pols = {P1: PeerSettings(device="vti01"), P2: PeerSettings(device="vti02")}
     core = Core(CoreSettings(metric=100, max_paths=2, peers=pols, fallback=True))
     k = Kernel()
     feed(core, k, ann(P1, "10.0.0.0/16"), ann(P2, "10.0.0.0/16", path=(64512, 64512)))
@@ -523,7 +523,7 @@ def test_kernel_flush_is_believed_and_what_follows_adds() -> None:
 def test_coalesced_ops_have_the_same_effect(evs: list[Event], cut: int) -> None:
     """However a run of events is cut into batches, the coalesced ops of each batch leave the
     kernel as the op-by-op sequence does, with at most one op per key."""
-    pols = {P1: PeerPolicy("vti01"), P2: PeerPolicy("vti02"), P3: PeerPolicy("ipsec0")}
+    pols = {P1: PeerSettings("vti01"), P2: PeerSettings("vti02"), P3: PeerSettings("ipsec0")}
     core = Core(CoreSettings(metric=100, max_paths=3, peers=pols))
     kernel = Kernel()
     for batch in (evs[:cut], evs[cut:]):
@@ -559,8 +559,8 @@ bulk_events = st.one_of(
 
 @settings(max_examples=500, deadline=None)
 @given(
-    pols=policies | st.just({P1: PeerPolicy("vti01"), P2: PeerPolicy("vti02"),
-                             P3: PeerPolicy("ipsec0")}),
+    pols=policies | st.just({P1: PeerSettings("vti01"), P2: PeerSettings("vti02"),
+                             P3: PeerSettings("ipsec0")}),
     ecmp=st.booleans(),
     max_paths=st.integers(1, 4),
     evs=st.lists(bulk_events, max_size=30),
@@ -572,7 +572,7 @@ bulk_events = st.one_of(
                                               first_as_must_be_peer=False)),
 )
 def test_an_update_decides_as_its_prefixes_one_by_one(
-    pols: dict[str, PeerPolicy], ecmp: bool, max_paths: int, evs: list[Event],
+    pols: dict[str, PeerSettings], ecmp: bool, max_paths: int, evs: list[Event],
     leftovers: list[KernelRoute], policy: PolicySettings | None,
 ) -> None:
     """The core works out an UPDATE's prefixes together (shared shapes, ops between shapes
@@ -611,7 +611,7 @@ def test_prefixes_wanting_the_same_routes_from_different_ones() -> None:
 
 
 def test_refused_reannouncement_withdraws_the_held_path() -> None:
-    pols = {P1: PeerPolicy("vti01"), P2: PeerPolicy("vti02")}
+    pols = {P1: PeerSettings("vti01"), P2: PeerSettings("vti02")}
     core = Core(CoreSettings(metric=100, peers=pols, policy=PolicySettings(
         max_as_path_length=1, first_as_must_be_peer=False)))
     k = Kernel()
@@ -647,8 +647,8 @@ def test_installed_reads_per_prefix_by_metric() -> None:
                                     st.sampled_from(DEVICES).map(lambda d: (NextHop(d),))),
                           max_size=4, unique_by=lambda r: r.key))
 def test_hop_roles_counts_every_route(evs: list[Event], leftovers: list[KernelRoute]) -> None:
-    pols = {P1: PeerPolicy("vti01"), P2: PeerPolicy("vti02", gateway=True),
-            P3: PeerPolicy("vti02", gateway=True)}
+    pols = {P1: PeerSettings("vti01"), P2: PeerSettings("vti02", gateway=True),
+            P3: PeerSettings("vti02", gateway=True)}
     core = Core(CoreSettings(metric=100, max_paths=3, ecmp=True, peers=pols))
     core.handle(KernelRoutesFound(tuple(leftovers)))
     for ev in evs:
@@ -662,7 +662,7 @@ def test_hop_roles_counts_every_route(evs: list[Event], leftovers: list[KernelRo
 
 def test_ipv6_ecmp_goes_via_next_hops() -> None:
     """The kernel refuses IPv6 multipath without gateways (EINVAL)."""
-    pols = {P1: PeerPolicy("vti01", gateway=True), P2: PeerPolicy("vti02")}
+    pols = {P1: PeerSettings("vti01", gateway=True), P2: PeerSettings("vti02")}
     core, k = make_core(ecmp=True, **pols), Kernel()
     six = "ipv6 unicast"
     feed(core, k, Announce(P1, six, attrs("fd00:10::1"), ("2001:db8::/32",)),
@@ -672,8 +672,8 @@ def test_ipv6_ecmp_goes_via_next_hops() -> None:
 
 
 def test_tunnel_down_keeps_paths_and_hold_down_damps_the_return() -> None:
-    core = Core(CoreSettings(metric=100, peers={P1: PeerPolicy("vti01"),
-                                                P2: PeerPolicy("vti02")}, hold_down=2.0))
+    core = Core(CoreSettings(metric=100, peers={P1: PeerSettings("vti01"),
+                                                P2: PeerSettings("vti02")}, hold_down=2.0))
     k = Kernel()
     feed(core, k, ann(P1, "10.0.0.0/16"), ann(P2, "10.0.0.0/16", med=1))
     feed(core, k, IpsecState("vti01", (), up=False, reason="down-client", at=10.0))
@@ -703,8 +703,8 @@ def test_every_signal_must_be_up() -> None:
 
 
 def test_shared_device_peer_event_touches_only_that_peer() -> None:
-    pols = {P1: PeerPolicy("vti09", gateway=True), P2: PeerPolicy("vti09", gateway=True),
-            P3: PeerPolicy("vti03")}
+    pols = {P1: PeerSettings("vti09", gateway=True), P2: PeerSettings("vti09", gateway=True),
+            P3: PeerSettings("vti03")}
     core, k = make_core(**pols), Kernel()
     feed(core, k, ann(P1, "10.1.0.0/16"), ann(P2, "10.2.0.0/16"), ann(P3, "10.1.0.0/16", med=5))
     feed(core, k, IpsecState(None, (P1,), up=False, reason="down-client"))
@@ -768,7 +768,7 @@ def test_reconcile_leaves_a_foreign_owners_route_alone() -> None:
 def test_reload_keeps_the_outside_endpoints_learned_from_updown() -> None:
     """PLUTO_PEER told us the tunnel's outside address: after a reload (new settings, new
     policy object) a prefix covering it still may not go into that tunnel."""
-    settings = CoreSettings(peers={P1: PeerPolicy("vti01")}, policy=PolicySettings())
+    settings = CoreSettings(peers={P1: PeerSettings("vti01")}, policy=PolicySettings())
     core, k = Core(settings), Kernel()
     feed(core, k, ann(P1, "10.0.0.0/16"))
     core.learn_outside(P1, ["52.1.2.3"])
@@ -781,7 +781,7 @@ def test_reload_keeps_the_outside_endpoints_learned_from_updown() -> None:
 def test_a_peer_removed_by_reload_leaves_nothing() -> None:
     core, k = make_core(), Kernel()
     feed(core, k, ann(P1, "10.0.0.0/16", "10.1.0.0/16"), ann(P2, "10.0.0.0/16", med=1))
-    ops = core.reconfigure(CoreSettings(peers={P2: PeerPolicy("vti02")}, fallback=True))
+    ops = core.reconfigure(CoreSettings(peers={P2: PeerSettings("vti02")}, fallback=True))
     k.apply(ops)
     assert P1 not in core.rib
     # 10.1/16 was P1's alone: no route, not even the fallback; 10.0/16 via P2 only
@@ -806,7 +806,7 @@ def test_adopted_route_kept_until_sync_leaves_a_tunnel_that_goes_down() -> None:
 
 def test_adopted_route_kept_until_sync_leaves_a_peer_tunnel_that_goes_down() -> None:
     """The same with one IPsec tunnel of a shared device (a peer scope)."""
-    pols = {P1: PeerPolicy("vti09", gateway=True), P2: PeerPolicy("vti09", gateway=True)}
+    pols = {P1: PeerSettings("vti09", gateway=True), P2: PeerSettings("vti09", gateway=True)}
     core, k = make_core(**pols), Kernel()
     old = KernelRoute("10.0.0.0/16", 100, (NextHop("vti09", P1),))
     k.routes[old.key] = old

@@ -40,7 +40,7 @@ from hypothesis.stateful import (
 )
 from independent_model import V4, V6, Conf, Key, Model, PeerConf
 
-from vtibgp.core.engine import Core, CoreSettings, PeerPolicy, coalesce
+from vtibgp.core.engine import Core, CoreSettings, PeerSettings, coalesce
 from vtibgp.core.model import (
     Announce,
     DeviceState,
@@ -102,7 +102,7 @@ DEVICES = ("vti01", "vti02", SHARED, "vti05")
 
 
 def core_settings(conf: Conf) -> CoreSettings:
-    peers = {a: PeerPolicy(p.device, p.preference, p.gateway, p.families)  # type: ignore[arg-type]
+    peers = {a: PeerSettings(p.device, p.preference, p.gateway, p.families)  # type: ignore[arg-type]
              for a, p in conf.peers.items()}
     policy = PolicySettings(first_as_must_be_peer=False, protected=conf.protected,
                             max_as_path_length=conf.max_as_path_length)

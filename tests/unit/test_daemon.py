@@ -71,7 +71,7 @@ class MemoryKernel:
         self.device_down(name)
         return self.nexthop_objects
 
-    def flushed(self, name: str) -> bool:
+    def note_device_gone(self, name: str) -> bool:
         return self.nexthop_objects
 
     def collect_garbage(self) -> int:
@@ -533,14 +533,14 @@ def test_max_prefix_teardown_once_per_restart_delay_then_resync() -> None:
                      ("line", now, _update_many(PEER, ["10.1.0.0/16", "10.2.0.0/16"]))])
     assert commands.getvalue().splitlines() == [f"neighbor {PEER} teardown 1"]
     assert kernel.routes == {}
-    assert daemon.resync_at is not None and daemon.resync_at > time.monotonic() + 50
+    assert daemon.limit_resync_at is not None and daemon.limit_resync_at > time.monotonic() + 50
     daemon._timers()
     assert len(commands.getvalue().splitlines()) == 1  # not yet
-    daemon.resync_at = time.monotonic() - 1
+    daemon.limit_resync_at = time.monotonic() - 1
     daemon._timers()
     assert commands.getvalue().splitlines()[1:] == ["show neighbor summary",
                                                     "show adj-rib in extensive"]
-    assert daemon.resync_at is None
+    assert daemon.limit_resync_at is None
 
 
 def test_adj_rib_replay_is_not_counted_as_received() -> None:
@@ -627,15 +627,15 @@ def test_a_long_answer_tail_is_left_to_the_loop_so_start_up_is_not_held() -> Non
     daemon.queue.put(("line", now + 2 * START_WAIT, _adj_rib("10.9.0.0/16")))  # (stamped late)
     daemon.startup(resync=True)
     assert time.monotonic() - now < 2 * START_WAIT
-    assert commands.getvalue() == "" and daemon.resync_after is not None
+    assert commands.getvalue() == "" and daemon.ask_adj_rib_after is not None
     assert daemon.core.stale == {keep.key}  # adopted
     daemon._process([daemon.backlog.popleft()])
     assert request.done.is_set() and "peers" in request.answer
     later = time.monotonic()
     daemon._process([("line", later, _adj_rib("10.8.0.0/16")), ("line", later, b"done\n")])
     assert commands.getvalue() == "" and daemon.stale_answer_lines == 3
-    assert daemon.resync_after >= later + RESYNC_QUIET - 0.05
-    daemon.resync_after = time.monotonic() - 1  # quiet since
+    assert daemon.ask_adj_rib_after >= later + RESYNC_QUIET - 0.05
+    daemon.ask_adj_rib_after = time.monotonic() - 1  # quiet since
     daemon._timers()
     assert commands.getvalue().splitlines() == ["show neighbor summary",
                                                 "show adj-rib in extensive"]

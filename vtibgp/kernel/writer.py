@@ -756,7 +756,7 @@ class KernelWriter:
             self._drop_objects(index)
             return True
 
-    def flushed(self, name: str) -> bool:
+    def note_device_gone(self, name: str) -> bool:
         """Device `name` went down or away, and the kernel deleted the nexthop objects on it
         with their routes: forget them. True if routes use nexthop objects."""
         with self._lock:

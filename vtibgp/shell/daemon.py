@@ -31,7 +31,7 @@ from typing import IO, Any, Protocol
 from vtibgp import __version__
 from vtibgp.config.schema import Config, ConfigError, load
 from vtibgp.control.server import ControlError, ControlServer
-from vtibgp.core.engine import Core, CoreSettings, PeerPolicy, TunnelChange, coalesce
+from vtibgp.core.engine import Core, CoreSettings, PeerSettings, TunnelChange, coalesce
 from vtibgp.core.model import (
     Announce,
     DeviceState,
@@ -133,7 +133,7 @@ class Writer(Protocol):
     def dump(self) -> list[KernelRoute]: ...
     def forget(self, name: str) -> None: ...
     def flush_device(self, name: str) -> bool: ...
-    def flushed(self, name: str) -> bool: ...
+    def note_device_gone(self, name: str) -> bool: ...
     def collect_garbage(self) -> int: ...
     def release_nexthops(self) -> int: ...
     def close(self) -> None: ...
@@ -160,7 +160,7 @@ class PrintWriter:
     def flush_device(self, name: str) -> bool:
         return False  # inline nexthops: the ops printed say what goes
 
-    def flushed(self, name: str) -> bool:
+    def note_device_gone(self, name: str) -> bool:
         return False
 
     def collect_garbage(self) -> int:
@@ -180,7 +180,7 @@ def core_settings(cfg: Config) -> CoreSettings:
         ecmp=cfg.ecmp,
         accept_unconfigured_peers=cfg.accept_unconfigured_peers,
         peers={
-            p.address: PeerPolicy(p.interface, p.preference, p.gateway, p.families)
+            p.address: PeerSettings(p.interface, p.preference, p.gateway, p.families)
             for p in cfg.peers
         },
         hold_down=cfg.hold_down,
@@ -282,7 +282,7 @@ class Daemon:
         # processed first by run()
         self.backlog: deque[tuple[str, float, object]] = deque()
         # when the loop asks ExaBGP for its adj-rib-in, if start-up left it (_ask_when_quiet)
-        self.resync_after: float | None = None
+        self.ask_adj_rib_after: float | None = None
         self.lines_seen: dict[LineKind, int] = {}  # this batch's input lines, by kind
         self.stale_answer_lines = 0
         # the resyncs asked and not yet answered to the end, oldest first (_resync)
@@ -293,7 +293,7 @@ class Daemon:
         self.grace_waited = False
         # when a max-prefix restart delay ends for a peer whose session came back inside it:
         # its refused prefixes are then taken from ExaBGP's adj-rib-in (see _peer_state)
-        self.resync_at: float | None = None
+        self.limit_resync_at: float | None = None
         self.stop_signal: int | None = None
         self.reload_requested = False
         self.api_version: str | None = None
@@ -439,7 +439,7 @@ class Daemon:
         line's arrival (the reader stamps it), so the kernel dump before this overlaps it.
         Everything else read meanwhile is kept, in order, for run(). Start-up waits for
         this at most START_WAIT: a long tail (ExaBGP's default api.chunk trickles for a
-        minute) is left to the loop (resync_after, see _text and _timers), so that updown
+        minute) is left to the loop (ask_adj_rib_after, see _text and _timers), so that updown
         requests and link events are not held up meanwhile."""
         limit = time.monotonic() + START_WAIT
         while True:
@@ -456,7 +456,7 @@ class Daemon:
             if kind == "eof":
                 return
         if time.monotonic() < deadline:
-            self.resync_after = deadline  # still arriving: the loop asks once it is over
+            self.ask_adj_rib_after = deadline  # still arriving: the loop asks once it is over
             return
         self._ask_now()
 
@@ -683,9 +683,9 @@ class Daemon:
 
     def _text(self, kind: LineKind, text: str) -> list[Event]:
         if not self.pending:
-            if self.resync_after is not None:
+            if self.ask_adj_rib_after is not None:
                 # the tail of an answer meant for the process before us: wait until it is over
-                self.resync_after = time.monotonic() + RESYNC_QUIET
+                self.ask_adj_rib_after = time.monotonic() + RESYNC_QUIET
                 self.stale_answer_lines += 1
                 return []
             if kind is LineKind.TEXT:
@@ -738,7 +738,7 @@ class Daemon:
                 log.warning("peer %s sent NOTIFICATION %d/%d %s", peer, ev.code, ev.subcode,
                             ev.message)
             case DeviceState(device=dev):
-                if not ev.usable and self.writer.flushed(dev):
+                if not ev.usable and self.writer.note_device_gone(dev):
                     # the kernel took the routes through it away with its nexthop objects
                     ops.extend(self.core.handle(KernelFlushed(dev)))
                 self.writer.forget(dev)
@@ -773,7 +773,8 @@ class Daemon:
             log.warning("peer %s: session up inside the max-prefix restart delay; its prefixes "
                         "are refused for %.0f s more, then taken from ExaBGP's adj-rib-in",
                         ev.peer, max(0.0, until - time.monotonic()))
-            self.resync_at = until if self.resync_at is None else min(self.resync_at, until)
+            at = self.limit_resync_at
+            self.limit_resync_at = until if at is None else min(at, until)
         if ev.state == "up":
             self._discovered.discard(ev.peer)  # a new session: look again
             if self.core.device_of(ev.peer) is None:
@@ -809,11 +810,11 @@ class Daemon:
     def _timers(self) -> None:
         now = time.monotonic()
         ops = self.core.handle(Tick(now))
-        if self.resync_after is not None and now >= self.resync_after:
-            self.resync_after = None
+        if self.ask_adj_rib_after is not None and now >= self.ask_adj_rib_after:
+            self.ask_adj_rib_after = None
             self._ask_now()
         if self.grace_deadline is not None and now >= self.grace_deadline and (
-                self.pending or self.resync_after is not None):
+                self.pending or self.ask_adj_rib_after is not None):
             # ExaBGP is still sending its adj-rib-in (100k paths can take a minute with its
             # default api.chunk): sweeping now would remove routes about to be confirmed
             if not self.grace_waited:
@@ -827,8 +828,8 @@ class Daemon:
                          self.cfg.grace_time)
             ops += self.core.handle(GraceExpired())
         self._apply(ops)
-        if self.resync_at is not None and now >= self.resync_at:
-            self.resync_at = None
+        if self.limit_resync_at is not None and now >= self.limit_resync_at:
+            self.limit_resync_at = None
             if self.commands is not None:
                 log.info("max-prefix restart delay over: asking ExaBGP for its adj-rib-in")
                 self._resync()
