@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kernel_model import flush_device
 
-from vtibgp.core.engine import Core, CoreSettings, PeerSettings, coalesce
+from vtibgp.core.engine import REPAIR_KINDS, Core, CoreSettings, PeerSettings, coalesce
 from vtibgp.core.model import (
     Announce,
     DeviceState,
@@ -724,6 +724,7 @@ def test_reconcile_repairs_missing_changed_and_stray() -> None:
     k.routes[stray.key] = stray
     ops, kinds = core.reconcile(k.routes.values())
     assert kinds == {"missing": 1, "changed": 1, "stray": 1}
+    assert set(kinds) <= set(REPAIR_KINDS)  # the metric's label values, created at start
     k.apply(ops)
     assert k.routes == installed(core)
 
@@ -741,6 +742,7 @@ def test_reconcile_retries_what_the_kernel_refused_for_a_transient_reason() -> N
     assert installed(core) == {}
     repairs, kinds = core.reconcile(k.routes.values())
     assert kinds == {"retried": 1}
+    assert set(kinds) <= set(REPAIR_KINDS)
     k.apply(repairs)
     assert k.routes == installed(core) == {ops[0].route.key: ops[0].route}
     assert core.reconcile(k.routes.values()) == ([], {})

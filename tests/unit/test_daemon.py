@@ -18,6 +18,7 @@ import pytest
 from kernel_model import flush_device
 
 from vtibgp.config.schema import load, parse
+from vtibgp.core.engine import REPAIR_KINDS
 from vtibgp.core.model import KernelRoute, NextHop, OpKind, OpResult, RouteOp
 from vtibgp.exabgp.parse import LineKind, parse_line
 from vtibgp.shell import metrics as m
@@ -198,6 +199,20 @@ def test_bad_lines_are_counted_and_change_nothing() -> None:
     run_daemon(junk, kernel)
     assert kernel.ops == []
     assert m.INPUT_LINES.labels("invalid")._value.get() - before >= 3
+
+
+def test_every_known_label_set_exists_from_the_start() -> None:
+    """rate() and absent() need each series before its first increment: the repair kinds the
+    core counts, the op results and the signals exist once the daemon has started."""
+    run_daemon([], MemoryKernel())
+    sample = m.REGISTRY.get_sample_value
+    for kind in REPAIR_KINDS:
+        assert sample("vtibgp_kernel_repairs_total", {"kind": kind}) is not None, kind
+    for result in m.OP_RESULTS:
+        assert sample("vtibgp_kernel_route_operations_total",
+                      {"op": "add", "result": result}) is not None, result
+    for sig in m.TUNNEL_SIGNALS:
+        assert sample("vtibgp_tunnel_signal_up", {"device": "vti01", "signal": sig}) == 1, sig
 
 
 def test_foreign_route_is_left_alone_and_counted() -> None:

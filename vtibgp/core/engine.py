@@ -62,6 +62,8 @@ INTERN_CACHE = 4096  # distinct shapes and nexthop sets shared between prefixes
 REJECT_SAMPLES = 100  # refused prefixes kept for the shell to log, per drain
 ATTRS_INTERN = 65536  # distinct attribute sets shared between prefixes
 ESRCH, ENOENT, EEXIST = 3, 2, 17
+# what `reconcile` counts, by kind (vtibgp_kernel_repairs_total's label values)
+REPAIR_KINDS = ("missing", "changed", "stray", "retried")
 _NO_PATHS: dict[Prefix, PathAttrs] = {}
 
 

@@ -31,7 +31,14 @@ from typing import IO, Any, Protocol
 from vtibgp import __version__
 from vtibgp.config.schema import Config, ConfigError, load
 from vtibgp.control.server import ControlError, ControlServer
-from vtibgp.core.engine import Core, CoreSettings, PeerSettings, TunnelChange, coalesce
+from vtibgp.core.engine import (
+    REPAIR_KINDS,
+    Core,
+    CoreSettings,
+    PeerSettings,
+    TunnelChange,
+    coalesce,
+)
 from vtibgp.core.model import (
     Announce,
     DeviceState,
@@ -870,7 +877,7 @@ class Daemon:
             m.TUNNEL_SINCE.labels(dev).set(now)
             usable = self.core.scope_usable(("device", dev))
             self.device_since.setdefault(dev, (now, "at start" if usable else "down at start"))
-            for role in ("best", "backup"):
+            for role in m.ROLES:
                 m.TUNNEL_ROUTES.labels(dev, role).set(0)
         for p in self.cfg.peers:
             m.PEER_UP.labels(p.address).set(0)
@@ -885,10 +892,10 @@ class Daemon:
         for line_kind in LineKind:
             m.INPUT_LINES.labels(line_kind.value).inc(0)
         for op in OpKind:
-            for result in ("ok", "conflict", "error"):
+            for result in m.OP_RESULTS:
                 m.ROUTE_OPS.labels(op.value, result).inc(0)
         m.PREFIXES_IGNORED.labels("unknown_peer").inc(0)
-        for repair in ("missing", "changed", "stray"):
+        for repair in REPAIR_KINDS:
             m.REPAIRS.labels(repair).inc(0)
 
     def _limit_gauges(self) -> None:
@@ -967,7 +974,7 @@ class Daemon:
         down = self.core.down.get(("device", device), {})
         m.TUNNEL_UP.labels(device, self.vpn_of.get(device, "")).set(
             1 if self.core.scope_usable(("device", device)) else 0)
-        for sig in ("link", "ipsec"):
+        for sig in m.TUNNEL_SIGNALS:
             m.TUNNEL_SIGNAL_UP.labels(device, sig).set(0 if sig in down else 1)
 
     def ipsec(self, body: dict[str, Any], ops: list[RouteOp]) -> dict[str, Any]:

@@ -17,6 +17,13 @@ log = logging.getLogger("vtibgp.shell.metrics")
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
+# The label values the shell sets (the core's and the parser's own sets, such as repair kinds
+# and refusal reasons, live beside the code that produces them). Every series with a known
+# label set is created at start from these, so that rate() sees the first increment.
+OP_RESULTS = ("ok", "conflict", "error")  # vtibgp_kernel_route_operations_total{result}
+ROLES = ("best", "backup")  # vtibgp_tunnel_routes, vtibgp_peer_routes, vtibgp_kernel_routes
+TUNNEL_SIGNALS = ("link", "ipsec")  # vtibgp_tunnel_signal_up{signal}
+
 BUILD = Info(
     "vtibgp_build", "vtibgp version and the ExaBGP JSON API version seen", registry=REGISTRY
 )
@@ -144,7 +151,7 @@ TUNNEL_ROUTES = Gauge(
 REPAIRS = Counter(
     "vtibgp_kernel_repairs_total",
     "Routes the periodic reconciliation found wrong in the kernel and repaired, by kind "
-    "(missing, changed, stray)",
+    "(missing, changed, stray, retried)",
     ["kind"], registry=REGISTRY,
 )
 RELOAD_OK = Gauge(
