@@ -714,7 +714,16 @@ def profile(n: int, nets: list[str], nexthop_objects: bool) -> None:
     import logging
 
     from vtibgp.config.schema import parse
-    from vtibgp.core.model import Announce, DeviceState, Event, IpsecState, OpKind, PathAttrs
+    from vtibgp.core.decision import Decision
+    from vtibgp.core.model import (
+        Announce,
+        DeviceState,
+        Event,
+        IpsecState,
+        OpKind,
+        PathAttrs,
+        Stopping,
+    )
     from vtibgp.kernel.writer import KernelWriter
     from vtibgp.shell import daemon as daemon_mod
 
@@ -748,16 +757,18 @@ def profile(n: int, nets: list[str], nexthop_objects: bool) -> None:
                 for rep in range(6):
                     split = rep % 2 == 1
                     d = daemon_mod.Daemon(cfg, writer, None)
-                    ops: list[Any] = []
+                    decided = Decision()
                     for peer, path in ((T1.aws_v4, (64512,)), (T2.aws_v4, (64512,) * 3)):
                         if resynced:  # one Announce (and PathAttrs) per prefix, as the
                             for p in nets:  # start-up resync from ExaBGP's adj-rib-in gives
                                 d._event(Announce(peer, "ipv4 unicast",
-                                                  PathAttrs(peer, as_path=path), (p,)), ops)
+                                                  PathAttrs(peer, as_path=path), (p,)),
+                                         decided)
                         else:  # one PathAttrs for the whole table, like a few big UPDATEs
                             d._event(Announce(peer, "ipv4 unicast",
-                                              PathAttrs(peer, as_path=path), tuple(nets)), ops)
-                    d._apply(ops)
+                                              PathAttrs(peer, as_path=path), tuple(nets)),
+                                     decided)
+                    d._perform(decided)
                     if admin:
                         topo.set_link("gw", T1.gw_dev, False)
                     handle = _Timed(d.core.handle)
@@ -766,7 +777,7 @@ def profile(n: int, nets: list[str], nexthop_objects: bool) -> None:
                     setattr(daemon_mod, "coalesce", coal)  # noqa: B010
                     if split:  # the alternatives, on the writer alone
                         ops = real_coalesce(d.core.handle(event or IpsecState(
-                            T1.gw_dev, (), False, "profile", time.monotonic())))
+                            T1.gw_dev, (), False, "profile", time.monotonic())).ops)
                         first = [op for op in ops if op.kind is not OpKind.DELETE]
                         t = time.perf_counter()
                         writer.apply(first)
@@ -790,7 +801,7 @@ def profile(n: int, nets: list[str], nexthop_objects: bool) -> None:
                                  "other": total - handle.total - coal.total - apply.total}
                     setattr(daemon_mod, "coalesce", real_coalesce)  # noqa: B010
                     del d.core.handle
-                    writer.apply(d.core.withdraw_all())
+                    writer.apply(d.core.handle(Stopping(withdraw=True)).ops)
                     if admin:
                         topo.set_link("gw", T1.gw_dev, True)
                     for k, v in times.items():

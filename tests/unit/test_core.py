@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kernel_model import flush_device
 
-from vtibgp.core.engine import REPAIR_KINDS, Core, CoreSettings, PeerSettings, coalesce
+from vtibgp.core.decision import Decision, HeldBack, TunnelChange
+from vtibgp.core.engine import REPAIR_KINDS, Core, coalesce
 from vtibgp.core.model import (
     Announce,
     DeviceState,
@@ -24,16 +25,21 @@ from vtibgp.core.model import (
     KernelRoutesFound,
     NextHop,
     OpKind,
+    OutsideLearned,
     PathAttrs,
     PeerDevice,
     PeerState,
+    Reconcile,
+    Reconfigure,
     ResyncDone,
     RouteFailed,
     RouteOp,
+    Stopping,
     Tick,
     Withdraw,
 )
-from vtibgp.core.policy import PolicySettings
+from vtibgp.core.policy import MaxPrefixSettings, PeerPolicySettings, PolicySettings
+from vtibgp.core.settings import CoreSettings, PeerSettings
 
 P1, P2, P3 = "169.254.10.1", "169.254.11.1", "169.254.12.1"
 V4 = "ipv4 unicast"
@@ -79,10 +85,25 @@ class Kernel:
 def feed(core: Core, kernel: Kernel, *events: Event) -> list[RouteOp]:
     out: list[RouteOp] = []
     for ev in events:
-        ops = core.handle(ev)
+        ops = core.handle(ev).ops
         kernel.apply(ops)
         out.extend(ops)
     return out
+
+
+def decide(core: Core, kernel: Kernel, *events: Event) -> Decision:
+    """The events' decisions, merged, with their ops applied to `kernel`."""
+    out = Decision()
+    for ev in events:
+        d = core.handle(ev)
+        kernel.apply(d.ops)
+        out.merge(d)
+    return out
+
+
+def reconcile(core: Core, kernel: Kernel) -> Decision:
+    """The periodic scan against what `kernel` holds (its ops not applied)."""
+    return core.handle(Reconcile(tuple(kernel.routes.values())))
 
 
 def installed(core: Core) -> dict[tuple[str, int], KernelRoute]:
@@ -289,7 +310,7 @@ def test_conflict_with_foreign_route_is_left_alone() -> None:
     core, k = make_core(), Kernel()
     ops = feed(core, k, ann(P1, "10.0.0.0/16"))
     del k.routes[ops[0].route.key]  # pretend the kernel refused it
-    assert core.handle(RouteFailed(ops[0], 17)) == []
+    assert core.handle(RouteFailed(ops[0], 17)) == Decision()
     assert core.stats["route_conflicts"] == 1 and installed(core) == {}
 
 
@@ -299,13 +320,15 @@ def test_replace_of_vanished_route_becomes_add() -> None:
     ops = feed(core, k, ann(P1, "10.0.0.0/16"), PeerDevice(P1, "x"))  # no-op, then nothing
     assert ops == []
     rep = RouteOp(OpKind.REPLACE, KernelRoute("10.0.0.0/16", 100, (NextHop("vti01"),)))
-    assert core.handle(RouteFailed(rep, 3)) == [RouteOp(OpKind.ADD, rep.route)]
+    assert core.handle(RouteFailed(rep, 3)).ops == [RouteOp(OpKind.ADD, rep.route)]
 
 
 def test_withdraw_all() -> None:
     core, k = make_core(), Kernel()
     feed(core, k, ann(P1, "10.0.0.0/16", "10.1.0.0/16"), ann(P2, "10.0.0.0/16"))
-    k.apply(core.withdraw_all())
+    assert core.handle(Stopping(withdraw=False)) == Decision()  # on_exit: retain
+    assert installed(core) == k.routes != {}
+    k.apply(core.handle(Stopping(withdraw=True)).ops)
     assert k.routes == {} and installed(core) == {}
 
 
@@ -426,7 +449,7 @@ def test_incremental_equals_from_scratch(
     expected = reference(core)
     assert installed(core) == expected
     assert {r.key: r for d in core.desired_all().values() for r in d.values()} == expected
-    kernel.apply(core.withdraw_all())
+    kernel.apply(core.handle(Stopping(withdraw=True)).ops)
     assert kernel.routes == {}
 
 
@@ -467,9 +490,9 @@ def step(core: Core, kernel: Kernel, ev: Event, kernel_flushes: bool) -> None:
         device = core.session_flush(ev.peer)  # type: ignore[union-attr]
     if kernel_flushes and device is not None:
         flush(kernel, device)
-        kernel.apply(core.handle(KernelFlushed(device)))
+        kernel.apply(core.handle(KernelFlushed(device)).ops)
         assert kernel.routes == installed(core)
-    ops = core.handle(ev)
+    ops = core.handle(ev).ops
     kernel.apply(ops)
     assert kernel.routes == installed(core)
     if kernel_flushes and session and device is not None:
@@ -527,7 +550,7 @@ def test_coalesced_ops_have_the_same_effect(evs: list[Event], cut: int) -> None:
     core = Core(CoreSettings(metric=100, max_paths=3, peers=pols))
     kernel = Kernel()
     for batch in (evs[:cut], evs[cut:]):
-        ops = [op for ev in batch for op in core.handle(ev)]
+        ops = [op for ev in batch for op in core.handle(ev).ops]
         folded = coalesce(ops)
         assert len({op.route.key for op in folded}) == len(folded)
         kernel.apply(folded)
@@ -585,15 +608,17 @@ def test_an_update_decides_as_its_prefixes_one_by_one(
         core.handle(KernelRoutesFound(tuple(leftovers)))
     whole, split = cores
     for ev in evs:
-        together = whole.handle(ev)
-        one_by_one = [op for e in one_prefix_at_a_time(ev) for op in split.handle(e)]
+        decided = whole.handle(ev)
+        together = decided.ops
+        parts = [split.handle(e) for e in one_prefix_at_a_time(ev)]
+        one_by_one = [op for d in parts for op in d.ops]
         if policy is None:
             assert together == one_by_one
         else:
             assert Counter(together) == Counter(one_by_one)
         assert installed(whole) == installed(split)
         assert whole.stale == split.stale
-        assert whole.rejected == split.rejected
+        assert decided.refused == sum((d.refused for d in parts), Counter())
     assert whole.handle(GraceExpired()) == split.handle(GraceExpired())
     assert installed(whole) == reference(whole)
 
@@ -617,13 +642,15 @@ def test_refused_reannouncement_withdraws_the_held_path() -> None:
     k = Kernel()
     feed(core, k, ann(P1, "10.0.0.0/16", "10.1.0.0/16"), ann(P2, "10.0.0.0/16", med=1))
     # P1 again, 10.1 and 10.0 now with a path too long: both refused, both withdrawn
-    ops = feed(core, k, ann(P1, "10.2.0.0/16", "10.1.0.0/16", "10.0.0.0/16", path=(1, 2)),
+    d = decide(core, k, ann(P1, "10.2.0.0/16", "10.1.0.0/16", "10.0.0.0/16", path=(1, 2)),
                ann(P1, "10.3.0.0/16"))
-    assert [(o.kind, o.route.prefix, o.route.metric) for o in ops] == [
+    assert [(o.kind, o.route.prefix, o.route.metric) for o in d.ops] == [
         (OpKind.DELETE, "10.1.0.0/16", 100),
         (OpKind.REPLACE, "10.0.0.0/16", 100), (OpKind.DELETE, "10.0.0.0/16", 101),
         (OpKind.ADD, "10.3.0.0/16", 100)]
-    assert core.rejected[(P1, "as_path_length")] == 3
+    assert d.refused == {(P1, "as_path_length"): 3}
+    assert [sample[1] for sample in d.refused_samples] == [
+        "10.2.0.0/16", "10.1.0.0/16", "10.0.0.0/16"]
     assert k.routes == installed(core) == reference(core)
 
 
@@ -676,19 +703,21 @@ def test_tunnel_down_keeps_paths_and_hold_down_damps_the_return() -> None:
                                                 P2: PeerSettings("vti02")}, hold_down=2.0))
     k = Kernel()
     feed(core, k, ann(P1, "10.0.0.0/16"), ann(P2, "10.0.0.0/16", med=1))
-    feed(core, k, IpsecState("vti01", (), up=False, reason="down-client", at=10.0))
+    d = decide(core, k, IpsecState("vti01", (), up=False, reason="down-client", at=10.0))
+    assert d.tunnels == [TunnelChange(("device", "vti01"), False, "ipsec: down-client")]
     assert list(k.routes.values()) == [KernelRoute("10.0.0.0/16", 100, (NextHop("vti02"),))]
     assert core.rib[P1]  # kept: a short outage returns without waiting for BGP
     assert feed(core, k, IpsecState("vti01", (), up=True, at=11.0)) == []  # held down
     assert feed(core, k, Tick(12.9)) == []
     # it flaps inside the hold-down: counted, and no route moves
-    assert feed(core, k, IpsecState("vti01", (), up=False, at=12.95)) == []
-    assert [c.flap for c in core.changes] == [False, True]
-    assert feed(core, k, IpsecState("vti01", (), up=True, at=13.0), Tick(14.9)) == []
-    ops = feed(core, k, Tick(15.0))
-    assert {(o.kind, o.route.metric) for o in ops} == {(OpKind.REPLACE, 100), (OpKind.ADD, 101)}
+    d = decide(core, k, IpsecState("vti01", (), up=False, at=12.95))
+    assert d.ops == [] and [(c.up, c.flap) for c in d.tunnels] == [(False, True)]
+    assert decide(core, k, IpsecState("vti01", (), up=True, at=13.0), Tick(14.9)) == Decision()
+    d = decide(core, k, Tick(15.0))
+    assert {(o.kind, o.route.metric) for o in d.ops} == {(OpKind.REPLACE, 100),
+                                                         (OpKind.ADD, 101)}
     assert k.routes[("10.0.0.0/16", 100)].nexthops == (NextHop("vti01"),)
-    assert core.changes[-1].up and core.changes[-1].reason == "hold-down passed"
+    assert d.tunnels == [TunnelChange(("device", "vti01"), True, "hold-down passed")]
 
 
 def test_every_signal_must_be_up() -> None:
@@ -717,15 +746,15 @@ def test_shared_device_peer_event_touches_only_that_peer() -> None:
 def test_reconcile_repairs_missing_changed_and_stray() -> None:
     core, k = make_core(), Kernel()
     feed(core, k, ann(P1, "10.0.0.0/16", "10.1.0.0/16"), ann(P2, "10.0.0.0/16", med=1))
-    assert core.reconcile(k.routes.values()) == ([], {})  # in agreement: nothing to do
+    assert reconcile(core, k) == Decision()  # in agreement: nothing to do
     del k.routes[("10.0.0.0/16", 101)]  # the kernel lost one
     k.routes[("10.1.0.0/16", 100)] = KernelRoute("10.1.0.0/16", 100, (NextHop("vti02"),))
     stray = KernelRoute("10.9.0.0/16", 100, (NextHop("vti01"),))
     k.routes[stray.key] = stray
-    ops, kinds = core.reconcile(k.routes.values())
-    assert kinds == {"missing": 1, "changed": 1, "stray": 1}
-    assert set(kinds) <= set(REPAIR_KINDS)  # the metric's label values, created at start
-    k.apply(ops)
+    d = reconcile(core, k)
+    assert d.repairs == {"missing": 1, "changed": 1, "stray": 1}
+    assert set(d.repairs) <= set(REPAIR_KINDS)  # the metric's label values, created at start
+    k.apply(d.ops)
     assert k.routes == installed(core)
 
 
@@ -736,35 +765,34 @@ def test_reconcile_retries_what_the_kernel_refused_for_a_transient_reason() -> N
     """ENOBUFS/ENOMEM or a link race: the route is wanted still, so the next scan adds it
     (the comparison is with what the RIB wants, not with what was believed installed)."""
     core, k = make_core(), Kernel()
-    ops = core.handle(ann(P1, "10.0.0.0/16"))
+    ops = core.handle(ann(P1, "10.0.0.0/16")).ops
     assert [o.kind for o in ops] == [OpKind.ADD]
-    assert core.handle(RouteFailed(ops[0], 105)) == []  # ENOBUFS: nothing in the kernel
+    assert core.handle(RouteFailed(ops[0], 105)) == Decision()  # ENOBUFS: nothing in kernel
     assert installed(core) == {}
-    repairs, kinds = core.reconcile(k.routes.values())
-    assert kinds == {"retried": 1}
-    assert set(kinds) <= set(REPAIR_KINDS)
-    k.apply(repairs)
+    d = reconcile(core, k)
+    assert d.repairs == {"retried": 1}
+    assert set(d.repairs) <= set(REPAIR_KINDS)
+    k.apply(d.ops)
     assert k.routes == installed(core) == {ops[0].route.key: ops[0].route}
-    assert core.reconcile(k.routes.values()) == ([], {})
+    assert reconcile(core, k) == Decision()
 
 
 def test_reconcile_retries_a_refused_replace_and_delete() -> None:
     core, k = make_core(), Kernel()
     feed(core, k, ann(P1, "10.0.0.0/16"), ann(P2, "10.0.0.0/16", med=1))
-    ops = core.handle(Withdraw(P1, V4, ("10.0.0.0/16",)))  # REPLACE 100 -> vti02, DELETE 101
+    ops = core.handle(Withdraw(P1, V4, ("10.0.0.0/16",))).ops  # REPLACE 100->vti02, DELETE 101
     for op in ops:
         core.handle(RouteFailed(op, 12))  # ENOMEM: the kernel still holds the old routes
-    repairs, _ = core.reconcile(k.routes.values())
-    k.apply(coalesce(repairs))
+    k.apply(coalesce(reconcile(core, k).ops))
     assert k.routes == installed(core) == {
         ("10.0.0.0/16", 100): KernelRoute("10.0.0.0/16", 100, (NextHop("vti02"),))}
 
 
 def test_reconcile_leaves_a_foreign_owners_route_alone() -> None:
     core, k = make_core(), Kernel()
-    ops = core.handle(ann(P1, "10.0.0.0/16"))
+    ops = core.handle(ann(P1, "10.0.0.0/16")).ops
     core.handle(RouteFailed(ops[0], 17))  # EEXIST: another owner holds prefix+metric
-    assert core.reconcile(k.routes.values()) == ([], {})
+    assert reconcile(core, k) == Decision()
 
 
 def test_reload_keeps_the_outside_endpoints_learned_from_updown() -> None:
@@ -773,18 +801,16 @@ def test_reload_keeps_the_outside_endpoints_learned_from_updown() -> None:
     settings = CoreSettings(peers={P1: PeerSettings("vti01")}, policy=PolicySettings())
     core, k = Core(settings), Kernel()
     feed(core, k, ann(P1, "10.0.0.0/16"))
-    core.learn_outside(P1, ["52.1.2.3"])
-    core.reconfigure(settings)
-    assert feed(core, k, ann(P1, "52.1.0.0/16")) == []
-    assert core.rejected[(P1, "loop")] == 1
+    feed(core, k, OutsideLearned(P1, ("52.1.2.3",)), Reconfigure(settings))
+    d = decide(core, k, ann(P1, "52.1.0.0/16"))
+    assert d.ops == [] and d.refused == {(P1, "loop"): 1}
     assert ("52.1.0.0/16", 100) not in k.routes
 
 
 def test_a_peer_removed_by_reload_leaves_nothing() -> None:
     core, k = make_core(), Kernel()
     feed(core, k, ann(P1, "10.0.0.0/16", "10.1.0.0/16"), ann(P2, "10.0.0.0/16", med=1))
-    ops = core.reconfigure(CoreSettings(peers={P2: PeerSettings("vti02")}, fallback=True))
-    k.apply(ops)
+    feed(core, k, Reconfigure(CoreSettings(peers={P2: PeerSettings("vti02")}, fallback=True)))
     assert P1 not in core.rib
     # 10.1/16 was P1's alone: no route, not even the fallback; 10.0/16 via P2 only
     assert k.routes == installed(core) == {
@@ -869,3 +895,63 @@ def test_addpath_best_of_a_peers_paths_competes_with_other_peers() -> None:
     feed(core, k, PeerState(P1, "up"), addpath(P1, 3, "10.0.0.0/16", med=7))
     feed(core, k, Withdraw(P1, V4, ("10.0.0.0/16",), path_id=1))  # from the old session: gone
     assert core.rib[P1]["10.0.0.0/16"].med == 7
+
+
+# ---------------------------------------------------------------- issue 13: one Decision out
+
+
+def test_max_prefix_teardown_is_decided_with_its_reset_and_hold_back() -> None:
+    """The core decides the session reset (Cease 1) and, when the session comes back inside
+    the restart delay, that it is held back until the delay ends: the shell only performs."""
+    limit = MaxPrefixSettings(limit=2, action="teardown", restart_delay=30.0)
+    core = Core(CoreSettings(peers={P1: PeerSettings("vti01")}, policy=PolicySettings(
+        peers={P1: PeerPolicySettings(max_prefix=limit)})))
+    k = Kernel()
+    feed(core, k, Tick(100.0))
+    d = decide(core, k, ann(P1, "10.0.0.0/16", "10.1.0.0/16", "10.2.0.0/16"))
+    assert [(lc.event, lc.limit, lc.held, lc.action) for lc in d.limits] == [
+        ("warn", 2, 1, "teardown"), ("teardown", 2, 2, "teardown")]
+    assert d.resets == [(P1, 1)]
+    assert d.refused == {(P1, "max_prefix"): 1}
+    feed(core, k, PeerState(P1, "down"))
+    d = decide(core, k, Tick(110.0), PeerState(P1, "up"))
+    assert d.held_back == [HeldBack(P1, 130.0)] and d.resets == []
+    assert decide(core, k, Tick(131.0), PeerState(P1, "down"),
+                  PeerState(P1, "up")).held_back == []  # the delay is over
+
+
+def test_an_outside_endpoint_that_is_no_address_is_refused_in_the_decision() -> None:
+    core = Core(CoreSettings(peers={P1: PeerSettings("vti01")}, policy=PolicySettings()))
+    k = Kernel()
+    feed(core, k, ann(P1, "52.1.0.0/16"))
+    d = decide(core, k, OutsideLearned(P1, ("not-an-address",)))
+    assert d.ops == [] and len(d.invalid) == 1 and "not-an-address" in d.invalid[0]
+    assert ("52.1.0.0/16", 100) in k.routes  # nothing held is lost
+    d = decide(core, k, OutsideLearned(P1, ("52.1.2.3",)))
+    assert d.invalid == [] and ("52.1.0.0/16", 100) not in k.routes  # a loop: it goes
+
+
+def test_sync_completion_is_decided_once_with_the_routes_swept() -> None:
+    core, k = make_core(), Kernel()
+    old = KernelRoute("10.9.0.0/16", 100, (NextHop("vti01"),))
+    kept = KernelRoute("10.0.0.0/16", 100, (NextHop("vti01"),))
+    for r in (old, kept):
+        k.routes[r.key] = r
+    assert decide(core, k, KernelRoutesFound((old, kept))).synced is None  # to confirm
+    assert decide(core, k, ann(P1, "10.0.0.0/16")).synced is None
+    d = decide(core, k, GraceExpired())
+    assert d.synced == 1 and list(k.routes) == [kept.key]
+    assert decide(core, k, GraceExpired()).synced is None  # once
+    fresh = make_core()
+    assert fresh.handle(KernelRoutesFound(())).synced == 0  # nothing of an earlier run
+
+
+def test_merged_decisions_keep_every_effect_in_order() -> None:
+    core, k = make_core(), Kernel()
+    feed(core, k, ann(P1, "10.0.0.0/16"), ann(P2, "10.0.0.0/16", med=1))
+    one = core.handle(DeviceState("vti01", False, "carrier lost"))
+    two = core.handle(DeviceState("vti02", False, "carrier lost"))
+    merged = Decision().merge(one).merge(two)
+    assert merged.ops == one.ops + two.ops
+    assert [c.scope for c in merged.tunnels] == [("device", "vti01"), ("device", "vti02")]
+    assert merged.effects() and not Decision(ops=one.ops).effects()

@@ -40,7 +40,7 @@ from hypothesis.stateful import (
 )
 from independent_model import V4, V6, Conf, Key, Model, PeerConf
 
-from vtibgp.core.engine import Core, CoreSettings, PeerSettings, coalesce
+from vtibgp.core.engine import Core, coalesce
 from vtibgp.core.model import (
     Announce,
     DeviceState,
@@ -53,9 +53,12 @@ from vtibgp.core.model import (
     KernelRoutesFound,
     NextHop,
     OpKind,
+    OutsideLearned,
     PathAttrs,
     PeerDevice,
     PeerState,
+    Reconcile,
+    Reconfigure,
     ResyncDone,
     RouteFailed,
     RouteOp,
@@ -63,6 +66,7 @@ from vtibgp.core.model import (
     Withdraw,
 )
 from vtibgp.core.policy import PolicySettings
+from vtibgp.core.settings import CoreSettings, PeerSettings
 
 ENOBUFS, ENOMEM, EEXIST, ESRCH = 105, 12, 17, 3
 
@@ -191,7 +195,7 @@ class Harness:
                 if err and not (err == ESRCH and op.kind is OpKind.DELETE):
                     failed.append((op, err))
             inject = False  # (the core's answers to the refusals are not refused)
-            ops = [o for op, e in failed for o in self.core.handle(RouteFailed(op, e))]
+            ops = [o for op, e in failed for o in self.core.handle(RouteFailed(op, e)).ops]
 
     def _watch(self, op: RouteOp) -> None:
         """(f): an op on a live adopted route, before the sync."""
@@ -210,7 +214,7 @@ class Harness:
                     self.model.adopted[key] = after
                 else:
                     self.model.adopted.pop(key, None)
-            self.apply(self.core.handle(KernelFlushed(device)))
+            self.apply(self.core.handle(KernelFlushed(device)).ops)
 
     def event(self, ev: Event) -> None:
         m = self.model
@@ -222,7 +226,7 @@ class Harness:
             dev = self.core.session_flush(ev.peer)
             if dev is not None:
                 self.flush(dev)
-        ops = self.core.handle(ev)
+        ops = self.core.handle(ev).ops
         match ev:  # the model learns the event before the ops are judged (f)
             case Announce():
                 m.announce(ev.peer, ev.prefixes, ev.attrs, ev.path_id)
@@ -258,13 +262,13 @@ class Harness:
         self.event(KernelRoutesFound(routes))
 
     def learn_outside(self, peer: str, addresses: tuple[str, ...]) -> None:
-        ops = self.core.learn_outside(peer, addresses)
+        ops = self.core.handle(OutsideLearned(peer, addresses)).ops
         self.model.learn_outside(peer, addresses)
         self.apply(ops)
         self._settle()
 
     def reconfigure(self, conf: Conf) -> None:
-        ops = self.core.reconfigure(core_settings(conf))
+        ops = self.core.handle(Reconfigure(core_settings(conf))).ops
         self.model.reconfigure(conf)
         self.apply(ops)
         self._settle()
@@ -272,7 +276,7 @@ class Harness:
     def reconcile(self) -> None:
         if not self.core.synced:
             return  # the daemon scans only once synced
-        ops, _ = self.core.reconcile(list(self.kernel.ours.values()))
+        ops = self.core.handle(Reconcile(tuple(self.kernel.ours.values()))).ops
         self.apply(ops, inject=False)
         self.tainted.clear()
         self.reconciled = True

@@ -15,7 +15,7 @@ from vtibgp.core.model import Family, PathAttrs
 from vtibgp.core.policy import (
     MARTIANS,
     REASONS,
-    Decision,
+    Admission,
     Martian,
     MaxPrefix,
     MaxPrefixSettings,
@@ -663,7 +663,7 @@ def test_max_prefix_warns_once_then_stop_refuses_new_prefixes() -> None:
     assert count == 10
     assert log == ["a"] * 7 + ["a:warn", "a", "a", "r:limit", "r"]
     # re-announcements of held prefixes and withdrawals still apply
-    assert mp.admit(10, False) == Decision(True)
+    assert mp.admit(10, False) == Admission(True)
     count, log = run(mp, "-+" + "+", count)  # room for one after a withdrawal
     assert (count, log) == (10, ["a", "r"])  # no repeat of the limit event
 
@@ -689,13 +689,13 @@ def test_max_prefix_teardown_then_restart_delay_and_reset() -> None:
     mp = MaxPrefix(MaxPrefixSettings(limit=3, action="teardown", restart_delay=30))
     assert mp.warn_count == 3  # 0.8 * 3 = 2.4, rounded up
     assert [mp.admit(n, True, now=100.0) for n in range(4)] == [
-        Decision(True), Decision(True), Decision(True, "warn"), Decision(False, "teardown")]
-    assert mp.admit(3, True, now=100.5) == Decision(False)  # no second teardown
-    assert mp.admit(3, False, now=100.5) == Decision(True)
+        Admission(True), Admission(True), Admission(True, "warn"), Admission(False, "teardown")]
+    assert mp.admit(3, True, now=100.5) == Admission(False)  # no second teardown
+    assert mp.admit(3, False, now=100.5) == Admission(True)
     assert mp.suppressed(129.9) and not mp.suppressed(130.0)
     mp.reset()  # the session went down
-    assert mp.admit(0, True, now=120.0) == Decision(False)  # still inside the delay
-    assert mp.admit(0, True, now=130.0) == Decision(True)
+    assert mp.admit(0, True, now=120.0) == Admission(False)  # still inside the delay
+    assert mp.admit(0, True, now=130.0) == Admission(True)
     assert [mp.admit(n, True, now=131.0).event for n in range(1, 4)] == [
         None, "warn", "teardown"]
 
@@ -720,17 +720,17 @@ def test_max_prefix_events_fire_once_per_crossing(limit: int, warn_at: float, ac
             armed_warn = armed_limit = True
         d = mp.admit(count, s == "+")
         if s == "=":
-            assert d == Decision(True)
+            assert d == Admission(True)
             continue
         if count + 1 > limit:
             assert d.accept == (action == "warn")
             assert d.event == ("limit" if armed_limit else None)
             armed_limit = armed_warn = False
         elif count + 1 >= mp.warn_count and armed_warn:
-            assert d == Decision(True, "warn")
+            assert d == Admission(True, "warn")
             armed_warn = False
         else:
-            assert d == Decision(True)
+            assert d == Admission(True)
         if d.accept:
             count += 1
         if action == "stop":

@@ -1,8 +1,10 @@
 """The decision core: Adj-RIB-In per peer, best path per prefix, kernel routes out.
 
-Pure and I/O-free: `Core.handle(event)` updates the state and returns the kernel route
-operations that bring the kernel from what the core believes is installed to what it wants.
-The shell applies them and reports refusals back as `RouteFailed` events.
+Pure and I/O-free: `Core.handle(event)` is the one way in. It updates the state and returns
+one `Decision`: the kernel route operations that bring the kernel from what the core
+believes is installed to what it wants, and every other effect (tunnel changes, refusals,
+max-prefix events, session resets, repairs, the sync completing). The shell performs them
+and reports the kernel's refusals back as `RouteFailed` events. Time comes in events (`Tick`).
 
 Path order, best first (documented in README "How the best path is chosen"):
   1. usable: the peer's tunnel device is known and usable
@@ -22,10 +24,10 @@ from __future__ import annotations
 import ipaddress
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from itertools import repeat
 from operator import attrgetter
 
+from vtibgp.core.decision import Decision, HeldBack, LimitCrossed, Scope, TunnelChange
 from vtibgp.core.model import (
     Announce,
     DeviceState,
@@ -41,75 +43,43 @@ from vtibgp.core.model import (
     NextHop,
     NotificationReceived,
     OpKind,
+    OutsideLearned,
     PathAttrs,
     PeerAddr,
     PeerDevice,
     PeerState,
     Prefix,
+    Reconcile,
+    Reconfigure,
     ResyncDone,
     RouteFailed,
     RouteOp,
+    Stopping,
     Tick,
     Withdraw,
     kernel_route,
     route_op,
 )
-from vtibgp.core.policy import MaxPrefix, Policy, PolicySettings
+from vtibgp.core.policy import MaxPrefix, MaxPrefixEvent, Policy, PolicySettings
+from vtibgp.core.settings import CoreSettings, PeerSettings
 
 DEFAULT_LOCAL_PREF = 100
 SHAPE_CACHE = 4096  # distinct (family, candidate paths) combinations remembered
 INTERN_CACHE = 4096  # distinct shapes and nexthop sets shared between prefixes
-REJECT_SAMPLES = 100  # refused prefixes kept for the shell to log, per drain
+REJECT_SAMPLES = 100  # refused prefixes kept for the shell to log, per event
 ATTRS_INTERN = 65536  # distinct attribute sets shared between prefixes
 ESRCH, ENOENT, EEXIST = 3, 2, 17
+CEASE_MAX_PREFIX = 1  # Cease subcode: maximum number of prefixes reached (RFC 4486)
 # what `reconcile` counts, by kind (vtibgp_kernel_repairs_total's label values)
 REPAIR_KINDS = ("missing", "changed", "stray", "retried")
 _NO_PATHS: dict[Prefix, PathAttrs] = {}
 
 
-@dataclass(frozen=True, slots=True)
-class PeerSettings:
-    """What the core needs to know of a peer: its device (None = not known yet), its
-    preference, whether routes go via its next-hop as an onlink gateway, and the families whose
-    End-of-RIB complete its initial sync."""
-
-    device: str | None = None
-    preference: int = 100
-    gateway: bool = False
-    families: tuple[Family, ...] = ("ipv4 unicast",)
-
-
-@dataclass(frozen=True, slots=True)
-class CoreSettings:
-    metric: int = 100
-    max_paths: int = 4
-    ecmp: bool = False
-    peers: Mapping[PeerAddr, PeerSettings] = field(default_factory=dict)
-    accept_unconfigured_peers: bool = False
-    hold_down: float = 0.0  # seconds a tunnel must stay up before routes return to it
-    policy: PolicySettings | None = None  # import policy; None: accept everything
-    # a route without nexthop behind every prefix held (tunnel.fallback): when every tunnel
-    # of a prefix is down its traffic is refused rather than sent along a less specific route
-    fallback: bool = False
-
-
-Scope = tuple[str, str]  # ("device", name) or ("peer", address): what a tunnel signal is about
 # The routes of one prefix, as (metric, nexthops) pairs: the kernel routes without the prefix.
 # What the core installs for a prefix depends on it only through its family, so prefixes with
 # the same candidate paths share one shape object (and one nexthops tuple per route).
 Shape = tuple[tuple[int, tuple[NextHop, ...]], ...]
 Steps = list[tuple[OpKind, int, tuple[NextHop, ...]]]  # route ops of one prefix, without it
-
-
-@dataclass(frozen=True, slots=True)
-class TunnelChange:
-    """A tunnel (device, or one peer's tunnel on a shared device) became usable or not; a flap
-    is a down that came while the tunnel was still in its hold-down."""
-
-    scope: Scope
-    up: bool
-    reason: str
-    flap: bool = False
 
 
 class Installed(Mapping[Prefix, dict[int, KernelRoute]]):
@@ -158,7 +128,6 @@ class Core:
         # but are held down until the time given (flap damping).
         self.down: dict[Scope, dict[str, str]] = {}
         self.holding: dict[Scope, float] = {}
-        self.changes: list[TunnelChange] = []  # drained by the shell (logs, metrics)
         self.sessions: dict[PeerAddr, str] = {}
         # What we believe the kernel holds: per prefix, its routes in metric order (read
         # through `installed`). Most prefixes share their shape with many others.
@@ -185,11 +154,8 @@ class Core:
         self.now = 0.0  # the shell's monotonic clock, from the last Tick
         self._attrs: dict[PathAttrs, PathAttrs] = {}
         self._set_policy(settings.policy)
-        # Drained by the shell: refusals by (peer, reason), a few samples to log, and
-        # max-prefix events (warn, limit, teardown) per peer.
-        self.rejected: Counter[tuple[PeerAddr, str]] = Counter()
-        self.rejected_samples: list[tuple[PeerAddr, Prefix, str]] = []
-        self.limit_events: list[tuple[PeerAddr, str]] = []
+        # what the event being handled decided besides its route ops (returned by handle)
+        self._out = Decision()
         self._shapes: dict[tuple[object, ...], tuple[tuple[PathAttrs, ...], Shape]] = {}
         # One object per distinct shape and nexthops value, so that comparing what is
         # installed with what is wanted is mostly an identity test.
@@ -237,6 +203,27 @@ class Core:
             if other != peer and self.device_of(other) == dev:
                 return None
         return dev
+
+    def session(self, peer: PeerAddr) -> str | None:
+        """The peer's session state as its last state message told it, None if none came."""
+        return self.sessions.get(peer)
+
+    def path_count(self, peer: PeerAddr) -> int:
+        """Prefixes held from `peer` (after policy)."""
+        return len(self.rib.get(peer, ()))
+
+    def prefix_limit(self, peer: PeerAddr) -> int:
+        """The peer's max-prefix limit, 0 if it has none."""
+        limit = self.max_prefix.get(peer)
+        return limit.settings.limit if limit is not None else 0
+
+    def signals_down(self, scope: Scope) -> list[str]:
+        """The tunnel signals (link, ipsec, bgp…) that say `scope` is down, sorted."""
+        return sorted(self.down.get(scope, ()))
+
+    def held_down(self, scope: Scope) -> bool:
+        """Whether `scope` came up and waits out its hold-down."""
+        return scope in self.holding
 
     @property
     def installed(self) -> Installed:
@@ -383,7 +370,9 @@ class Core:
 
     # ---------------------------------------------------------------- events
 
-    def handle(self, event: Event) -> list[RouteOp]:
+    def handle(self, event: Event) -> Decision:
+        """The one way in: `event` changes the state; the result is everything decided."""
+        out = self._out = Decision()
         ops = self._handle(event)
         if self._lost and not isinstance(event, KernelFlushed):
             # the event behind the kernel's flush is in: what the flush took away that is
@@ -391,7 +380,8 @@ class Core:
             # elsewhere) goes back now rather than at the sweep
             lost, self._lost = self._lost, set()
             ops += self._recompute(sorted(lost))
-        return ops
+        out.ops = ops
+        return out
 
     def _handle(self, event: Event) -> list[RouteOp]:
         match event:
@@ -445,17 +435,33 @@ class Core:
                 return self._sweep()
             case RouteFailed():
                 return self._failed(event)
+            case Reconcile():
+                return self._reconcile(event.kernel)
+            case Reconfigure():
+                return self._reconfigure(event.settings)
+            case OutsideLearned():
+                return self._learn_outside(event.peer, event.addresses)
+            case Stopping():
+                return self._withdraw_all() if event.withdraw else []
             case NotificationReceived() | ExabgpShutdown():
                 return []
         raise TypeError(f"not an event: {event!r}")  # pragma: no cover
 
-    def learn_outside(self, peer: PeerAddr, addresses: Iterable[str]) -> list[RouteOp]:
+    def _learn_outside(self, peer: PeerAddr, found: tuple[str, ...]) -> list[RouteOp]:
         """The IPsec daemon told us the tunnel's outside endpoint (PLUTO_PEER): from now on
         no prefix covering it may go into that tunnel; held ones that do are dropped. Kept
-        across reloads (`reconfigure`)."""
-        found = tuple(addresses)
+        across reloads (`Reconfigure`). An endpoint that is not an address is refused."""
+        if self.import_policy is None:
+            self.outside[peer] = found
+            return []
+        try:
+            changed = self.import_policy.set_outside(peer, found)
+        except ValueError:
+            self._out.invalid.append(f"outside endpoint {', '.join(found)!r} of peer {peer}: "
+                                     "not an address")
+            return []
         self.outside[peer] = found
-        if self.import_policy is None or not self.import_policy.set_outside(peer, found):
+        if not changed:
             return []
         paths = self.rib.get(peer, {})
         gone = []
@@ -467,7 +473,7 @@ class Core:
                 gone.append(prefix)
         return self._recompute(gone)
 
-    def reconfigure(self, settings: CoreSettings) -> list[RouteOp]:
+    def _reconfigure(self, settings: CoreSettings) -> list[RouteOp]:
         """New settings (a config reload): every held path is judged again under them, and
         what a peer no longer configured held is forgotten."""
         self.settings = settings
@@ -500,20 +506,20 @@ class Core:
         prefixes.update(p for paths in self.rib.values() for p in paths)
         return self._recompute(prefixes)
 
-    def reconcile(self, kernel: Iterable[KernelRoute]) -> tuple[list[RouteOp], Counter[str]]:
+    def _reconcile(self, kernel: Iterable[KernelRoute]) -> list[RouteOp]:
         """Compare what the kernel holds of ours with what the RIB wants (like BIRD's periodic
         scan, which compares with its table): routes the kernel lost are added back
         ("missing"), changed ones replaced ("changed"), ones we do not hold removed
         ("stray"), and what the kernel refused earlier for a transient reason (ENOBUFS,
         ENOMEM, a link race) is tried again ("retried"). A route refused because another
         owner holds its place (EEXIST) is not retried here: it is never overwritten, and is
-        tried again when its prefix next changes. Returns the repairs and their count by
-        kind."""
+        tried again when its prefix next changes. The repairs' count by kind goes into the
+        Decision."""
         seen = {r.key: r for r in kernel}
         # an EEXIST whose place the dump shows as ours was our own route, not another owner's
         self.conflicts.difference_update(seen)
         ops: list[RouteOp] = []
-        kinds: Counter[str] = Counter()
+        kinds = self._out.repairs
         for route in self.routes():
             found = seen.pop(route.key, None)
             if found is None:
@@ -526,7 +532,7 @@ class Core:
             ops.append(RouteOp(OpKind.DELETE, route))
             kinds["stray"] += 1
         if not self.synced:
-            return ops, kinds  # adopted routes are judged at the sweep
+            return ops  # adopted routes are judged at the sweep
         prefixes = {p for paths in self.rib.values() for p in paths}
         self.conflicts = {key for key in self.conflicts if key[0] in prefixes}
         prefixes.update(self._inst)
@@ -545,9 +551,9 @@ class Core:
         if retry:
             kinds["retried"] += len(retry)
             ops = coalesce(ops + retry)
-        return ops, kinds
+        return ops
 
-    def withdraw_all(self) -> list[RouteOp]:
+    def _withdraw_all(self) -> list[RouteOp]:
         """Every route we hold, as deletes (for `on_exit: withdraw`)."""
         ops = [RouteOp(OpKind.DELETE, r) for r in self.routes()]
         self._inst.clear()
@@ -623,10 +629,10 @@ class Core:
         # a max-prefix limit, or ADD-PATH (the peer's best path of each prefix competes)
         for prefix in accepted:
             if limit is not None:
-                decision = limit.admit(len(paths), prefix not in paths, self.now)
-                if decision.event is not None:
-                    self.limit_events.append((ev.peer, decision.event))
-                if not decision.accept:
+                admission = limit.admit(len(paths), prefix not in paths, self.now)
+                if admission.event is not None:
+                    self._limit_crossed(ev.peer, admission.event, limit, len(paths))
+                if not admission.accept:
                     self._refuse(ev.peer, prefix, "max_prefix")
                     continue
             self._store_path(ev.peer, paths, prefix, attrs, pid)
@@ -634,9 +640,17 @@ class Core:
         return self._recompute(touched)
 
     def _refuse(self, peer: PeerAddr, prefix: Prefix, reason: str) -> None:
-        self.rejected[(peer, reason)] += 1
-        if len(self.rejected_samples) < REJECT_SAMPLES:
-            self.rejected_samples.append((peer, prefix, reason))
+        out = self._out
+        out.refused[(peer, reason)] += 1
+        if len(out.refused_samples) < REJECT_SAMPLES:
+            out.refused_samples.append((peer, prefix, reason))
+
+    def _limit_crossed(self, peer: PeerAddr, event: MaxPrefixEvent, limit: MaxPrefix,
+                       held: int) -> None:
+        s = limit.settings
+        self._out.limits.append(LimitCrossed(peer, event, s.limit, held, s.action))
+        if event == "teardown":
+            self._out.resets.append((peer, CEASE_MAX_PREFIX))
 
     def _withdraw(self, ev: Withdraw) -> list[RouteOp]:
         paths = self.rib.get(ev.peer)
@@ -688,6 +702,12 @@ class Core:
         self.sessions[ev.peer] = ev.state
         if ev.state == "connected":
             return []
+        limit = self.max_prefix.get(ev.peer)
+        if ev.state == "up" and limit is not None and limit.suppressed(self.now):
+            # ExaBGP cannot be told to keep a session down, and reconnects at once: resetting
+            # each time would only make a storm of Ceases. The session stays; what it sends
+            # is refused until the delay is over, then read again from ExaBGP's adj-rib-in.
+            self._out.held_back.append(HeldBack(ev.peer, limit.suppressed_until or self.now))
         # down: ExaBGP sends no withdraws, so the peer's paths go now. up: a new session
         # re-sends everything, so anything still held from before is stale.
         self.eor_seen.pop(ev.peer, None)
@@ -734,7 +754,7 @@ class Core:
         if before != after:
             self._invalidate()
         if before != after or flap:
-            self.changes.append(TunnelChange(scope, after, f"{signal}: {reason}", flap))
+            self._out.tunnels.append(TunnelChange(scope, after, f"{signal}: {reason}", flap))
         if before == after:
             return []
         touched = self._affected(scope)
@@ -802,7 +822,7 @@ class Core:
         for scope in [sc for sc, until in self.holding.items() if until <= now]:
             del self.holding[scope]
             self._invalidate()
-            self.changes.append(TunnelChange(scope, True, "hold-down passed"))
+            self._out.tunnels.append(TunnelChange(scope, True, "hold-down passed"))
             ops += self._recompute(self._affected(scope))
         return ops
 
@@ -960,6 +980,8 @@ class Core:
         touched = set(found)
         if self.stale:
             self.synced = False
+        elif self.synced:
+            self._out.synced = 0  # nothing of an earlier run to confirm
         # A path may already be held (events before the dump), or a route goes into a tunnel
         # already known down: decide those prefixes now.
         dead = self._adopted_dead() if self.down or self.holding else set()
@@ -992,6 +1014,7 @@ class Core:
                 del inst[prefix]
         self.stale.clear()
         self.stats["stale_routes_swept"] += len(ops)
+        self._out.synced = len(ops)
         deferred, self.deferred = self.deferred, set()
         return ops + self._recompute(sorted({prefix for prefix, _ in deferred}))
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+
+if TYPE_CHECKING:  # (settings imports the policy, which imports this module)
+    from vtibgp.core.settings import CoreSettings
 
 Prefix = str
 PeerAddr = str
@@ -167,6 +170,39 @@ class RouteFailed:
     errno: int
 
 
+@dataclass(frozen=True, slots=True)
+class Reconfigure:
+    """New settings (a config reload): every held path is judged again under them, and what
+    a peer no longer configured held is forgotten."""
+
+    settings: CoreSettings
+
+
+@dataclass(frozen=True, slots=True)
+class OutsideLearned:
+    """The IPsec daemon told the tunnel's outside endpoint of `peer` (PLUTO_PEER): no prefix
+    covering it may go into that tunnel. Kept across reloads."""
+
+    peer: PeerAddr
+    addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Reconcile:
+    """The periodic scan: what the kernel holds of ours now (a dump), to compare with what
+    the core believes and wants."""
+
+    kernel: tuple[KernelRoute, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Stopping:
+    """vtibgp is exiting: `withdraw` (on_exit: withdraw) takes every route of ours out;
+    otherwise they stay in the kernel for the next run to adopt."""
+
+    withdraw: bool
+
+
 Event = (
     PeerState
     | Announce
@@ -183,6 +219,10 @@ Event = (
     | ResyncDone
     | GraceExpired
     | RouteFailed
+    | Reconfigure
+    | OutsideLearned
+    | Reconcile
+    | Stopping
 )
 
 

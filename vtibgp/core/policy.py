@@ -596,13 +596,13 @@ def _inside_any(net: int, plen: int, width: int, nets: list[tuple[int, int]]) ->
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class Admission:
     accept: bool
     event: MaxPrefixEvent | None = None
 
 
-_ACCEPT = Decision(True)
-_REFUSE = Decision(False)
+_ACCEPT = Admission(True)
+_REFUSE = Admission(False)
 
 
 class MaxPrefix:
@@ -628,7 +628,7 @@ class MaxPrefix:
         self.torn_down = False
         self.suppressed_until: float | None = None
 
-    def admit(self, count_held: int, is_new: bool, now: float = 0.0) -> Decision:
+    def admit(self, count_held: int, is_new: bool, now: float = 0.0) -> Admission:
         if not is_new:
             return _ACCEPT
         if self.torn_down or self.suppressed(now):
@@ -641,15 +641,15 @@ class MaxPrefix:
             first = not self.limited
             self.limited = self.warned = True
             if s.action == "warn":
-                return Decision(True, "limit") if first else _ACCEPT
+                return Admission(True, "limit") if first else _ACCEPT
             if s.action == "stop":
-                return Decision(False, "limit") if first else _REFUSE
+                return Admission(False, "limit") if first else _REFUSE
             self.torn_down = True
             self.suppressed_until = now + s.restart_delay
-            return Decision(False, "teardown")
+            return Admission(False, "teardown")
         if count >= self.warn_count and not self.warned:
             self.warned = True
-            return Decision(True, "warn")
+            return Admission(True, "warn")
         return _ACCEPT
 
     def suppressed(self, now: float) -> bool:
@@ -665,7 +665,7 @@ class MaxPrefix:
 __all__ = [
     "MARTIANS",
     "REASONS",
-    "Decision",
+    "Admission",
     "Martian",
     "MaxPrefix",
     "MaxPrefixSettings",

@@ -17,7 +17,6 @@ import os
 import queue
 import re
 import signal
-import socket
 import sys
 import threading
 import time
@@ -31,14 +30,9 @@ from typing import IO, Any, Protocol
 from vtibgp import __version__
 from vtibgp.config.schema import Config, ConfigError, load
 from vtibgp.control.server import ControlError, ControlServer
-from vtibgp.core.engine import (
-    REPAIR_KINDS,
-    Core,
-    CoreSettings,
-    PeerSettings,
-    TunnelChange,
-    coalesce,
-)
+from vtibgp.core import view
+from vtibgp.core.decision import Decision, TunnelChange
+from vtibgp.core.engine import REPAIR_KINDS, Core, coalesce
 from vtibgp.core.model import (
     Announce,
     DeviceState,
@@ -50,20 +44,23 @@ from vtibgp.core.model import (
     KernelFlushed,
     KernelRoute,
     KernelRoutesFound,
-    NextHop,
     NotificationReceived,
     OpKind,
     OpResult,
-    PathAttrs,
+    OutsideLearned,
     PeerDevice,
     PeerState,
+    Reconcile,
+    Reconfigure,
     ResyncDone,
     RouteFailed,
     RouteOp,
+    Stopping,
     Tick,
     Withdraw,
 )
 from vtibgp.core.policy import REASONS as POLICY_REASONS
+from vtibgp.core.settings import CoreSettings, PeerSettings
 from vtibgp.exabgp.parse import REASONS as INPUT_REASONS
 from vtibgp.exabgp.parse import AdjRibReader, LineKind, answer_line, parse_line
 from vtibgp.shell import metrics as m
@@ -352,6 +349,11 @@ class Daemon:
         t.start()
         return t
 
+    def start_state(self, ev: DeviceState) -> None:
+        """A tunnel device's state as the link monitor found it before the loop runs."""
+        log.warning("device %s is %s at start", ev.device, ev.reason)
+        self._perform(self.core.handle(ev))
+
     def post(self, event: Event) -> None:
         """Thread-safe: hand an event from another thread (link monitor) to the loop."""
         self.queue.put(("event", time.monotonic(), event))
@@ -398,7 +400,7 @@ class Daemon:
             new = dataclasses.replace(new, **{k: getattr(self.cfg, k) for k in fixed})
         old, self.cfg = self.cfg, new
         self._known_peers = {p.address for p in new.peers}
-        self._apply(self.core.reconfigure(core_settings(new)))
+        self._perform(self.core.handle(Reconfigure(core_settings(new))))
         self._limit_gauges()
         m.RELOAD_OK.set(1)
         m.RELOAD_TIME.set(time.time())
@@ -435,7 +437,7 @@ class Daemon:
                      "peers have re-sent their routes (grace %gs)", len(found), self.cfg.grace_time)
         if resync and self.commands is not None:
             self._ask_when_quiet(t0 + RESYNC_QUIET)
-        self._apply(self.core.handle(KernelRoutesFound(tuple(found))))
+        self._perform(self.core.handle(KernelRoutesFound(tuple(found))))
         self.grace_deadline = time.monotonic() + self.cfg.grace_time
 
     def _ask_when_quiet(self, deadline: float) -> None:
@@ -535,7 +537,7 @@ class Daemon:
         established = rs.established
         for ann in anns:
             if (ann.peer not in established or ann.peer in rs.moved
-                    or self.core.sessions.get(ann.peer) == "down"):
+                    or self.core.session(ann.peer) == "down"):
                 # ExaBGP may still hold what a session that is down (or went down since the
                 # summary) had sent, and a session that came back re-sends its routes: these
                 # must not come back. (A live line flushes the run first, so this is as of
@@ -549,7 +551,7 @@ class Daemon:
         """The summary's session states, for the peers nothing live has told us about."""
         now = time.time()
         for peer, (state, up) in rs.sessions.items():
-            if peer in rs.moved or peer in self.core.sessions:
+            if peer in rs.moved or self.core.session(peer) is not None:
                 continue  # a state message is newer
             named = SUMMARY_STATES[state]
             self.summary_sessions[peer] = named
@@ -619,50 +621,51 @@ class Daemon:
                 gc.enable()
 
     def _batch(self, batch: list[tuple[str, float, object]]) -> bool:
-        ops: list[RouteOp] = []
+        d = Decision()
         oldest_update: float | None = None
         eof = False
         applied = False
         for kind, t, payload in batch:
-            if len(ops) >= APPLY_AT:
+            if len(d.ops) >= APPLY_AT:
                 # a full table arriving: apply what is decided so far (sooner in the kernel,
                 # and the ops of the whole backlog are never held at once)
-                self._apply(ops)
-                ops = []
+                self._perform(d)
+                d = Decision()
                 applied = True
             if kind == "line":
                 assert isinstance(payload, bytes)
-                is_update = self._line(payload, t, ops)
+                is_update = self._line(payload, t, d)
                 if is_update and oldest_update is None:
                     oldest_update = t
             elif kind == "request":
                 assert isinstance(payload, _Request)
-                payload.answer = self._answer(payload.body, ops)
+                payload.answer = self._answer(payload.body, d)
                 payload.done.set()
                 # what the request set in motion is decided once its caller has the answer
                 while self.after_answer:
-                    ops += self.core.handle(self.after_answer.popleft())
+                    d.merge(self.core.handle(self.after_answer.popleft()))
             elif kind == "event":
                 assert not isinstance(payload, bytes | None)
-                self._event(payload, ops)  # type: ignore[arg-type]
+                self._event(payload, d)  # type: ignore[arg-type]
             else:
                 eof = True
         for line_kind, n in self.lines_seen.items():
             _child(m.INPUT_LINES, line_kind.value).inc(n)
         self.lines_seen.clear()
-        self._apply(ops)
-        if oldest_update is not None and (ops or applied):
+        decided = bool(d.ops)
+        self._perform(d)
+        if oldest_update is not None and (decided or applied):
             m.UPDATE_LATENCY.observe(time.monotonic() - oldest_update)
         return eof
 
-    def _line(self, raw: bytes, t: float, ops: list[RouteOp]) -> bool:
+    def _line(self, raw: bytes, t: float, d: Decision) -> bool:
         seen = self.lines_seen  # counted into INPUT_LINES once per batch (see _batch)
         if self.pending:  # an answer to a command (the resync's 100,000s of lines) is text
             answer = answer_line(raw)
             if answer is not None:
                 seen[answer[0]] = seen.get(answer[0], 0) + 1
                 for ev in self._text(*answer):
-                    self._event(ev, ops, replay=True)
+                    self._event(ev, d, replay=True)
                 return False
         parsed = parse_line(raw)
         seen[parsed.kind] = seen.get(parsed.kind, 0) + 1
@@ -676,13 +679,13 @@ class Daemon:
                         _excerpt(raw))
         if parsed.kind in (LineKind.ACK, LineKind.TEXT):
             for ev in self._text(parsed.kind, parsed.text or ""):
-                self._event(ev, ops, replay=True)
+                self._event(ev, d, replay=True)
             return False
         for rs in self.resyncs:  # the adj-rib-in paths read so far come first
             for ev in self._taken(rs, rs.reader.flush()):
-                self._event(ev, ops, replay=True)
+                self._event(ev, d, replay=True)
         for ev in parsed.events:
-            self._event(ev, ops)
+            self._event(ev, d)
         if parsed.kind is LineKind.UPDATE:
             m.LAST_UPDATE.set(time.time())
             return True
@@ -704,7 +707,7 @@ class Daemon:
             return head.on_end(text == "done")
         return head.on_line(text)
 
-    def _event(self, ev: Event, ops: list[RouteOp], replay: bool = False) -> None:
+    def _event(self, ev: Event, d: Decision, replay: bool = False) -> None:
         """One event into the core. `replay`: it comes from an answer of ExaBGP's (the
         adj-rib-in read at start or after a reload), not from the peer: not counted as
         received again."""
@@ -733,10 +736,10 @@ class Daemon:
                     log.info("peer %s session down (%s): ExaBGP is stopping; keeping its "
                              "routes (on_exit: retain)", ev.peer, ev.reason)
                     return
-                self._peer_state(ev, ops)
+                self._peer_state(ev, d)
                 if ev.state == "down":
                     dev = self.core.session_flush(ev.peer)
-                    if dev is not None and self._flush_device(dev, ops):
+                    if dev is not None and self._flush_device(dev, d):
                         log.info("peer %s session down: routes through %s taken out with its "
                                  "nexthop objects", ev.peer, dev)
             case EndOfRib(peer=peer):
@@ -747,7 +750,7 @@ class Daemon:
             case DeviceState(device=dev):
                 if not ev.usable and self.writer.note_device_gone(dev):
                     # the kernel took the routes through it away with its nexthop objects
-                    ops.extend(self.core.handle(KernelFlushed(dev)))
+                    d.merge(self.core.handle(KernelFlushed(dev)))
                 self.writer.forget(dev)
                 self.device_since[dev] = (time.time(), ev.reason)
                 log.info("device %s %s (%s)", dev, "usable" if ev.usable else "unusable",
@@ -755,53 +758,42 @@ class Daemon:
             case _:
                 pass
         if isinstance(ev, Announce) and self.core.device_of(ev.peer) is None:
-            self._discover(ev.peer, None, ops)
-        ops.extend(self.core.handle(ev))
+            self._discover(ev.peer, None, d)
+        d.merge(self.core.handle(ev))
         if isinstance(ev, PeerState | Announce | Withdraw) and ev.peer in self._known_peers:
-            _child(m.PEER_PATHS, ev.peer).set(len(self.core.rib.get(ev.peer, ())))
+            _child(m.PEER_PATHS, ev.peer).set(self.core.path_count(ev.peer))
 
-    def _peer_state(self, ev: PeerState, ops: list[RouteOp]) -> None:
+    def _peer_state(self, ev: PeerState, d: Decision) -> None:
         known = ev.peer in self._known_peers
         level = logging.INFO if ev.state != "connected" else logging.DEBUG
         log.log(level, "peer %s session %s%s", ev.peer, ev.state,
                 f" ({ev.reason})" if ev.reason else "")
         now = time.time()
-        if self.core.sessions.get(ev.peer) != ev.state or ev.peer not in self.peer_since:
+        if self.core.session(ev.peer) != ev.state or ev.peer not in self.peer_since:
             self.peer_since[ev.peer] = now
         if known:
             m.PEER_UP.labels(ev.peer).set(1 if ev.state == "up" else 0)
             m.PEER_STATE_SINCE.labels(ev.peer).set(self.peer_since[ev.peer])
-        limit = self.core.max_prefix.get(ev.peer)
-        if ev.state == "up" and limit is not None and limit.suppressed(time.monotonic()):
-            # ExaBGP cannot be told to keep a session down, and reconnects at once: resetting
-            # each time would only make a storm of Ceases. The session stays; what it sends is
-            # refused until the delay is over, then read again from ExaBGP's adj-rib-in.
-            until = limit.suppressed_until or 0.0
-            log.warning("peer %s: session up inside the max-prefix restart delay; its prefixes "
-                        "are refused for %.0f s more, then taken from ExaBGP's adj-rib-in",
-                        ev.peer, max(0.0, until - time.monotonic()))
-            at = self.limit_resync_at
-            self.limit_resync_at = until if at is None else min(at, until)
         if ev.state == "up":
             self._discovered.discard(ev.peer)  # a new session: look again
             if self.core.device_of(ev.peer) is None:
-                self._discover(ev.peer, ev.local, ops)
+                self._discover(ev.peer, ev.local, d)
 
-    def _flush_device(self, dev: str, ops: list[RouteOp]) -> bool:
+    def _flush_device(self, dev: str, d: Decision) -> bool:
         """Take every route through `dev` out in one kernel step (deleting its nexthop
         objects) and tell the core, whose next decisions start from there. The ops decided
         so far go to the kernel first: none of them may land after the flush. False if it
         could not be done (inline nexthops, or the kernel refused): the core's ops then
         remove the routes one by one."""
-        if ops:
-            self._apply(ops)
-            ops.clear()
+        if d.ops:
+            ops, d.ops = d.ops, []
+            d.merge(self._apply(ops))
         if not self.writer.flush_device(dev):
             return False
-        ops.extend(self.core.handle(KernelFlushed(dev)))
+        d.merge(self.core.handle(KernelFlushed(dev)))
         return True
 
-    def _discover(self, peer: str, local: str | None, ops: list[RouteOp]) -> None:
+    def _discover(self, peer: str, local: str | None, d: Decision) -> None:
         """Find the device of a peer configured without `interface` (once per session)."""
         if self.discover is None or peer in self._discovered or not self.core.known(peer):
             return
@@ -812,11 +804,11 @@ class Daemon:
                         "peer; its routes are ignored until one does", peer, local)
         else:
             log.info("peer %s: discovered device %s", peer, dev)
-        ops.extend(self.core.handle(PeerDevice(peer, dev)))
+        d.merge(self.core.handle(PeerDevice(peer, dev)))
 
     def _timers(self) -> None:
         now = time.monotonic()
-        ops = self.core.handle(Tick(now))
+        d = self.core.handle(Tick(now))
         if self.ask_adj_rib_after is not None and now >= self.ask_adj_rib_after:
             self.ask_adj_rib_after = None
             self._ask_now()
@@ -833,8 +825,8 @@ class Daemon:
             if not self.core.synced:
                 log.info("start: grace timer (%gs) ran out; removing unconfirmed routes",
                          self.cfg.grace_time)
-            ops += self.core.handle(GraceExpired())
-        self._apply(ops)
+            d.merge(self.core.handle(GraceExpired()))
+        self._perform(d)
         if self.limit_resync_at is not None and now >= self.limit_resync_at:
             self.limit_resync_at = None
             if self.commands is not None:
@@ -857,13 +849,7 @@ class Daemon:
         """Periodic scan: repair what the kernel lost or someone else changed."""
         if not self.core.synced:
             return  # start-up adoption is still sorting the kernel out
-        ops, kinds = self.core.reconcile(self.writer.dump())
-        if ops:
-            for kind, n in kinds.items():
-                m.REPAIRS.labels(kind).inc(n)
-            log.warning("reconcile: repairing %s", ", ".join(f"{n} {k}" for k, n in
-                                                             sorted(kinds.items())))
-            self._apply(ops)
+        self._perform(self.core.handle(Reconcile(tuple(self.writer.dump()))))
         gone = self.writer.collect_garbage()
         if gone:
             log.info("reconcile: removed %d nexthop objects no route uses any more", gone)
@@ -900,18 +886,15 @@ class Daemon:
 
     def _limit_gauges(self) -> None:
         for p in self.cfg.peers:
-            mp = self.core.max_prefix.get(p.address)
-            m.PEER_MAX_PREFIXES.labels(p.address).set(mp.settings.limit if mp else 0)
+            m.PEER_MAX_PREFIXES.labels(p.address).set(self.core.prefix_limit(p.address))
 
-    def _policy_outcomes(self) -> None:
-        """Count refusals by peer and reason, log each (peer, prefix, reason) once, and act
-        on max-prefix thresholds."""
-        for (peer, reason), n in self.core.rejected.items():
+    def _refusals(self, d: Decision) -> None:
+        """Count refusals by peer and reason, and log each (peer, prefix, reason) once."""
+        for (peer, reason), n in d.refused.items():
             m.PREFIXES_REJECTED.labels(peer, reason).inc(n)
-        total = sum(self.core.rejected.values())
-        self.core.rejected.clear()
+        total = sum(d.refused.values())
         logged = 0
-        for peer, prefix, reason in self.core.rejected_samples:
+        for peer, prefix, reason in d.refused_samples:
             key = (peer, prefix, reason)
             if key in self._logged_rejections:
                 continue
@@ -920,35 +903,34 @@ class Daemon:
             self._logged_rejections.add(key)
             log.warning("peer %s: refused %s (%s)", peer, prefix, reason)
             logged += 1
-        self.core.rejected_samples.clear()
         if total > logged and logged:
             log.warning("… and %d more refusals in this batch (see "
                         "vtibgp_prefixes_rejected_total)", total - logged)
-        events, self.core.limit_events = self.core.limit_events, []
-        for peer, event in events:
-            m.MAX_PREFIX_EVENTS.labels(peer, event).inc()
-            limit = self.core.max_prefix[peer].settings.limit
-            held = len(self.core.rib.get(peer, ()))
-            if event == "warn":
-                log.warning("peer %s: %d prefixes, near its limit of %d", peer, held, limit)
-            elif event == "limit":
-                log.error("peer %s: prefix limit %d reached; %s", peer, limit,
-                          "refusing new prefixes" if self.core.max_prefix[peer].settings.action
-                          == "stop" else "warning only")
+
+    def _limits(self, d: Decision) -> None:
+        """Count and log max-prefix thresholds crossed, and when the peers a restart delay
+        holds back are read again from ExaBGP's adj-rib-in."""
+        for lc in d.limits:
+            m.MAX_PREFIX_EVENTS.labels(lc.peer, lc.event).inc()
+            if lc.event == "warn":
+                log.warning("peer %s: %d prefixes, near its limit of %d", lc.peer, lc.held,
+                            lc.limit)
+            elif lc.event == "limit":
+                log.error("peer %s: prefix limit %d reached; %s", lc.peer, lc.limit,
+                          "refusing new prefixes" if lc.action == "stop" else "warning only")
             else:
                 log.error("peer %s: prefix limit %d exceeded: resetting the session (Cease 1, "
-                          "maximum number of prefixes reached)", peer, limit)
-                self._send(f"neighbor {peer} teardown 1")
+                          "maximum number of prefixes reached)", lc.peer, lc.limit)
+        for hb in d.held_back:
+            log.warning("peer %s: session up inside the max-prefix restart delay; its prefixes "
+                        "are refused for %.0f s more, then taken from ExaBGP's adj-rib-in",
+                        hb.peer, max(0.0, hb.until - time.monotonic()))
+            at = self.limit_resync_at
+            self.limit_resync_at = hb.until if at is None else min(at, hb.until)
 
     def _send(self, command: str) -> None:
         if self.commands is not None:
             self._command(command, lambda t: [], lambda ok: [])
-
-    def _tunnel_changes(self) -> None:
-        """Log and count what the core's tunnel state did."""
-        changes, self.core.changes = self.core.changes, []
-        for ch in changes:
-            self._tunnel_change(ch)
 
     def _tunnel_change(self, ch: TunnelChange) -> None:
         kind, name = ch.scope
@@ -971,13 +953,13 @@ class Daemon:
         self._tunnel_gauges(name)
 
     def _tunnel_gauges(self, device: str) -> None:
-        down = self.core.down.get(("device", device), {})
+        down = self.core.signals_down(("device", device))
         m.TUNNEL_UP.labels(device, self.vpn_of.get(device, "")).set(
             1 if self.core.scope_usable(("device", device)) else 0)
         for sig in m.TUNNEL_SIGNALS:
             m.TUNNEL_SIGNAL_UP.labels(device, sig).set(0 if sig in down else 1)
 
-    def ipsec(self, body: dict[str, Any], ops: list[RouteOp]) -> dict[str, Any]:
+    def ipsec(self, body: dict[str, Any], d: Decision) -> dict[str, Any]:
         """An updown notification: map the connection to its device or peers, and tell the
         core. Keyed on the connection name (PLUTO_UNIQUEID changes on rekey)."""
         state, conn = body.get("state"), body.get("connection")
@@ -1004,17 +986,13 @@ class Daemon:
             if ev.device and not ev.up:
                 # at once, before anything else: the backups through the other tunnel carry
                 # the traffic from then on
-                self._flush_device(ev.device, ops)
+                self._flush_device(ev.device, d)
             self.after_answer.append(ev)  # decided after the caller is answered (_process)
         outside = body.get("outside")
         if state == "up" and isinstance(outside, str):
             # the loop guard learns the tunnel's public endpoint from the IPsec daemon
             for peer in self._peers_of(events):
-                try:
-                    ops += self.core.learn_outside(peer, [outside])
-                except ValueError:
-                    log.warning("%s: outside endpoint %r is not an address", reason, outside)
-                    break
+                d.merge(self.core.handle(OutsideLearned(peer, (outside,))))
         if state == "down":
             self._teardown(entries, events)
         return {"ok": True, "applied": len(events)}
@@ -1037,7 +1015,7 @@ class Daemon:
 
     # ------------------------------------------------------------------ control requests
 
-    def _answer(self, body: dict[str, Any], ops: list[RouteOp]) -> dict[str, Any]:
+    def _answer(self, body: dict[str, Any], d: Decision) -> dict[str, Any]:
         cmd = body.get("cmd")
         if cmd == "status":
             return self.status()
@@ -1045,66 +1023,47 @@ class Daemon:
             prefix = body.get("prefix")
             return self.route_table(prefix if isinstance(prefix, str) else None)
         if cmd == "tunnel":
-            return self.ipsec(body, ops)
+            return self.ipsec(body, d)
         return {"error": f"unknown command {cmd!r}; known: status, routes, tunnel"}
 
-    def _roles(self) -> dict[NextHop, list[int]]:
-        """For every nexthop in use: [best routes, backup routes] through it."""
-        return self.core.hop_roles(self.cfg.metric)
-
-    def _per_device(self, roles: dict[NextHop, list[int]]) -> dict[str, list[int]]:
-        """[best, backup] routes per tunnel device, every device we route into included."""
-        per_dev: dict[str, list[int]] = {d: [0, 0] for d in self.vpn_of}
-        for hop, (best, backup) in roles.items():
-            tot = per_dev.setdefault(hop.device, [0, 0])
-            tot[0] += best
-            tot[1] += backup
-        return per_dev
-
     def status(self) -> dict[str, Any]:
-        roles = self._roles()
-        by_device = self._per_device(roles)
-        counts = self._peer_counts(roles)
+        counts = view.route_counts(self.core, self.vpn_of)
         peers = []
         addresses = [p.address for p in self.cfg.peers]
-        addresses += sorted((set(self.core.sessions) | set(self.summary_sessions))
+        addresses += sorted((view.peers_seen(self.core) | set(self.summary_sessions))
                             - set(addresses))
         for addr in addresses:
             pc = self.cfg.peer(addr)
-            dev = self.core.device_of(addr)
-            best, backup = counts.get(addr, (0, 0))
+            core_view = view.peer_view(self.core, addr)
+            best, backup = counts.per_peer.get(addr, (0, 0))
             peers.append({
                 "peer": addr,
                 "description": pc.description if pc else "",
                 "configured": pc is not None,
+                **core_view,
                 # a state message is newer than what the resync's summary said
-                "state": self.core.sessions.get(addr) or self.summary_sessions.get(addr, "idle"),
+                "state": core_view["state"] or self.summary_sessions.get(addr, "idle"),
                 "since": self.peer_since.get(addr),
-                "device": dev,
-                "device_usable": self.core.usable(addr) if dev else False,
-                "paths": len(self.core.rib.get(addr, ())),
                 "best": best,
                 "backup": backup,
             })
         devices = []
-        names = {d for a in addresses if (d := self.core.device_of(a))} | set(by_device)
+        names = {p["device"] for p in peers if p["device"]} | set(counts.per_device)
         for name in sorted(names):
             since: float | None = None
             reason = ""
             if name in self.device_since:
                 since, reason = self.device_since[name]
+            best, backup = counts.per_device.get(name, (0, 0))
             devices.append({
                 "device": name,
-                "usable": name not in self.core.unusable_devices,
-                "down": sorted(self.core.down.get(("device", name), {})),
-                "holding": ("device", name) in self.core.holding,
+                **view.device_view(self.core, name),
                 "flaps": self.flaps.get(name, 0),
                 "reason": reason,
                 "since": since,
-                "best": by_device.get(name, [0, 0])[0],
-                "backup": by_device.get(name, [0, 0])[1],
+                "best": best,
+                "backup": backup,
             })
-        best_total = sum(b for b, _ in by_device.values())
         return {
             "version": __version__,
             "exabgp_api": self.api_version,
@@ -1113,110 +1072,50 @@ class Daemon:
             "protocol": self.cfg.protocol,
             "peers": peers,
             "devices": devices,
-            "routes": {"prefixes": len(self.core.installed), "best": best_total,
+            "routes": {"prefixes": len(self.core.installed), "best": counts.best,
                        "total": self.core.route_count()},
         }
 
     def route_table(self, prefix: str | None) -> dict[str, Any]:
-        if prefix is not None:
-            prefixes = [prefix]
-        else:
-            prefixes = sorted({p for paths in self.core.rib.values() for p in paths}
-                              | set(self.core.installed), key=_prefix_order)
-        out = []
-        for pfx in prefixes:
-            installed = self.core.installed.get(pfx, {})
-            best_first = self.core.ranked(pfx)
-            ranked = {peer: i for i, (peer, _) in enumerate(best_first)}
-            metric_of = self._route_owners(installed, best_first)
-            paths = []
-            for peer, rib in self.core.rib.items():
-                attrs = rib.get(pfx)
-                if attrs is None:
-                    continue
-                metric = metric_of.get(peer)
-                role = ("best" if metric == self.cfg.metric else
-                        "backup" if metric is not None else
-                        "unusable" if peer not in ranked else "not installed")
-                paths.append({
-                    "peer": peer, "device": self.core.device_of(peer), "rank": ranked.get(peer),
-                    "role": role, "metric": metric, "next_hop": attrs.next_hop,
-                    "as_path": list(attrs.as_path), "as_set": list(attrs.as_set),
-                    "origin": attrs.origin, "med": attrs.med, "local_pref": attrs.local_pref,
-                })
-            paths.sort(key=lambda p: (p["rank"] is None, p["rank"] or 0, p["peer"]))
-            routes = [{"metric": mtr, "nexthops": [[h.device, h.gateway] for h in r.nexthops],
-                       "stale": (pfx, mtr) in self.core.stale}
-                      for mtr, r in sorted(installed.items())]
-            out.append({"prefix": pfx, "paths": paths, "kernel": routes})
-        return {"prefixes": out}
-
-    def _route_owners(self, routes: dict[int, KernelRoute],
-                      ranked: list[tuple[str, PathAttrs]]) -> dict[str, int]:
-        """Which installed route of a prefix is whose: {peer: metric}. A usable path's route
-        goes through its peer's device, via its BGP next-hop or peer address when it has a
-        gateway. Several peers on one device can share a nexthop (no gateway, or the same
-        next-hop): each nexthop of a route then belongs to one path, taken best first, so the
-        backup is not shown at the best route's metric."""
-        owners: dict[str, int] = {}
-        claimed: set[tuple[int, NextHop]] = set()
-        order = sorted(routes.items())
-        for peer, attrs in ranked:
-            dev = self.core.device_of(peer)
-            for metric, route in order:
-                hop = next((h for h in route.nexthops if h.device == dev
-                            and (h.gateway is None or h.gateway in (attrs.next_hop, peer))
-                            and (metric, h) not in claimed), None)
-                if hop is not None:
-                    claimed.add((metric, hop))
-                    owners[peer] = metric
-                    break
-        return owners
-
-    def _peer_counts(self, roles: dict[NextHop, list[int]]) -> dict[str, tuple[int, int]]:
-        """[best, backup] routes per peer. From the per-nexthop counts where each nexthop in
-        use can be only one peer's (its device has one peer with paths, or its gateway is
-        the next-hop or address of one of them); otherwise (peers sharing a device without
-        gateways, or announcing one next-hop) prefix by prefix, by rank."""
-        on_device: dict[str, list[str]] = {}
-        for peer, paths in self.core.rib.items():
-            dev = self.core.device_of(peer)
-            if paths and dev is not None:
-                on_device.setdefault(dev, []).append(peer)
-        gateways: dict[str, set[str]] = {}  # of the peers on a shared device, when asked
-
-        def gateways_of(peer: str) -> set[str]:
-            if peer not in gateways:
-                gateways[peer] = {peer, *map(_NEXT_HOP, self.core.rib[peer].values())}
-            return gateways[peer]
-
-        counts: dict[str, list[int]] = {}
-        for hop, (best, backup) in roles.items():
-            owners = on_device.get(hop.device, [])
-            if len(owners) > 1:
-                gw = hop.gateway
-                owners = [p for p in owners if gw is None or gw in gateways_of(p)]
-            if len(owners) > 1:
-                return self._peer_counts_by_prefix()
-            if owners:  # (none: a route of an earlier run that nothing confirms)
-                tot = counts.setdefault(owners[0], [0, 0])
-                tot[0] += best
-                tot[1] += backup
-        return {peer: (b, k) for peer, (b, k) in counts.items()}
-
-    def _peer_counts_by_prefix(self) -> dict[str, tuple[int, int]]:
-        counts: dict[str, list[int]] = {}
-        installed = self.core.installed
-        for pfx in installed:
-            for peer, metric in self._route_owners(installed[pfx],
-                                                   self.core.ranked(pfx)).items():
-                counts.setdefault(peer, [0, 0])[0 if metric == self.cfg.metric else 1] += 1
-        return {peer: (b, k) for peer, (b, k) in counts.items()}
+        return {"prefixes": view.route_table(self.core, prefix)}
 
     # ------------------------------------------------------------------ kernel
 
-    def _apply(self, ops: list[RouteOp]) -> None:
-        """Apply ops; feed refusals back to the core (which may answer with more ops)."""
+    def _perform(self, d: Decision) -> None:
+        """Carry out a decision: its route ops into the kernel, then its other effects."""
+        later = self._apply(d.ops)
+        d.ops = []
+        self._report(d)
+        if later.effects():
+            self._report(later)
+
+    def _report(self, d: Decision) -> None:
+        """The effects of a decision besides its route ops: logs, metrics, commands."""
+        if d.synced is not None and not self._sync_reported:
+            self._sync_reported = True
+            m.STALE_SWEPT.inc(d.synced)
+            m.SYNCED.set(1)
+            log.info("start: sync complete; %d unconfirmed routes removed", d.synced)
+        for ch in d.tunnels:
+            self._tunnel_change(ch)
+        if d.refused:
+            self._refusals(d)
+        if d.limits or d.held_back:
+            self._limits(d)
+        for peer, subcode in d.resets:
+            self._send(f"neighbor {peer} teardown {subcode}")
+        if d.repairs:
+            for kind, n in d.repairs.items():
+                m.REPAIRS.labels(kind).inc(n)
+            log.warning("reconcile: repaired %s", ", ".join(f"{n} {k}" for k, n in
+                                                            sorted(d.repairs.items())))
+        for why in d.invalid:
+            log.warning("%s", why)
+
+    def _apply(self, ops: list[RouteOp]) -> Decision:
+        """Apply ops; feed refusals back to the core, whose ops for them are applied too.
+        Returns the other effects of those refusals' decisions."""
+        later = Decision()
         # One op per key; within a batch, traffic moves first (adds and replaces), then the
         # deletes of routes nothing uses any more.
         ops = coalesce(ops)
@@ -1246,31 +1145,23 @@ class Daemon:
                                 "leaving it alone", name, op.route.prefix, op.route.metric)
                 else:
                     log.error("kernel: %s failed: %s", op, os.strerror(e))
-                ops.extend(self.core.handle(RouteFailed(op, e)))
-        if self.core.synced and not self._sync_reported:
-            self._sync_reported = True
-            swept = self.core.stats["stale_routes_swept"]
-            m.STALE_SWEPT.inc(swept)
-            m.SYNCED.set(1)
-            log.info("start: sync complete; %d unconfirmed routes removed", swept)
-        if self.core.changes:
-            self._tunnel_changes()
-        if self.core.rejected or self.core.limit_events:
-            self._policy_outcomes()
+                answer = self.core.handle(RouteFailed(op, e))
+                ops.extend(answer.ops)
+                answer.ops = []
+                later.merge(answer)
+        return later
 
     def _route_gauges(self) -> None:
         """Route counts by role, per device and per peer (at most once a second: it walks
         every route)."""
-        per_hop = self._roles()
-        per_dev = self._per_device(per_hop)
-        for dev, (best, backup) in per_dev.items():
+        counts = view.route_counts(self.core, self.vpn_of)
+        for dev, (best, backup) in counts.per_device.items():
             m.TUNNEL_ROUTES.labels(dev, "best").set(best)
             m.TUNNEL_ROUTES.labels(dev, "backup").set(backup)
-        m.ROUTES_INSTALLED.labels("best").set(sum(b for b, _ in per_dev.values()))
-        m.ROUTES_INSTALLED.labels("backup").set(sum(k for _, k in per_dev.values()))
-        counts = self._peer_counts(per_hop)
+        m.ROUTES_INSTALLED.labels("best").set(counts.best)
+        m.ROUTES_INSTALLED.labels("backup").set(counts.backup)
         for p in self.cfg.peers:
-            best, backup = counts.get(p.address, (0, 0))
+            best, backup = counts.per_peer.get(p.address, (0, 0))
             m.PEER_ROUTES.labels(p.address, "best").set(best)
             m.PEER_ROUTES.labels(p.address, "backup").set(backup)
 
@@ -1278,7 +1169,7 @@ class Daemon:
 
     def _exit(self) -> None:
         if self.cfg.on_exit == "withdraw":
-            ops = self.core.withdraw_all()
+            ops = self.core.handle(Stopping(withdraw=True)).ops
             log.info("exit: removing our %d routes (on_exit: withdraw)", len(ops))
             res = self.writer.apply(ops)
             if not res.failed:
@@ -1299,16 +1190,6 @@ def _widen_pipe(fd: int) -> None:
             fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
     except OSError as e:
         log.debug("stdin: pipe size left as it is (%s)", e)
-
-
-def _prefix_order(prefix: str) -> tuple[int, bytes, int]:
-    addr, _, plen = prefix.partition("/")
-    v6 = ":" in addr
-    try:
-        packed = socket.inet_pton(socket.AF_INET6 if v6 else socket.AF_INET, addr)
-    except OSError:
-        packed = addr.encode()
-    return (6 if v6 else 4, packed, int(plen) if plen.isdigit() else 0)
 
 
 def _excerpt(raw: bytes, limit: int = 120) -> str:
@@ -1362,8 +1243,7 @@ def run(cfg: Config, *, dry_run: bool, stdin: IO[bytes] | None = None) -> int:
                           on_error=lambda name: m.KERNEL_ERRORS.labels(name).inc())
     devices = {p.interface for p in cfg.peers if p.interface}
     for ev in monitor.start(devices):
-        daemon.core.handle(ev)
-        log.warning("device %s is %s at start", ev.device, ev.reason)
+        daemon.start_state(ev)
     daemon.start_reader(src)  # (lines queue up, stamped, while start-up reads the kernel)
     daemon.startup(resync=cfg.resync)
     try:
