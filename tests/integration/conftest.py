@@ -24,6 +24,7 @@ from types import FrameType
 from typing import Any
 
 import pytest
+from lab_support import default_exabgp42
 
 from vtibgp.lab import parts as harness
 
@@ -168,7 +169,7 @@ def exabgp_binary(request: pytest.FixtureRequest) -> str:
     """Parametrises a test over ExaBGP 5.0 and 4.2 (skipped when no 4.2 is installed)."""
     if request.param == "5.0":
         return exabgp50()
-    path = harness.default_exabgp42()
+    path = default_exabgp42()
     if path is None:
         msg = (
             "ExaBGP 4.2 not found (set VTIBGP_EXABGP42, or create .venv42 / /tmp/venv42 "

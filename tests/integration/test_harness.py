@@ -9,19 +9,18 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from lab_support import Recorder, as_path, route_dsts
+
 from vtibgp.core.model import Announce, PeerState, Withdraw
 from vtibgp.exabgp.parse import LineKind, parse_line
 from vtibgp.lab.parts import (
     TUNNELS,
     BirdPeer,
     ExaBGPGateway,
-    Recorder,
     Topology,
-    as_path,
     cleanup_stale,
     list_namespaces,
     netns_pids,
-    route_dsts,
     routes,
     wait_until,
 )

@@ -11,7 +11,16 @@ from pathlib import Path
 import pytest
 
 from vtibgp.config.schema import parse
-from vtibgp.exabgp.render import ExabgpConfigError, Session, aws_local_address, render
+from vtibgp.exabgp import render as render_mod
+from vtibgp.exabgp.render import (
+    ExabgpConfigError,
+    Session,
+    aws_local_address,
+    render,
+    render_api,
+    render_neighbor,
+)
+from vtibgp.lab import parts as lab
 
 REPO = Path(__file__).resolve().parents[2]
 EXABGP = shutil.which("exabgp") or str(Path(sys.executable).parent / "exabgp")
@@ -84,3 +93,71 @@ def test_errors(peers: list[dict[str, object]], kwargs: dict[str, object], match
     args: dict[str, object] = {"plugin_command": PLUGIN, "local_as": 65000, **kwargs}
     with pytest.raises(ExabgpConfigError, match=match):
         render(cfg(peers), **args)  # type: ignore[arg-type]
+
+
+# -- one renderer: the lab's ExaBGP runs on the stanzas `vtibgp exabgp-config` writes
+
+LAB_PEERS = [{"address": t.aws_v4, "families": ["ipv4", "ipv6"]} for t in lab.TUNNELS.values()]
+
+
+def lab_config(tmp_path: Path, **kwargs: object) -> str:
+    gw = lab.ExaBGPGateway(lab.Topology(tag="unit01"), ["/bin/true"], workdir=tmp_path,
+                           **kwargs)  # type: ignore[arg-type]
+    return gw.config_text()
+
+
+def neighbors(text: str) -> list[str]:
+    """The `neighbor ... { ... }` stanzas of a rendered config, in order."""
+    return ["neighbor " + chunk.split("\n}\n")[0] + "\n}"
+            for chunk in (text + "\n").split("\nneighbor ")[1:]]
+
+
+def test_lab_neighbors_are_the_products(tmp_path: Path) -> None:
+    product = render(cfg(LAB_PEERS), plugin_command=PLUGIN, local_as=lab.GW_ASN,
+                     peer_as=lab.AWS_ASN, hold_time=lab.DEFAULT_HOLD_TIME)
+    ours = lab_config(tmp_path)
+    assert len(neighbors(product)) == len(lab.TUNNELS)
+    assert neighbors(ours) == neighbors(product)
+    block = render_api()
+    assert "neighbor-changes;" in block and "receive { parsed; update; notification; }" in block
+    assert product.count(block) == ours.count(block) == len(lab.TUNNELS)
+
+
+def test_api_block_is_rendered_by_one_function(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both the product and the lab get the api block from render_api: replaced, it changes
+    in both, and no other api block is left (a second copy of it anywhere would fail this)."""
+    calls: list[tuple[str, str]] = []
+
+    def fake(process: str = render_mod.PROCESS_NAME, extra: str = "") -> str:
+        calls.append((process, extra))
+        return f"    api {{ processes [ {process} ]; }}  # fake {extra}"
+
+    monkeypatch.setattr(render_mod, "render_api", fake)
+    product = render(cfg(LAB_PEERS), plugin_command=PLUGIN, local_as=65000)
+    ours = lab_config(tmp_path, process_name="rec", extra_api="send { parsed; }")
+    for text, process in ((product, "vtibgp"), (ours, "rec")):
+        assert text.count("# fake") == len(lab.TUNNELS), text
+        assert "neighbor-changes" not in text and "receive" not in text, text
+        assert f"processes [ {process} ]" in text
+    assert calls == [("vtibgp", "")] * 2 + [("rec", "send { parsed; }")] * 2
+
+
+def test_lab_extra_api_validates(tmp_path: Path) -> None:
+    text = lab_config(tmp_path, tunnels=(1,), hold_time=9,
+                      extra_api="send { parsed; update; }\nreceive { refresh; }")
+    assert render_neighbor(lab.TUNNELS[1].aws_v4, router_id=lab.TUNNELS[1].gw_v4,
+                           local_address=lab.TUNNELS[1].gw_v4, local_as=lab.GW_ASN,
+                           peer_as=lab.AWS_ASN, hold_time=9,
+                           families=("ipv4 unicast", "ipv6 unicast"),
+                           extra_api="send { parsed; update; }\nreceive { refresh; }") in text
+    assert ("        receive { parsed; update; notification; }\n"
+            "        send { parsed; update; }\n"
+            "        receive { refresh; }\n    }\n}") in text
+    wrapper = tmp_path / "plugin.sh"  # ExaBGP checks that the process's program exists
+    wrapper.write_text("#!/bin/sh\n")
+    wrapper.chmod(0o755)
+    conf = tmp_path / "exabgp.conf"
+    conf.write_text(text)
+    r = exabgp_validate(conf)
+    assert r.returncode == 0, r.stdout + r.stderr

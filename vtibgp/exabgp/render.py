@@ -14,16 +14,20 @@ session needs. Those come from the arguments of `render`:
 
 The output is checked with `exabgp validate` in the tests (ExaBGP 5.0; the syntax is the one
 that works unchanged on 4.2 as well).
+
+`render_neighbor` (with `render_api`, a neighbor's `api { ... }` block) and `render_process`
+are the only places that write those stanzas: the lab's ExaBGP (vtibgp.lab.parts) uses them
+too, so the integration tests run ExaBGP on what `vtibgp exabgp-config` writes.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from vtibgp.config.schema import Config, PeerConfig
+from vtibgp.config.schema import Config
 
 DEFAULT_PEER_AS = 64512
 DEFAULT_HOLD_TIME = 30
@@ -77,8 +81,61 @@ def _text(what: str, v: str) -> str:
     return v
 
 
-def _family_lines(peer: PeerConfig) -> str:
-    return " ".join(f"{f};" for f in peer.families)
+def render_process(run: str, *, name: str = PROCESS_NAME) -> str:
+    """ExaBGP's `process <name> { run <run>; encoder json; }` stanza (no trailing newline)."""
+    return "\n".join([f"process {name} {{", f"    run {run};", "    encoder json;", "}"])
+
+
+def render_api(process: str = PROCESS_NAME, extra: str = "") -> str:
+    """A neighbor's `api { ... }` block, indented for inside `neighbor ... { }` (no trailing
+    newline): `process` gets the session's state changes and parsed updates and
+    notifications. `extra` is more api configuration (e.g. `send { parsed; update; }`),
+    written as given, one statement a line."""
+    lines = [
+        "    api {",
+        f"        processes [ {process} ];",
+        "        neighbor-changes;",
+        "        receive { parsed; update; notification; }",
+    ]
+    lines += [f"        {line.strip()}" for line in extra.splitlines() if line.strip()]
+    lines.append("    }")
+    return "\n".join(lines)
+
+
+def render_neighbor(peer: str, *, router_id: str, local_address: str, local_as: int,
+                    peer_as: int, hold_time: int, families: Sequence[str],
+                    process: str = PROCESS_NAME, description: str = "",
+                    extra_api: str = "") -> str:
+    """One `neighbor <peer> { ... }` stanza (no trailing newline), its api block from
+    :func:`render_api`. `families` as in vtibgp.yaml, e.g. `("ipv4 unicast",)`. The values are
+    written as given: :func:`render` checks them first."""
+    lines = [f"neighbor {peer} {{"]
+    if description:
+        lines.append(f'    description "{description}";')
+    lines += [
+        f"    router-id {router_id};",
+        f"    local-address {local_address};",
+        f"    local-as {local_as};",
+        f"    peer-as {peer_as};",
+        f"    hold-time {hold_time};",
+        "    capability { route-refresh; }",
+        "    family { " + " ".join(f"{f};" for f in families) + " }",
+        render_api(process, extra_api),
+        "}",
+    ]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class _Neighbor:
+    """One peer's checked values, before the router id is known."""
+
+    peer: str
+    local_address: str
+    peer_as: int
+    hold_time: int
+    families: tuple[str, ...]
+    description: str
 
 
 def render(cfg: Config, *, plugin_command: str, local_as: int,
@@ -111,8 +168,7 @@ def render(cfg: Config, *, plugin_command: str, local_as: int,
         raise ExabgpConfigError(f"sessions: not peers in {cfg.source}: "
                                 + ", ".join(sorted(unknown)))
 
-    blocks: list[str] = []
-    locals_: list[str] = []
+    neighbors: list[_Neighbor] = []
     for i, peer in enumerate(cfg.peers):
         s = by_peer.get(peer.address, Session())
         what = f"peers[{i}] ({peer.address})"
@@ -130,34 +186,17 @@ def render(cfg: Config, *, plugin_command: str, local_as: int,
                                     "address family")
         if str(local_ip) == peer.address:
             raise ExabgpConfigError(f"{what}: the local address is the peer's own")
-        locals_.append(str(local_ip))
         pas = _check_asn(f"{what}: peer_as", s.peer_as if s.peer_as is not None else peer_as)
         hold = _check_hold(f"{what}: hold_time",
                            s.hold_time if s.hold_time is not None else hold_time)
         desc = _text(f"{what}: description", s.description if s.description is not None
                      else peer.description or (f"{peer.interface}" if peer.interface else ""))
-        lines = [f"neighbor {peer.address} {{"]
-        if desc:
-            lines.append(f'    description "{desc}";')
-        lines += [
-            "    router-id {router_id};",
-            f"    local-address {local_ip};",
-            f"    local-as {local_as};",
-            f"    peer-as {pas};",
-            f"    hold-time {hold};",
-            "    capability { route-refresh; }",
-            f"    family {{ {_family_lines(peer)} }}",
-            "    api {",
-            f"        processes [ {PROCESS_NAME} ];",
-            "        neighbor-changes;",
-            "        receive { parsed; update; notification; }",
-            "    }",
-            "}",
-        ]
-        blocks.append("\n".join(lines))
+        neighbors.append(_Neighbor(peer.address, str(local_ip), pas, hold,
+                                   tuple(peer.families), desc))
 
     if router_id is None:
-        v4 = [a for a in locals_ if ipaddress.ip_address(a).version == 4]
+        v4 = [n.local_address for n in neighbors
+              if ipaddress.ip_address(n.local_address).version == 4]
         if not v4:
             raise ExabgpConfigError("router_id: no IPv4 local address to take it from (all "
                                     "sessions are IPv6), so give one")
@@ -175,14 +214,16 @@ def render(cfg: Config, *, plugin_command: str, local_as: int,
         f"# Generated from {cfg.source} by vtibgp; the peers are defined there.",
         "# Run ExaBGP so the plugin keeps CAP_NET_ADMIN (config/systemd/, README \"Privileges\").",
         "",
-        f"process {PROCESS_NAME} {{",
-        f"    run {plugin_command.strip()};",
-        "    encoder json;",
-        "}",
+        render_process(plugin_command.strip()),
         "",
     ]
-    out.append("\n\n".join(b.replace("{router_id}", str(rid)) for b in blocks))
+    out.append("\n\n".join(
+        render_neighbor(n.peer, router_id=str(rid), local_address=n.local_address,
+                        local_as=local_as, peer_as=n.peer_as, hold_time=n.hold_time,
+                        families=n.families, description=n.description)
+        for n in neighbors))
     return "\n".join(out) + "\n"
 
 
-__all__ = ["ExabgpConfigError", "Session", "aws_local_address", "render"]
+__all__ = ["ExabgpConfigError", "Session", "aws_local_address", "render", "render_api",
+           "render_neighbor", "render_process"]
