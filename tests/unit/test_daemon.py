@@ -579,7 +579,7 @@ def test_adj_rib_replay_is_not_counted_as_received() -> None:
     assert [op.kind for op in kernel.ops] == [OpKind.ADD]
     # the replay is older than the live update read after the resync was asked: left out
     # (not counted as a line of a session that is down)
-    assert daemon.stale_answer_lines == 0
+    assert daemon.session.stale_lines == 0
 
 
 def test_resync_skips_what_exabgp_holds_for_a_session_that_is_down() -> None:
@@ -606,7 +606,7 @@ def test_start_up_resync_ignores_an_answer_meant_for_the_process_before() -> Non
     resync at once and, at the grace timer, sweep routes its real answer would confirm: the
     tail is discarded and the resync asked only once the input has been free of answer text
     for RESYNC_QUIET (from each line's arrival); a live UPDATE read meanwhile is kept."""
-    from vtibgp.shell.daemon import RESYNC_QUIET
+    from vtibgp.exabgp.session import RESYNC_QUIET
     keep = KernelRoute("10.1.0.0/16", 100, (NextHop("vti01"),))
     kernel = MemoryKernel([keep])
     commands = io.StringIO()
@@ -617,7 +617,7 @@ def test_start_up_resync_ignores_an_answer_meant_for_the_process_before() -> Non
         daemon.queue.put(("line", t, line))  # as the reader stamps them on arrival
     daemon.startup(resync=True)
     assert time.monotonic() >= now + 0.2 + RESYNC_QUIET  # quiet after the last of the tail
-    assert daemon.stale_answer_lines == 2
+    assert daemon.session.stale_lines == 2
     assert commands.getvalue().splitlines() == ["show neighbor summary",
                                                 "show adj-rib in extensive"]
     assert [item[2] for item in daemon.backlog] == [live]  # for run(), in order
@@ -631,7 +631,8 @@ def test_a_long_answer_tail_is_left_to_the_loop_so_start_up_is_not_held() -> Non
     """A predecessor's answer that goes on trickling (ExaBGP's default api.chunk) does not
     hold start-up beyond START_WAIT: the routes are adopted, an updown request that came
     meanwhile is answered by the loop, and the resync is asked once the tail is over."""
-    from vtibgp.shell.daemon import RESYNC_QUIET, START_WAIT, _Request
+    from vtibgp.exabgp.session import RESYNC_QUIET
+    from vtibgp.shell.daemon import START_WAIT, _Request
     keep = KernelRoute("10.1.0.0/16", 100, (NextHop("vti01"),))
     kernel = MemoryKernel([keep])
     commands = io.StringIO()
@@ -642,15 +643,15 @@ def test_a_long_answer_tail_is_left_to_the_loop_so_start_up_is_not_held() -> Non
     daemon.queue.put(("line", now + 2 * START_WAIT, _adj_rib("10.9.0.0/16")))  # (stamped late)
     daemon.startup(resync=True)
     assert time.monotonic() - now < 2 * START_WAIT
-    assert commands.getvalue() == "" and daemon.ask_adj_rib_after is not None
+    assert commands.getvalue() == "" and daemon.session.ask_after is not None
     assert daemon.core.stale == {keep.key}  # adopted
     daemon._process([daemon.backlog.popleft()])
     assert request.done.is_set() and "peers" in request.answer
     later = time.monotonic()
     daemon._process([("line", later, _adj_rib("10.8.0.0/16")), ("line", later, b"done\n")])
-    assert commands.getvalue() == "" and daemon.stale_answer_lines == 3
-    assert daemon.ask_adj_rib_after >= later + RESYNC_QUIET - 0.05
-    daemon.ask_adj_rib_after = time.monotonic() - 1  # quiet since
+    assert commands.getvalue() == "" and daemon.session.stale_lines == 3
+    assert daemon.session.ask_after >= later + RESYNC_QUIET - 0.05
+    daemon.session.ask_after = time.monotonic() - 1  # quiet since
     daemon._timers()
     assert commands.getvalue().splitlines() == ["show neighbor summary",
                                                 "show adj-rib in extensive"]
@@ -921,7 +922,7 @@ def test_two_resyncs_in_flight_keep_their_own_state() -> None:
         _withdraw(PEER, ["10.6.0.0/16"]),
         b"done\n")
     assert {p for p, _ in kernel.routes} == {"10.1.0.0/16"}
-    assert not daemon.pending
+    assert not daemon.session.pending
 
 
 def _capture_line(version: str, needle: bytes) -> bytes:

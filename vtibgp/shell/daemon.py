@@ -11,11 +11,9 @@ import dataclasses
 import errno as errno_mod
 import fcntl
 import gc
-import ipaddress
 import logging
 import os
 import queue
-import re
 import signal
 import sys
 import threading
@@ -38,7 +36,6 @@ from vtibgp.core.model import (
     DeviceState,
     EndOfRib,
     Event,
-    Family,
     GraceExpired,
     IpsecState,
     KernelFlushed,
@@ -52,7 +49,6 @@ from vtibgp.core.model import (
     PeerState,
     Reconcile,
     Reconfigure,
-    ResyncDone,
     RouteFailed,
     RouteOp,
     Stopping,
@@ -62,7 +58,8 @@ from vtibgp.core.model import (
 from vtibgp.core.policy import REASONS as POLICY_REASONS
 from vtibgp.core.settings import CoreSettings, PeerSettings
 from vtibgp.exabgp.parse import REASONS as INPUT_REASONS
-from vtibgp.exabgp.parse import AdjRibReader, LineKind, answer_line, parse_line
+from vtibgp.exabgp.parse import LineKind
+from vtibgp.exabgp.session import EXABGP_SHUTDOWN_REASONS, RESYNC_QUIET, ExabgpSession
 from vtibgp.shell import metrics as m
 
 log = logging.getLogger("vtibgp")
@@ -74,24 +71,10 @@ REQUEST_TIMEOUT = 5.0
 GAUGE_INTERVAL = 1.0  # seconds between route-count gauge updates
 LOGGED_REJECTIONS = 10_000  # (peer, prefix, reason) remembered so each is logged once
 TICK = 0.25  # seconds: how often timers and signals are looked at when idle
-RESYNC_QUIET = 0.5  # seconds without stray answer lines before the start-up resync is asked
 START_WAIT = 1.0  # seconds start-up waits for that quiet at most (then the loop waits for it)
 APPLY_AT = 65_536  # route ops: a batch that has made this many goes to the kernel at once
 _KIND = attrgetter("kind")  # RouteOp -> OpKind
 _NEXT_HOP = attrgetter("next_hop")  # PathAttrs -> its BGP next-hop
-# The reason ExaBGP gives the sessions it closes because it is itself stopping
-# (Peer.shutdown: "stop, message [shutting down]"); 4.2's JSON encoder turns the brackets of a
-# reason into parentheses. Matched exactly: 4.2 also copies a peer's NOTIFICATION text into the
-# reason of a session the peer closed, and that text may well say "shutting down".
-EXABGP_SHUTDOWN_REASONS = frozenset({"stop, message [shutting down]",
-                                     "stop, message (shutting down)"})
-# `show neighbor summary`: the FSM states ExaBGP prints (lower case), and what `status` calls
-# them (the words of ExaBGP's `state` messages)
-SUMMARY_STATES = {"idle": "idle", "active": "idle", "connect": "idle", "opensent": "connected",
-                  "openconfirm": "connected", "established": "up"}
-# its up/down column: "down", or the up time as Python's timedelta prints it ("0:00:03",
-# "1 day, 0:00:03", "12 days, 1:02:03")
-_UP_TIME = re.compile(r"(?:(\d+) days?, )?(\d+):(\d\d):(\d\d)(?:\.\d+)?")
 
 
 @lru_cache(maxsize=1024)
@@ -99,29 +82,6 @@ def _child(metric: Any, label: str) -> Any:
     """`metric.labels(label)`, remembered: labels() validates and locks on every call, and
     the per-line and per-event metrics are always the same few series."""
     return metric.labels(label)
-
-
-def summary_row(text: str) -> tuple[str, str, int | None] | None:
-    """One row of ExaBGP's `show neighbor summary` answer (both versions: peer, AS, up/down,
-    state, #sent, #recvd) as (peer, state in lower case, seconds up or None); None for the
-    header and anything else. The up/down column has spaces in it from a day up ("1 day,
-    0:00:03"), so the columns are taken from both ends, not by position."""
-    cols = text.split()
-    if len(cols) < 6 or not cols[-1].isdigit() or not cols[-2].isdigit():
-        return None
-    state = cols[-3].lower()
-    if state not in SUMMARY_STATES:
-        return None
-    try:
-        peer = str(ipaddress.ip_address(cols[0]))
-    except ValueError:
-        return None
-    up = _UP_TIME.fullmatch(" ".join(cols[2:-3]))
-    if up is None:
-        return peer, state, None  # "down"
-    days, hours, minutes, seconds = up.groups()
-    return peer, state, ((int(days or 0) * 24 + int(hours)) * 60 + int(minutes)) * 60 + int(
-        seconds)
 
 
 def _tally(ops: list[RouteOp]) -> Counter[str]:
@@ -194,65 +154,6 @@ def core_settings(cfg: Config) -> CoreSettings:
 
 
 @dataclass
-class _Pending:
-    """A text command sent to ExaBGP, collecting its answer until `done` / `error`. The
-    callbacks return the events the answer means."""
-
-    command: str
-    on_line: Callable[[str], list[Event]]
-    on_end: Callable[[bool], list[Event]]
-
-
-@dataclass
-class _Resync:
-    """One resync in flight (`show neighbor summary`, then `show adj-rib in extensive`), with
-    all of its own state: a second one may be asked while it runs (a reload).
-
-    ExaBGP writes the adj-rib-in of each peer from a snapshot, in chunks, while the live
-    UPDATEs and state changes go on between them: a live event is newer than any snapshot
-    line that follows it. So a (peer, family, path id, prefix) a live event was about since
-    the resync was asked takes no more answer lines, and a peer whose session changed state
-    after the summary told its state takes none at all: its new session re-sends its routes
-    and End-of-RIB itself. (A change read before the peer's summary row is in that row: ExaBGP
-    writes the rows as it makes them, after what it wrote before.)"""
-
-    reader: AdjRibReader  # gathers alike lines into one Announce (they are held back)
-    sessions: dict[str, tuple[str, int | None]] = field(default_factory=dict)  # the summary's
-    established: set[str] = field(default_factory=set)  # ... sessions in state established
-    live: dict[tuple[str, Family, int | None], set[str]] = field(default_factory=dict)
-    summarized: bool = False  # the summary's answer is over
-    moved: set[str] = field(default_factory=set)  # peers whose session changed state since
-    superseded: int = 0  # answer lines left out for a newer live event
-
-    def note(self, ev: Announce | Withdraw | PeerState) -> None:
-        """A live event, read after the resync was asked."""
-        if isinstance(ev, PeerState):
-            if not self.summarized and ev.peer not in self.sessions:
-                return  # its summary row, still to come, tells the new state
-            self.moved.add(ev.peer)
-            for key in [k for k in self.live if k[0] == ev.peer]:
-                del self.live[key]
-        elif ev.peer not in self.moved:
-            key = (ev.peer, ev.family, ev.path_id)
-            held = self.live.get(key)
-            if held is None:
-                self.live[key] = set(ev.prefixes)
-            else:
-                held.update(ev.prefixes)
-
-    def newer_live(self, ann: Announce) -> Announce | None:
-        """`ann` without the prefixes a live event has been about since: None if none is left."""
-        live = self.live.get((ann.peer, ann.family, ann.path_id))
-        if not live:
-            return ann
-        kept = tuple(p for p in ann.prefixes if p not in live)
-        self.superseded += len(ann.prefixes) - len(kept)
-        if not kept:
-            return None
-        return ann if len(kept) == len(ann.prefixes) else dataclasses.replace(ann, prefixes=kept)
-
-
-@dataclass
 class _Request:
     """A control-socket request waiting for the loop to answer it."""
 
@@ -279,28 +180,19 @@ class Daemon:
         self.commands = commands  # ExaBGP reads our stdout as commands; None in dry-run
         self.discover = discover
         self.queue: queue.SimpleQueue[tuple[str, float, object]] = queue.SimpleQueue()
-        self.pending: deque[_Pending] = deque()
+        self.session = ExabgpSession()  # the conversation with ExaBGP (commands, answers)
         self.grace_deadline: float | None = None
         self.after_answer: deque[Event] = deque()  # a control request's events (see ipsec)
         # input taken off the queue at start-up while waiting to ask ExaBGP (see _ask_when_quiet),
         # processed first by run()
         self.backlog: deque[tuple[str, float, object]] = deque()
-        # when the loop asks ExaBGP for its adj-rib-in, if start-up left it (_ask_when_quiet)
-        self.ask_adj_rib_after: float | None = None
         self.lines_seen: dict[LineKind, int] = {}  # this batch's input lines, by kind
-        self.stale_answer_lines = 0
-        # the resyncs asked and not yet answered to the end, oldest first (_resync)
-        self.resyncs: list[_Resync] = []
-        # a session's state as the last resync's summary told it, for a peer we have had no
-        # state message from (a respawned plugin hears no `up` for its established sessions)
-        self.summary_sessions: dict[str, str] = {}
         self.grace_waited = False
         # when a max-prefix restart delay ends for a peer whose session came back inside it:
         # its refused prefixes are then taken from ExaBGP's adj-rib-in (see _peer_state)
         self.limit_resync_at: float | None = None
         self.stop_signal: int | None = None
         self.reload_requested = False
-        self.api_version: str | None = None
         self._known_peers = {p.address for p in cfg.peers}
         self._discovered: set[str] = set()
         self._sync_reported = False
@@ -444,12 +336,12 @@ class Daemon:
         """Ask for ExaBGP's adj-rib-in once its output has been free of answer text for
         RESYNC_QUIET. A respawned process receives the rest of an answer ExaBGP was writing
         to the process before it, and answer lines carry no request id: the text that comes
-        before we ask is not ours, and is discarded. The quiet time is counted from each
-        line's arrival (the reader stamps it), so the kernel dump before this overlaps it.
-        Everything else read meanwhile is kept, in order, for run(). Start-up waits for
-        this at most START_WAIT: a long tail (ExaBGP's default api.chunk trickles for a
-        minute) is left to the loop (ask_adj_rib_after, see _text and _timers), so that updown
-        requests and link events are not held up meanwhile."""
+        before we ask is not ours, and is discarded (the session tells which it is). The
+        quiet time is counted from each line's arrival (the reader stamps it), so the kernel
+        dump before this overlaps it. Everything else read meanwhile is kept, in order, for
+        run(). Start-up waits for this at most START_WAIT: a long tail (ExaBGP's default
+        api.chunk trickles for a minute) is left to the loop (the session's quiet wait, see
+        _timers), so that updown requests and link events are not held up meanwhile."""
         limit = time.monotonic() + START_WAIT
         while True:
             try:
@@ -457,123 +349,60 @@ class Daemon:
             except queue.Empty:
                 break
             kind, t, payload = item
-            if kind == "line" and isinstance(payload, bytes) and answer_line(payload):
-                self.stale_answer_lines += 1
-                deadline = max(deadline, t + RESYNC_QUIET)
-                continue
+            if kind == "line" and isinstance(payload, bytes):
+                later = self.session.stale_before_asking(payload, t, deadline)
+                if later is not None:
+                    deadline = later
+                    continue
             self.backlog.append(item)
             if kind == "eof":
                 return
         if time.monotonic() < deadline:
-            self.ask_adj_rib_after = deadline  # still arriving: the loop asks once it is over
+            self.session.ask_when_quiet(deadline)  # still arriving: asked once it is over
             return
         self._ask_now()
 
     def _ask_now(self) -> None:
-        if self.stale_answer_lines:
-            log.info("start: discarded %d lines of an answer meant for the process before us",
-                     self.stale_answer_lines)
+        self._stale_note()
         self._resync()
 
+    def _stale_note(self) -> None:
+        if self.session.stale_lines:
+            log.info("start: discarded %d lines of an answer meant for the process before us",
+                     self.session.stale_lines)
+
     def _resync(self) -> None:
-        """Ask ExaBGP which sessions are established and what their adj-rib-in holds, and
-        load the answer (see _Resync)."""
-        rs = _Resync(AdjRibReader(self.api_version))
+        """Ask ExaBGP which sessions are established and what their adj-rib-in holds; the
+        answer comes back through the session as replayed events."""
+        self.session.resync()
+        self._write_commands()
 
-        def summary_line(text: str) -> list[Event]:
-            row = summary_row(text)
-            if row is not None:
-                peer, state, up = row
-                rs.sessions[peer] = (state, up)
-                if state == "established":
-                    rs.established.add(peer)
-                else:
-                    rs.established.discard(peer)
-            return []
+    def _send(self, command: str) -> None:
+        if self.commands is not None:
+            self.session.send(command)
+            self._write_commands()
 
-        def summary_end(ok: bool) -> list[Event]:
-            rs.summarized = True
-            if ok:
-                self._learn_sessions(rs)
-            return []
+    def _write_commands(self) -> None:
+        """Write what the session has to say to ExaBGP (our stdout is its command input)."""
+        assert self.commands is not None
+        for cmd in self.session.take_commands():
+            try:
+                self.commands.write(cmd + "\n")
+                self.commands.flush()
+            except OSError as e:
+                log.error("cannot write command %r to ExaBGP: %s", cmd, e)
+                self.session.unsent(cmd)
 
-        def adj_rib_line(text: str) -> list[Event]:
-            return self._taken(rs, rs.reader.feed(text))
-
-        def adj_rib_end(ok: bool) -> list[Event]:
-            events = self._taken(rs, rs.reader.flush())
-            self._resync_over(rs)
-            if rs.superseded:
-                log.info("resync: %d paths of ExaBGP's answer were older than a live update "
-                         "read meanwhile; the live one stays", rs.superseded)
-            if not ok:
-                log.warning("resync: ExaBGP refused 'show adj-rib in extensive'; waiting for "
-                            "End-of-RIB or the grace timer")
-                return events
-            established = rs.established - rs.moved
-            for peer in sorted(rs.established & rs.moved):
-                log.info("resync: the session with %s changed state during the answer; it "
-                         "is synced by its own updates and End-of-RIB", peer)
-            log.info("resync: ExaBGP's adj-rib-in loaded (%d established sessions)",
-                     len(established))
-            return [*events, ResyncDone(frozenset(established))]
-
-        # anything else ExaBGP sends meanwhile (a live UPDATE, a session going down) comes
-        # after the paths read so far (see _line), and wins over the answer's later lines
-        self.resyncs.append(rs)
-        if not (self._command("show neighbor summary", summary_line, summary_end)
-                and self._command("show adj-rib in extensive", adj_rib_line, adj_rib_end)):
-            self._resync_over(rs)
-
-    def _resync_over(self, rs: _Resync) -> None:
-        if rs in self.resyncs:
-            self.resyncs.remove(rs)
-
-    def _taken(self, rs: _Resync, anns: tuple[Announce, ...]) -> list[Event]:
-        """The announcements of an answer that still stand."""
-        if not anns:
-            return []
-        out: list[Event] = []
-        established = rs.established
-        for ann in anns:
-            if (ann.peer not in established or ann.peer in rs.moved
-                    or self.core.session(ann.peer) == "down"):
-                # ExaBGP may still hold what a session that is down (or went down since the
-                # summary) had sent, and a session that came back re-sends its routes: these
-                # must not come back. (A live line flushes the run first, so this is as of
-                # each line's arrival.)
-                self.stale_answer_lines += len(ann.prefixes)
-            elif (kept := rs.newer_live(ann)) is not None:
-                out.append(kept)
-        return out
-
-    def _learn_sessions(self, rs: _Resync) -> None:
+    def _learned(self, rows: list[tuple[str, str, int | None]]) -> None:
         """The summary's session states, for the peers nothing live has told us about."""
         now = time.time()
-        for peer, (state, up) in rs.sessions.items():
-            if peer in rs.moved or self.core.session(peer) is not None:
-                continue  # a state message is newer
-            named = SUMMARY_STATES[state]
-            self.summary_sessions[peer] = named
+        for peer, named, up in rows:
             if named == "up" and up is not None:
                 self.peer_since[peer] = now - up
             if peer in self._known_peers:
                 m.PEER_UP.labels(peer).set(1 if named == "up" else 0)
                 if peer in self.peer_since:
                     m.PEER_STATE_SINCE.labels(peer).set(self.peer_since[peer])
-
-    def _command(self, cmd: str, on_line: Callable[[str], list[Event]],
-                 on_end: Callable[[bool], list[Event]]) -> bool:
-        assert self.commands is not None
-        self.pending.append(_Pending(cmd, on_line, on_end))
-        try:
-            self.commands.write(cmd + "\n")
-            self.commands.flush()
-        except OSError as e:
-            log.error("cannot write command %r to ExaBGP: %s", cmd, e)
-            self.pending.pop()
-            return False
-        return True
 
     # ------------------------------------------------------------------ the loop
 
@@ -659,61 +488,33 @@ class Daemon:
         return eof
 
     def _line(self, raw: bytes, t: float, d: Decision) -> bool:
+        got = self.session.receive(raw, t)
         seen = self.lines_seen  # counted into INPUT_LINES once per batch (see _batch)
-        if self.pending:  # an answer to a command (the resync's 100,000s of lines) is text
-            answer = answer_line(raw)
-            if answer is not None:
-                seen[answer[0]] = seen.get(answer[0], 0) + 1
-                for ev in self._text(*answer):
-                    self._event(ev, d, replay=True)
-                return False
-        parsed = parse_line(raw)
-        seen[parsed.kind] = seen.get(parsed.kind, 0) + 1
-        if parsed.api_version and parsed.api_version != self.api_version:
-            self.api_version = parsed.api_version
-            m.set_build(parsed.api_version)
-            log.info("ExaBGP JSON API version %s", parsed.api_version)
-        if parsed.reason:
-            m.INPUT_REJECTED.labels(parsed.reason).inc()
-            log.warning("input: %s line: %s (%s)", parsed.kind.value, parsed.error,
-                        _excerpt(raw))
-        if parsed.kind in (LineKind.ACK, LineKind.TEXT):
-            for ev in self._text(parsed.kind, parsed.text or ""):
-                self._event(ev, d, replay=True)
-            return False
-        for rs in self.resyncs:  # the adj-rib-in paths read so far come first
-            for ev in self._taken(rs, rs.reader.flush()):
-                self._event(ev, d, replay=True)
-        for ev in parsed.events:
+        seen[got.kind] = seen.get(got.kind, 0) + 1
+        if got.api_version:
+            m.set_build(got.api_version)
+            log.info("ExaBGP JSON API version %s", got.api_version)
+        if got.problem:
+            reason, error = got.problem
+            m.INPUT_REJECTED.labels(reason).inc()
+            log.warning("input: %s line: %s (%s)", got.kind.value, error, _excerpt(raw))
+        for level, text in got.notes:
+            getattr(log, level)("%s", text)
+        if got.learned:
+            self._learned(got.learned)
+        for ev in got.replayed:
+            self._event(ev, d, replay=True)
+        for ev in got.live:
             self._event(ev, d)
-        if parsed.kind is LineKind.UPDATE:
+        if got.kind is LineKind.UPDATE:
             m.LAST_UPDATE.set(time.time())
             return True
         return False
-
-    def _text(self, kind: LineKind, text: str) -> list[Event]:
-        if not self.pending:
-            if self.ask_adj_rib_after is not None:
-                # the tail of an answer meant for the process before us: wait until it is over
-                self.ask_adj_rib_after = time.monotonic() + RESYNC_QUIET
-                self.stale_answer_lines += 1
-                return []
-            if kind is LineKind.TEXT:
-                log.debug("ExaBGP said: %s", text[:200])
-            return []
-        head = self.pending[0]
-        if kind is LineKind.ACK:
-            self.pending.popleft()
-            return head.on_end(text == "done")
-        return head.on_line(text)
 
     def _event(self, ev: Event, d: Decision, replay: bool = False) -> None:
         """One event into the core. `replay`: it comes from an answer of ExaBGP's (the
         adj-rib-in read at start or after a reload), not from the peer: not counted as
         received again."""
-        if not replay and self.resyncs and isinstance(ev, Announce | Withdraw | PeerState):
-            for rs in self.resyncs:
-                rs.note(ev)
         match ev:
             case Announce(peer=peer):
                 if peer in self._known_peers:
@@ -809,11 +610,11 @@ class Daemon:
     def _timers(self) -> None:
         now = time.monotonic()
         d = self.core.handle(Tick(now))
-        if self.ask_adj_rib_after is not None and now >= self.ask_adj_rib_after:
-            self.ask_adj_rib_after = None
-            self._ask_now()
-        if self.grace_deadline is not None and now >= self.grace_deadline and (
-                self.pending or self.ask_adj_rib_after is not None):
+        if self.session.due(now):  # the start-up quiet wait is over: the resync is asked
+            self._stale_note()
+            self._write_commands()
+        if self.grace_deadline is not None and now >= self.grace_deadline and \
+                self.session.busy:
             # ExaBGP is still sending its adj-rib-in (100k paths can take a minute with its
             # default api.chunk): sweeping now would remove routes about to be confirmed
             if not self.grace_waited:
@@ -928,10 +729,6 @@ class Daemon:
             at = self.limit_resync_at
             self.limit_resync_at = hb.until if at is None else min(at, hb.until)
 
-    def _send(self, command: str) -> None:
-        if self.commands is not None:
-            self._command(command, lambda t: [], lambda ok: [])
-
     def _tunnel_change(self, ch: TunnelChange) -> None:
         kind, name = ch.scope
         what = f"tunnel {name}" if kind == "device" else f"tunnel of peer {name}"
@@ -1030,7 +827,7 @@ class Daemon:
         counts = view.route_counts(self.core, self.vpn_of)
         peers = []
         addresses = [p.address for p in self.cfg.peers]
-        addresses += sorted((view.peers_seen(self.core) | set(self.summary_sessions))
+        addresses += sorted((view.peers_seen(self.core) | set(self.session.summary_states))
                             - set(addresses))
         for addr in addresses:
             pc = self.cfg.peer(addr)
@@ -1042,7 +839,7 @@ class Daemon:
                 "configured": pc is not None,
                 **core_view,
                 # a state message is newer than what the resync's summary said
-                "state": core_view["state"] or self.summary_sessions.get(addr, "idle"),
+                "state": core_view["state"] or self.session.summary_states.get(addr, "idle"),
                 "since": self.peer_since.get(addr),
                 "best": best,
                 "backup": backup,
@@ -1066,7 +863,7 @@ class Daemon:
             })
         return {
             "version": __version__,
-            "exabgp_api": self.api_version,
+            "exabgp_api": self.session.api_version,
             "synced": self.core.synced,
             "table": self.cfg.table,
             "protocol": self.cfg.protocol,
@@ -1102,8 +899,10 @@ class Daemon:
             self._refusals(d)
         if d.limits or d.held_back:
             self._limits(d)
-        for peer, subcode in d.resets:
-            self._send(f"neighbor {peer} teardown {subcode}")
+        if d.resets and self.commands is not None:
+            for peer, subcode in d.resets:
+                self.session.teardown(peer, subcode)
+            self._write_commands()
         if d.repairs:
             for kind, n in d.repairs.items():
                 m.REPAIRS.labels(kind).inc(n)
