@@ -4,7 +4,8 @@ Only the few shapes vtibgp needs are covered:
 
 * RTM_NEWROUTE / RTM_DELROUTE requests for one IPv4 or IPv6 prefix, always acked (NLM_F_ACK);
 * RTM_GETROUTE and RTM_GETLINK requests (dumps, one link by name);
-* parsers for route dump replies, link replies and NLMSG_ERROR acks.
+* parsers for route dump replies, link replies (index, name, flags, MTU, operational state)
+  and NLMSG_ERROR acks.
 
 Layout of a route request (all integers in host byte order, as netlink wants)::
 
@@ -118,6 +119,8 @@ RTA_TABLE = 15
 RTA_NH_ID = 30  # the route uses a nexthop object (see nexthop_codec)
 
 IFLA_IFNAME = 3
+IFLA_MTU = 4
+IFLA_OPERSTATE = 16
 IFLA_EXT_MASK = 29
 RTEXT_FILTER_SKIP_STATS = 1 << 3
 
@@ -654,6 +657,99 @@ def _route_slow(
     return dst, rtable, priority, oif, gateway, multipath
 
 
+class _DumpScan:
+    """What parse_route_dump's slow path (a message the previous shape does not fit) needs
+    and finds: the filters, the routes kept, and how the datagram ended."""
+
+    __slots__ = ("cache", "done", "error", "interrupted", "limit", "protocol", "routes", "seq",
+                 "table", "table_byte", "typed", "types")
+
+    def __init__(self, data_len: int, table: int | None, protocol: int | None,
+                 seq: int | None, cache: dict[tuple[int, str | None], tuple[Hop, ...]],
+                 types: tuple[int, ...]) -> None:
+        self.limit = data_len
+        self.table = table
+        self.table_byte = None if table is None else (table if table < 256 else RT_TABLE_COMPAT)
+        self.protocol = protocol
+        self.seq = seq
+        self.cache = cache
+        self.types = types
+        self.typed = types != (RTN_UNICAST,)
+        self.routes: list[DumpedRoute] = []
+        self.done = self.interrupted = False
+        self.error = 0
+
+
+def _scan_message(scan: _DumpScan, data: bytes | bytearray | memoryview, off: int,
+                  end: int) -> tuple[int, _Layout | None, tuple[Any, ...] | None]:
+    """The message at `off`, read from its header: (its step, 0 if the datagram ends here;
+    the compiled shape and its values if one fits this route, else None, None after the
+    message was dealt with: skipped, the end of the dump, or a route walked attribute by
+    attribute)."""
+    length, mtype, flags, mseq, _pid = NLMSGHDR.unpack_from(data, off)
+    if length < NLMSGHDR.size or off + length > end:
+        return 0, None, None
+    step = (length + 3) & ~3
+    if scan.seq is not None and mseq != scan.seq:
+        return step, None, None
+    if mtype == NLMSG_DONE:
+        scan.done = True
+        if length >= NLMSGHDR.size + 4:
+            scan.error = -I32.unpack_from(data, off + NLMSGHDR.size)[0]
+        return step, None, None
+    if mtype == NLMSG_ERROR:
+        scan.done = True
+        scan.error = parse_error_at(data, off).error
+        return step, None, None
+    family = data[off + 16] if length >= ROUTE_HDR_SIZE else 0
+    if (
+        mtype != RTM_NEWROUTE
+        or family not in _ADDR_LEN
+        or (scan.protocol is not None and data[off + 21] != scan.protocol)
+        or data[off + 23] not in scan.types
+        or (scan.table_byte is not None and data[off + 20] != scan.table_byte)
+    ):
+        if flags & NLM_F_DUMP_INTR:
+            scan.interrupted = True
+        return step, None, None
+    key = (length, family, data[off + 20], data[off + 21])
+    layout = _LAYOUTS.get(key, _UNSEEN)
+    if layout is _UNSEEN:
+        if len(_LAYOUTS) >= _MAX_LAYOUTS:
+            _LAYOUTS.clear()
+        layout = _LAYOUTS[key] = _learn_layout(data, off, length, family)
+    if layout is not None:
+        vals = layout.st.unpack_from(data, off)
+        if layout.headers(vals) == layout.expected:
+            return step, layout, vals
+    if flags & NLM_F_DUMP_INTR:  # no compiled shape fits: walk the attributes
+        scan.interrupted = True
+    _walk_route(scan, data, off, length, family)
+    return step, None, None
+
+
+def _walk_route(scan: _DumpScan, data: bytes | bytearray | memoryview, off: int, length: int,
+                family: int) -> None:
+    """Keep the route at `off` (if of our table), read attribute by attribute."""
+    dst, rtable, priority, oif, gateway, multipath = _route_slow(
+        data, off, length, family, scan.limit)
+    if scan.table is not None and rtable != scan.table:
+        return
+    if dst is None:
+        prefix = "::/0" if family == AF_INET6 else "0.0.0.0/0"
+    else:
+        prefix = _inet_ntop(family, dst) + _SLASH_PLEN[data[off + 17]]
+    if multipath:
+        hops = multipath
+    else:
+        hops = scan.cache.get((oif, gateway)) or scan.cache.setdefault(
+            (oif, gateway), (Hop(oif, gateway),) if oif or gateway else ()
+        )
+    if scan.typed and data[off + 23] != RTN_UNICAST:
+        hops = ()  # a fallback route (IPv6 reports it on lo)
+    scan.routes.append((prefix, rtable, priority, hops))
+
+
 def parse_route_dump(
     data: bytes | bytearray | memoryview,
     nbytes: int | None = None,
@@ -664,27 +760,18 @@ def parse_route_dump(
     hop_cache: dict[tuple[int, str | None], tuple[Hop, ...]] | None = None,
     types: tuple[int, ...] = (RTN_UNICAST,),
 ) -> DumpChunk:
-    """One datagram of an RTM_GETROUTE dump, decoded only as far as vtibgp needs it.
-
-    Routes are filtered on raw header bytes (protocol, type unicast, family, rtm_table) before
-    any attribute is read; `table` is then confirmed from RTA_TABLE. Each message shape seen
-    is compiled once into a Struct that reads the whole message in one call (see _Layout), and
-    the shape of the previous message is tried first; a message that matches no shape is
-    walked attribute by attribute. Kept routes come back as DumpedRoute tuples. Messages whose
-    sequence differs from `seq` (stale) are skipped; only routes of `types` are kept (unicast,
-    and the fallback routes' type: those come back without hops). `hop_cache` lets routes
-    share hops tuples across datagrams."""
+    """One datagram of an RTM_GETROUTE dump, decoded only as far as vtibgp needs it: routes
+    of `table`, `protocol` and `types` (unicast, and the fallback's type: without hops) as
+    DumpedRoute tuples; messages of another `seq` (stale) skipped; `hop_cache` shares hops
+    tuples across datagrams. The shape of the previous message is tried first, here (a Struct
+    reading the whole message, see _Layout); any other message goes through _scan_message,
+    which filters on raw header bytes before any attribute is read."""
     end = len(data) if nbytes is None else nbytes
-    limit = len(data)
-    routes: list[DumpedRoute] = []
-    append = routes.append
-    done = interrupted = False
-    error = 0
-    table_byte = None if table is None else (table if table < 256 else RT_TABLE_COMPAT)
     cache: dict[tuple[int, str | None], tuple[Hop, ...]] = {} if hop_cache is None else hop_cache
-    typed = types != (RTN_UNICAST,)
-    layouts = _LAYOUTS
-    unpack_hdr = NLMSGHDR.unpack_from
+    scan = _DumpScan(len(data), table, protocol, seq, cache, types)
+    append = scan.routes.append
+    interrupted = False
+    typed = scan.typed
     ntop = _inet_ntop
     slash = _SLASH_PLEN
     sticky: _Layout | None = None  # the shape of the previous route message
@@ -698,66 +785,10 @@ def parse_route_dump(
             if layout.headers(vals) != layout.expected or (seq is not None and vals[3] != seq):
                 vals = None
         if vals is None:
-            length, mtype, flags, mseq, _pid = unpack_hdr(data, off)
-            if length < NLMSGHDR.size or off + length > end:
+            step, layout, vals = _scan_message(scan, data, off, end)
+            if not step:
                 break
-            step = (length + 3) & ~3
-            if seq is not None and mseq != seq:
-                off += step
-                continue
-            if mtype == NLMSG_DONE:
-                done = True
-                if length >= NLMSGHDR.size + 4:
-                    error = -I32.unpack_from(data, off + NLMSGHDR.size)[0]
-                off += step
-                continue
-            if mtype == NLMSG_ERROR:
-                done = True
-                error = parse_error_at(data, off).error
-                off += step
-                continue
-            family = data[off + 16] if length >= ROUTE_HDR_SIZE else 0
-            if (
-                mtype != RTM_NEWROUTE
-                or family not in _ADDR_LEN
-                or (protocol is not None and data[off + 21] != protocol)
-                or data[off + 23] not in types
-                or (table_byte is not None and data[off + 20] != table_byte)
-            ):
-                if flags & NLM_F_DUMP_INTR:
-                    interrupted = True
-                off += step
-                continue
-            key = (length, family, data[off + 20], data[off + 21])
-            layout = layouts.get(key, _UNSEEN)
-            if layout is _UNSEEN:
-                if len(layouts) >= _MAX_LAYOUTS:
-                    layouts.clear()
-                layout = layouts[key] = _learn_layout(data, off, length, family)
-            if layout is not None:
-                vals = layout.st.unpack_from(data, off)
-                if layout.headers(vals) != layout.expected:
-                    vals = None
-            if vals is None:  # no compiled shape fits: walk the attributes
-                if flags & NLM_F_DUMP_INTR:
-                    interrupted = True
-                dst, rtable, priority, oif, gateway, multipath = _route_slow(
-                    data, off, length, family, limit
-                )
-                if table is None or rtable == table:
-                    if dst is None:
-                        prefix = "::/0" if family == AF_INET6 else "0.0.0.0/0"
-                    else:
-                        prefix = ntop(family, dst) + slash[data[off + 17]]
-                    if multipath:
-                        hops = multipath
-                    else:
-                        hops = cache.get((oif, gateway)) or cache.setdefault(
-                            (oif, gateway), (Hop(oif, gateway),) if oif or gateway else ()
-                        )
-                    if typed and data[off + 23] != RTN_UNICAST:
-                        hops = ()  # a fallback route (IPv6 reports it on lo)
-                    append((prefix, rtable, priority, hops))
+            if vals is None:
                 off += step
                 continue
             sticky = layout
@@ -779,7 +810,7 @@ def parse_route_dump(
                 hops = ()  # a fallback route (IPv6 reports it on lo)
             append((ntop(data[off + 16], dst) + slash[plen], rtable, priority, hops))
         off += layout.step
-    return DumpChunk(routes, done, error, interrupted)
+    return DumpChunk(scan.routes, scan.done, scan.error, interrupted or scan.interrupted)
 
 
 def walk(data: bytes | bytearray | memoryview, nbytes: int | None = None, *,
@@ -809,32 +840,68 @@ def end_of(data: bytes | bytearray | memoryview, off: int, length: int,
     return None
 
 
+class LinkAttrs(NamedTuple):
+    """What an RTM_NEWLINK message says of one device (0 where an attribute is absent)."""
+
+    ifindex: int
+    name: str
+    flags: int  # ifi_flags: IFF_UP, IFF_LOWER_UP...
+    mtu: int
+    operstate: int  # IF_OPER_*, RFC 2863 (6: up)
+
+
+class LinkAttrsChunk(NamedTuple):
+    links: list[LinkAttrs]
+    done: bool
+    error: int
+
+
 class LinkChunk(NamedTuple):
     links: list[tuple[int, str]]  # (ifindex, name)
     done: bool
     error: int
 
 
-def parse_links(
+def _link_at(data: bytes | bytearray | memoryview, off: int, length: int) -> LinkAttrs | None:
+    """The RTM_NEWLINK message at `off`; None if it carries no name."""
+    _family, _type, index, flags, _change = IFINFOMSG.unpack_from(data, off + NLMSGHDR.size)
+    name: str | None = None
+    mtu = operstate = 0
+    a, end = off + NLMSGHDR.size + IFINFOMSG.size, off + length
+    while a + NLA.size <= end:
+        alen, atype = NLA.unpack_from(data, a)
+        if alen < NLA.size or a + alen > end:
+            break
+        if atype == IFLA_IFNAME:
+            name = bytes(data[a + 4 : a + alen]).split(b"\0", 1)[0].decode(errors="replace")
+        elif atype == IFLA_MTU and alen >= 8:
+            mtu = U32.unpack_from(data, a + 4)[0]
+        elif atype == IFLA_OPERSTATE and alen >= 5:
+            operstate = data[a + 4]
+        a += align4(alen)
+    return None if name is None else LinkAttrs(index, name, flags & 0xFFFFFFFF, mtu, operstate)
+
+
+def parse_link_attrs(
     data: bytes | bytearray | memoryview, nbytes: int | None = None, *, seq: int | None = None
-) -> LinkChunk:
-    """RTM_NEWLINK replies (dump or single get) -> (ifindex, name) pairs."""
-    links: list[tuple[int, str]] = []
+) -> LinkAttrsChunk:
+    """RTM_NEWLINK replies (dump or single get) -> one LinkAttrs per device."""
+    links: list[LinkAttrs] = []
     done = False
     error = 0
     for off, length, mtype in walk(data, nbytes, seq=seq):
         if mtype == RTM_NEWLINK and length >= NLMSGHDR.size + IFINFOMSG.size:
-            index = IFINFOMSG.unpack_from(data, off + NLMSGHDR.size)[2]
-            a = off + NLMSGHDR.size + IFINFOMSG.size
-            while a + NLA.size <= off + length:
-                alen, atype = NLA.unpack_from(data, a)
-                if alen < NLA.size:
-                    break
-                if atype == IFLA_IFNAME:
-                    name = bytes(data[a + 4 : a + alen]).split(b"\0", 1)[0]
-                    links.append((index, name.decode(errors="replace")))
-                    break
-                a += align4(alen)
+            link = _link_at(data, off, length)
+            if link is not None:
+                links.append(link)
         elif (ended := end_of(data, off, length, mtype)) is not None:
             done, error = True, ended
-    return LinkChunk(links, done, error)
+    return LinkAttrsChunk(links, done, error)
+
+
+def parse_links(
+    data: bytes | bytearray | memoryview, nbytes: int | None = None, *, seq: int | None = None
+) -> LinkChunk:
+    """RTM_NEWLINK replies (dump or single get) -> (ifindex, name) pairs."""
+    chunk = parse_link_attrs(data, nbytes, seq=seq)
+    return LinkChunk([(link.ifindex, link.name) for link in chunk.links], chunk.done, chunk.error)

@@ -1,6 +1,15 @@
 """Tunnel devices as the kernel reports them: a netlink link monitor (a thread that turns
 RTM_NEWLINK / RTM_DELLINK into DeviceState events) and discovery of the device that carries a
-peer's BGP session."""
+peer's BGP session.
+
+The monitor follows events through pyroute2 (subscribed to link events only); its snapshots
+(the state at start and after an overflow) and the device names are read with
+:mod:`vtibgp.kernel.linkstate`, whose :func:`~vtibgp.kernel.linkstate.usability` is also the
+rule applied to each event.
+
+Owns: following link changes, finding a session's device. Must not know: routes, BGP, the
+shell (events go to a sink; errors to a callback).
+"""
 
 from __future__ import annotations
 
@@ -17,24 +26,18 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl import RTMGRP_LINK
 
 from vtibgp.core.model import DeviceState
+from vtibgp.kernel.linkstate import IFF_LOWER_UP, IFF_UP, read_links, usability
+
+__all__ = ["IFF_LOWER_UP", "IFF_UP", "LinkMonitor", "find_device"]
 
 log = logging.getLogger("vtibgp.kernel.links")
 
-IFF_UP = 0x1
-IFF_LOWER_UP = 0x10000  # carrier: a VTI/XFRM device always has it once up; a veth loses it
-# when its peer end goes down
-
 
 def _state(msg: Any) -> tuple[bool, str]:
-    """Usable or not, and why, from an RTM_NEWLINK / RTM_DELLINK message."""
+    """Usable or not, and why, from a pyroute2 RTM_NEWLINK / RTM_DELLINK message."""
     if msg["event"] == "RTM_DELLINK":
         return False, "deleted"
-    flags = msg["flags"]
-    if not flags & IFF_UP:
-        return False, "admin down"
-    if not flags & IFF_LOWER_UP:
-        return False, "carrier lost"
-    return True, "up"
+    return usability(int(msg["flags"]))
 
 
 class LinkMonitor:
@@ -61,9 +64,8 @@ class LinkMonitor:
         self._thread = threading.Thread(target=self._run, name="vtibgp-links", daemon=True)
 
     def snapshot(self) -> dict[str, tuple[bool, str]]:
-        """Current devices: usable or not, and why."""
-        with IPRoute() as ip:
-            return {str(m.get("ifname")): _state(m) for m in ip.get_links()}
+        """Current devices (in the calling thread's namespace): usable or not, and why."""
+        return {name: (link.usable, link.reason) for name, link in read_links().items()}
 
     def start(self, devices: set[str]) -> list[DeviceState]:
         """Subscribe, record the current state, and follow changes in the background.
@@ -149,8 +151,8 @@ def find_device(peer: str, local: str | None) -> str | None:
         peer_ip = ipaddress.ip_address(peer)
     except ValueError:
         return None
+    names = {link.index: link.name for link in read_links().values()}
     with IPRoute() as ip:
-        names = {m["index"]: m.get("ifname") for m in ip.get_links()}
         by_subnet = None
         for a in ip.get_addr():
             addr = a.get("address")

@@ -2,9 +2,10 @@
 problem found.
 
 Each check returns :class:`Finding` objects (ok / warn / error), each with the fix. The checks
-read the sysctls under ``<proc_root>/sys/net`` and the devices under ``<sys_root>/class/net``,
-and ask iproute2 (``ip -j``) for addresses and routes, all in the network namespace of the
-calling process. Tests give a fake ``proc_root``/``sys_root`` tree and a fake :class:`Net`.
+read the sysctls under ``<proc_root>/sys/net``, the devices (names, MTU) with the project's
+link reader (:func:`vtibgp.kernel.linkstate.read_links`, RTM_GETLINK), and ask iproute2
+(``ip -j``) for addresses and routes, all in the network namespace of the calling process.
+Tests give a fake ``proc_root`` tree and a fake :class:`Net`.
 
 MTU: AWS's pages disagree (1436 in the GenericConfig sample, 1399 on an older customer gateway
 page, at most 1446 on the current best-practice page, depending on the algorithms). We
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from vtibgp.config.schema import Config
+from vtibgp.kernel.linkstate import Link, read_links
 
 Level = Literal["ok", "warn", "error"]
 Iface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -61,7 +63,11 @@ class Finding:
 
 
 class Net(Protocol):
-    """What the checks ask the kernel about (``ip -j`` by default)."""
+    """What the checks ask the kernel about (:class:`IpNet` by default)."""
+
+    def links(self) -> dict[str, Link]:
+        """Every device, by name."""
+        ...
 
     def addresses(self) -> dict[str, list[Iface]]:
         """Device name -> its addresses with prefix length."""
@@ -73,7 +79,11 @@ class Net(Protocol):
 
 
 class IpNet:
-    """:class:`Net` through iproute2's JSON output, in this process's namespace."""
+    """:class:`Net` in this process's namespace: devices through the link reader, addresses
+    and routes through iproute2's JSON output."""
+
+    def links(self) -> dict[str, Link]:
+        return read_links()
 
     @staticmethod
     def _json(*argv: str) -> list[dict[str, object]]:
@@ -234,8 +244,9 @@ def check_sysctls(dev: str, proc_root: str) -> list[Finding]:
     return out
 
 
-def check_mtu(dev: str, sys_root: str) -> list[Finding]:
-    mtu = _read_int(Path(sys_root) / "class/net" / dev / "mtu")
+def check_mtu(dev: str, link: Link | None) -> list[Finding]:
+    """The MTU of device `dev` (`link`: as the kernel reports it; None if it is gone)."""
+    mtu = link.mtu if link is not None else None
     if mtu is None:
         return [Finding("warn", "mtu", dev, f"cannot read the MTU of {dev}", "")]
     if mtu > MTU_MAX:
@@ -483,19 +494,17 @@ def check_exabgp(cfg: Config, path: str, addrs: dict[str, list[Iface]]) -> list[
 
 
 def run_checks(cfg: Config, *, exabgp_conf: str | None = None, proc_root: str = "/proc",
-               sys_root: str = "/sys", etc_root: str = "/etc",
-               net: Net | None = None) -> list[Finding]:
+               etc_root: str = "/etc", net: Net | None = None) -> list[Finding]:
     """All the checks, in the calling process's network namespace."""
     net = net or IpNet()
+    links = net.links()
     addrs = net.addresses()
-    # a device only in /sys (no address) still exists
-    with contextlib.suppress(OSError):
-        for e in os.scandir(Path(sys_root) / "class/net"):
-            addrs.setdefault(e.name, [])
+    for name in links:  # a device without an address still exists
+        addrs.setdefault(name, [])
     devices, out = _devices(cfg, addrs)
     for dev in devices:
         out += check_sysctls(dev, proc_root)
-        out += check_mtu(dev, sys_root)
+        out += check_mtu(dev, links.get(dev))
     out += check_protocol(cfg, net, proc_root, etc_root)
     out += check_metrics_port(cfg.metrics_listen)
     out += check_capabilities(proc_root)
