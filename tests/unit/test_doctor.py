@@ -9,14 +9,23 @@ from pathlib import Path
 import pytest
 
 from vtibgp.config.schema import Config, parse
+from vtibgp.kernel.linkstate import IFF_LOWER_UP, IFF_UP, Link
 from vtibgp.tools import doctor
 from vtibgp.tools.doctor import Finding, Iface
 
 
 class FakeNet:
-    def __init__(self, addrs: dict[str, list[str]], routes: int = 0) -> None:
+    """Devices `addrs` (with those addresses) and `bare` (none), all of MTU `mtu`."""
+
+    def __init__(self, addrs: dict[str, list[str]], routes: int = 0, *, mtu: int = 1436,
+                 bare: tuple[str, ...] = ()) -> None:
         self.addrs = {d: [ipaddress.ip_interface(a) for a in aa] for d, aa in addrs.items()}
         self.routes = routes
+        self.devices = {name: Link(i, name, IFF_UP | IFF_LOWER_UP, mtu, "UP")
+                        for i, name in enumerate([*addrs, *bare], start=1)}
+
+    def links(self) -> dict[str, Link]:
+        return dict(self.devices)
 
     def addresses(self) -> dict[str, list[Iface]]:
         return {d: list(aa) for d, aa in self.addrs.items()}
@@ -28,9 +37,8 @@ class FakeNet:
 GOOD = {"disable_xfrm": 0, "disable_policy": 1, "rp_filter": 2, "forwarding": 1}
 
 
-def make_tree(root: Path, devs: dict[str, dict[str, int]], rp_all: int = 0,
-              mtu: int = 1436) -> tuple[str, str]:
-    proc, sys_ = root / "proc", root / "sys"
+def make_tree(root: Path, devs: dict[str, dict[str, int]], rp_all: int = 0) -> str:
+    proc = root / "proc"
     conf = proc / "sys/net/ipv4/conf"
     (conf / "all").mkdir(parents=True)
     (conf / "all/rp_filter").write_text(f"{rp_all}\n")
@@ -38,12 +46,10 @@ def make_tree(root: Path, devs: dict[str, dict[str, int]], rp_all: int = 0,
         (conf / dev).mkdir()
         for k, v in {**GOOD, **values}.items():
             (conf / dev / k).write_text(f"{v}\n")
-        (sys_ / "class/net" / dev).mkdir(parents=True)
-        (sys_ / "class/net" / dev / "mtu").write_text(f"{mtu}\n")
     (proc / "self").mkdir()
     (proc / "self/status").write_text("Uid:\t0\t0\t0\t0\nCapEff:\t000001ffffffffff\n"
                                       "CapAmb:\t0000000000000000\n")
-    return str(proc), str(sys_)
+    return str(proc)
 
 
 def cfg(**extra: object) -> Config:
@@ -56,15 +62,16 @@ def cfg(**extra: object) -> Config:
     return parse(data)
 
 
-NET = FakeNet({"vti01": ["169.254.10.2/30"], "vti02": ["169.254.11.2/30"], "lo": ["127.0.0.1/8"]})
+ADDRS = {"vti01": ["169.254.10.2/30"], "vti02": ["169.254.11.2/30"], "lo": ["127.0.0.1/8"]}
+NET = FakeNet(ADDRS)
 
 
 def run(tmp_path: Path, devs: dict[str, dict[str, int]] | None = None, *, c: Config | None = None,
         net: FakeNet = NET, **kw: object) -> list[Finding]:
     devs = {"vti01": {}, "vti02": {}} if devs is None else devs
-    proc, sys_ = make_tree(tmp_path, devs, **kw)  # type: ignore[arg-type]
-    return doctor.run_checks(c or cfg(), proc_root=proc, sys_root=sys_,
-                             etc_root=str(tmp_path / "etc"), net=net)
+    proc = make_tree(tmp_path, devs, **kw)  # type: ignore[arg-type]
+    return doctor.run_checks(c or cfg(), proc_root=proc, etc_root=str(tmp_path / "etc"),
+                             net=net)
 
 
 def errors(findings: list[Finding]) -> list[tuple[str, str]]:
@@ -123,8 +130,30 @@ def test_discovered_device(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("mtu", "level"), [(1399, "ok"), (1436, "ok"), (1446, "ok"),
                                             (1447, "warn"), (1500, "warn")])
 def test_mtu(tmp_path: Path, mtu: int, level: str) -> None:
-    out = run(tmp_path, mtu=mtu)
+    out = run(tmp_path, net=FakeNet(ADDRS, mtu=mtu))
     assert {f.level for f in out if f.check == "mtu"} == {level}
+    assert {f.subject for f in out if f.check == "mtu"} == {"vti01", "vti02"}
+    if level == "warn":
+        assert f"MTU {mtu} is above" in next(f.message for f in out if f.check == "mtu")
+
+
+def test_a_device_without_an_address_exists(tmp_path: Path) -> None:
+    """The devices come from the link reader, not from the address list: a device with no
+    address is reported as such, not as missing."""
+    net = FakeNet({"vti02": ["169.254.11.2/30"]}, bare=("vti01",))
+    out = run(tmp_path, net=net)
+    assert errors(out) == [("address", "vti01")]
+    assert "vti01 has no address" in next(f.message for f in out if f.level == "error")
+    assert ("ok", "mtu") in {(f.level, f.check) for f in out if f.subject == "vti01"}
+
+
+def test_the_mtu_of_a_device_gone_meanwhile(tmp_path: Path) -> None:
+    """An address listed for a device the link reader no longer finds: the MTU is unknown."""
+    net = FakeNet(ADDRS)
+    del net.devices["vti02"]
+    out = run(tmp_path, net=net)
+    assert [(f.level, f.subject) for f in out if f.check == "mtu"] == [("ok", "vti01"),
+                                                                      ("warn", "vti02")]
 
 
 def test_protocol(tmp_path: Path) -> None:
@@ -133,17 +162,17 @@ def test_protocol(tmp_path: Path) -> None:
     (etc / "rt_protos").write_text("186\tbgp\n99  other # comment\n")
     assert [f.level for f in run(tmp_path / "a", net=FakeNet({}))
             if f.check == "protocol"] == ["ok"]
-    proc, sys_ = make_tree(tmp_path / "b", {})
+    proc = make_tree(tmp_path / "b", {})
     (Path(proc) / "4242").mkdir()
     (Path(proc) / "4242/comm").write_text("zebra\n")
     (Path(proc) / "4242/cmdline").write_bytes(b"/usr/lib/frr/zebra\0-d\0")
     c = cfg(kernel={"protocol": 99})
-    out = doctor.run_checks(c, proc_root=proc, sys_root=sys_, etc_root=str(tmp_path / "etc"),
+    out = doctor.run_checks(c, proc_root=proc, etc_root=str(tmp_path / "etc"),
                             net=FakeNet({}, routes=3))
     prot = [(f.level, f.message) for f in out if f.check == "protocol"]
     assert prot[0][0] == "warn" and "'other'" in prot[0][1]
     assert prot[1][0] == "warn" and "3 routes" in prot[1][1]
-    out = doctor.run_checks(cfg(), proc_root=proc, sys_root=sys_, etc_root=str(tmp_path / "etc"),
+    out = doctor.run_checks(cfg(), proc_root=proc, etc_root=str(tmp_path / "etc"),
                             net=FakeNet({}))
     assert [f.level for f in out if f.check == "protocol"] == ["error"]  # zebra uses 186
 

@@ -37,6 +37,21 @@ FORBIDDEN = {
                "vtibgp.tools", "vtibgp.lab", "vtibgp.core.engine"),
 }
 
+# inside the kernel port each part uses only the parts below it (the socket knows no links,
+# the link reader no nexthop objects, ...): the vtibgp modules each may import
+_K = "vtibgp.kernel."
+KERNEL_PARTS = {
+    "netlink": {_K + "codec"},
+    "acks": {_K + "codec", _K + "netlink"},
+    "linkstate": {_K + "codec", _K + "netlink", "vtibgp.core.model"},
+    "links": {_K + "linkstate", "vtibgp.core.model"},
+    "nexthops": {_K + "codec", _K + "nexthop_codec", _K + "netlink", _K + "linkstate",
+                 "vtibgp.core.model"},
+    "routedump": {_K + "codec", _K + "netlink", _K + "linkstate", "vtibgp.core.model"},
+    "sender": {_K + "codec", _K + "netlink", _K + "linkstate", _K + "nexthops", _K + "acks",
+               "vtibgp.core.model"},
+}
+
 
 def imports_of(path: Path) -> set[str]:
     """Every module an import statement in `path` names (absolute; relative ones resolved)."""
@@ -99,3 +114,11 @@ def test_importing_the_core_loads_no_io_module() -> None:
     bad = sorted(name for name in loaded
                  if any(name == io or name.startswith(io + ".") for io in IO_MODULES))
     assert not bad, f"importing the core loads {bad}"
+
+
+@pytest.mark.parametrize("part", sorted(KERNEL_PARTS))
+def test_kernel_part_imports_only_the_parts_below_it(part: str) -> None:
+    ours = {name for name in imports_of(PKG / "kernel" / f"{part}.py")
+            if name.startswith("vtibgp.")} - {"vtibgp.kernel"}
+    extra = sorted(ours - KERNEL_PARTS[part])
+    assert not extra, f"vtibgp/kernel/{part}.py imports {extra}"
