@@ -995,7 +995,7 @@ def test_status_and_peer_route_gauges_count_each_peers_own_routes(
     peers = {p["peer"]: p for p in daemon.status()["peers"]}
     assert (peers[PEER]["best"], peers[PEER]["backup"]) == (1, 0)
     assert (peers[PEER2]["best"], peers[PEER2]["backup"]) == (0, 1)
-    daemon._route_gauges()
+    daemon.report.route_gauges()
     assert m.PEER_ROUTES.labels(PEER, "best")._value.get() == 1
     assert m.PEER_ROUTES.labels(PEER, "backup")._value.get() == 0
     assert m.PEER_ROUTES.labels(PEER2, "best")._value.get() == 0

@@ -4,9 +4,10 @@ Path order, best first (README "How the best path is chosen"), among the usable 
 core passes only those whose tunnel is known and usable): higher configured peer
 `preference`, higher LOCAL_PREF (absent = 100), shorter AS path (an AS_SET counts as one
 hop, confederation segments not at all), lower origin, lower MED (absent = 0, compared across
-peers), lower peer address (IPv4 before IPv6). Rank i becomes the route at metric `metric + i` through its own peer's device, for
-at most `max_paths` routes; with `ecmp`, paths equal but for the address form one multipath
-route. With `fallback`, a route without nexthop sits behind them all.
+peers), lower peer address (IPv4 before IPv6). Rank i becomes the route at metric
+`metric + i` through its own peer's device, for at most `max_paths` routes; with `ecmp`,
+paths equal but for the address form one multipath route. With `fallback`, a route without
+nexthop sits behind them all.
 
 The result is a "shape" (metric, nexthops pairs): it depends on the prefix only through its
 family, so it is computed once per (family, candidate paths) and shared by every prefix with

@@ -25,19 +25,17 @@ from functools import lru_cache
 from operator import attrgetter
 from typing import IO, Any, Protocol
 
-from vtibgp import __version__
 from vtibgp.config.schema import Config, ConfigError, load
 from vtibgp.control.server import ControlError, ControlServer
 from vtibgp.core import view
-from vtibgp.core.decision import Decision, TunnelChange
-from vtibgp.core.engine import REPAIR_KINDS, Core, coalesce
+from vtibgp.core.decision import Decision
+from vtibgp.core.engine import Core, coalesce
 from vtibgp.core.model import (
     Announce,
     DeviceState,
     EndOfRib,
     Event,
     GraceExpired,
-    IpsecState,
     KernelFlushed,
     KernelRoute,
     KernelRoutesFound,
@@ -55,12 +53,12 @@ from vtibgp.core.model import (
     Tick,
     Withdraw,
 )
-from vtibgp.core.policy import REASONS as POLICY_REASONS
 from vtibgp.core.settings import CoreSettings, PeerSettings
-from vtibgp.exabgp.parse import REASONS as INPUT_REASONS
 from vtibgp.exabgp.parse import LineKind
 from vtibgp.exabgp.session import EXABGP_SHUTDOWN_REASONS, RESYNC_QUIET, ExabgpSession
 from vtibgp.shell import metrics as m
+from vtibgp.shell.report import Reporter
+from vtibgp.shell.tunnel_request import CEASE_ADMIN_RESET, tunnel_request
 
 log = logging.getLogger("vtibgp")
 
@@ -193,20 +191,10 @@ class Daemon:
         self.limit_resync_at: float | None = None
         self.stop_signal: int | None = None
         self.reload_requested = False
-        self._known_peers = {p.address for p in cfg.peers}
         self._discovered: set[str] = set()
-        self._sync_reported = False
-        self.peer_since: dict[str, float] = {}
         self.next_reconcile = time.monotonic() + cfg.reconcile_interval
         self.next_gauges = 0.0
-        self.flaps: dict[str, int] = {}
-        self._logged_rejections: set[tuple[str, str, str]] = set()
-        # tunnel devices we route into, with the VPN connection each belongs to
-        self.vpn_of: dict[str, str] = {}
-        for p in cfg.peers:
-            if p.interface and (p.vpn or p.interface not in self.vpn_of):
-                self.vpn_of[p.interface] = p.vpn
-        self.device_since: dict[str, tuple[float, str]] = {}
+        self.report = Reporter(cfg, self.core)  # logs, metrics, status
 
     # ------------------------------------------------------------------ inputs
 
@@ -291,9 +279,9 @@ class Daemon:
             # the kernel writer was made with these: the running values stay until then
             new = dataclasses.replace(new, **{k: getattr(self.cfg, k) for k in fixed})
         old, self.cfg = self.cfg, new
-        self._known_peers = {p.address for p in new.peers}
+        self.report.configure(new)
         self._perform(self.core.handle(Reconfigure(core_settings(new))))
-        self._limit_gauges()
+        self.report.limit_gauges()
         m.RELOAD_OK.set(1)
         m.RELOAD_TIME.set(time.time())
         log.info("reloaded %s (%d peers)", new.source, len(new.peers))
@@ -319,8 +307,8 @@ class Daemon:
         the routes: the adoption overlaps ExaBGP's answer, which queues meanwhile (the
         reader should be started first; input is only processed by run())."""
         t0 = time.monotonic()
-        self._zero_series()
-        self._limit_gauges()
+        self.report.zero_series()
+        self.report.limit_gauges()
         m.RELOAD_OK.set(1)
         m.RELOAD_TIME.set(time.time())
         found = self.writer.dump()
@@ -377,11 +365,6 @@ class Daemon:
         self.session.resync()
         self._write_commands()
 
-    def _send(self, command: str) -> None:
-        if self.commands is not None:
-            self.session.send(command)
-            self._write_commands()
-
     def _write_commands(self) -> None:
         """Write what the session has to say to ExaBGP (our stdout is its command input)."""
         assert self.commands is not None
@@ -392,17 +375,6 @@ class Daemon:
             except OSError as e:
                 log.error("cannot write command %r to ExaBGP: %s", cmd, e)
                 self.session.unsent(cmd)
-
-    def _learned(self, rows: list[tuple[str, str, int | None]]) -> None:
-        """The summary's session states, for the peers nothing live has told us about."""
-        now = time.time()
-        for peer, named, up in rows:
-            if named == "up" and up is not None:
-                self.peer_since[peer] = now - up
-            if peer in self._known_peers:
-                m.PEER_UP.labels(peer).set(1 if named == "up" else 0)
-                if peer in self.peer_since:
-                    m.PEER_STATE_SINCE.labels(peer).set(self.peer_since[peer])
 
     # ------------------------------------------------------------------ the loop
 
@@ -501,7 +473,7 @@ class Daemon:
         for level, text in got.notes:
             getattr(log, level)("%s", text)
         if got.learned:
-            self._learned(got.learned)
+            self.report.learned(got.learned)
         for ev in got.replayed:
             self._event(ev, d, replay=True)
         for ev in got.live:
@@ -517,7 +489,7 @@ class Daemon:
         received again."""
         match ev:
             case Announce(peer=peer):
-                if peer in self._known_peers:
+                if peer in self.report.known_peers:
                     if not replay:
                         _child(m.PREFIXES_RECEIVED, peer).inc(len(ev.prefixes))
                 elif not self.cfg.accept_unconfigured_peers:
@@ -527,7 +499,7 @@ class Daemon:
                 log.debug("peer %s announced %d %s prefixes via %s", peer, len(ev.prefixes),
                           ev.family, ev.attrs.next_hop)
             case Withdraw(peer=peer):
-                if peer in self._known_peers:
+                if peer in self.report.known_peers:
                     _child(m.WITHDRAWS_RECEIVED, peer).inc(len(ev.prefixes))
                 log.debug("peer %s withdrew %d %s prefixes", peer, len(ev.prefixes), ev.family)
             case PeerState():
@@ -553,28 +525,18 @@ class Daemon:
                     # the kernel took the routes through it away with its nexthop objects
                     d.merge(self.core.handle(KernelFlushed(dev)))
                 self.writer.forget(dev)
-                self.device_since[dev] = (time.time(), ev.reason)
-                log.info("device %s %s (%s)", dev, "usable" if ev.usable else "unusable",
-                         ev.reason)
+                self.report.device(ev)
             case _:
                 pass
         if isinstance(ev, Announce) and self.core.device_of(ev.peer) is None:
             self._discover(ev.peer, None, d)
         d.merge(self.core.handle(ev))
-        if isinstance(ev, PeerState | Announce | Withdraw) and ev.peer in self._known_peers:
+        if isinstance(ev, PeerState | Announce | Withdraw) and \
+                ev.peer in self.report.known_peers:
             _child(m.PEER_PATHS, ev.peer).set(self.core.path_count(ev.peer))
 
     def _peer_state(self, ev: PeerState, d: Decision) -> None:
-        known = ev.peer in self._known_peers
-        level = logging.INFO if ev.state != "connected" else logging.DEBUG
-        log.log(level, "peer %s session %s%s", ev.peer, ev.state,
-                f" ({ev.reason})" if ev.reason else "")
-        now = time.time()
-        if self.core.session(ev.peer) != ev.state or ev.peer not in self.peer_since:
-            self.peer_since[ev.peer] = now
-        if known:
-            m.PEER_UP.labels(ev.peer).set(1 if ev.state == "up" else 0)
-            m.PEER_STATE_SINCE.labels(ev.peer).set(self.peer_since[ev.peer])
+        self.report.session(ev)
         if ev.state == "up":
             self._discovered.discard(ev.peer)  # a new session: look again
             if self.core.device_of(ev.peer) is None:
@@ -642,7 +604,7 @@ class Daemon:
                                             20 * (time.perf_counter() - t0))
         if now >= self.next_gauges:
             t0 = time.perf_counter()
-            self._route_gauges()
+            self.report.route_gauges()
             # they walk every route: at most ~5% of the loop's time on a large table
             self.next_gauges = now + max(GAUGE_INTERVAL, 20 * (time.perf_counter() - t0))
 
@@ -655,160 +617,30 @@ class Daemon:
         if gone:
             log.info("reconcile: removed %d nexthop objects no route uses any more", gone)
 
-    def _zero_series(self) -> None:
-        """Create every series with a known label set at start, so a peer that never comes
-        up still alerts and rate() sees the first increment of each counter."""
-        now = time.time()
-        for dev in self.vpn_of:
-            self._tunnel_gauges(dev)
-            m.TUNNEL_SINCE.labels(dev).set(now)
-            usable = self.core.scope_usable(("device", dev))
-            self.device_since.setdefault(dev, (now, "at start" if usable else "down at start"))
-            for role in m.ROLES:
-                m.TUNNEL_ROUTES.labels(dev, role).set(0)
-        for p in self.cfg.peers:
-            m.PEER_UP.labels(p.address).set(0)
-            m.PEER_STATE_SINCE.labels(p.address).set(now)
-            m.PREFIXES_RECEIVED.labels(p.address).inc(0)
-            m.WITHDRAWS_RECEIVED.labels(p.address).inc(0)
-            m.PEER_PATHS.labels(p.address).set(0)
-            for reason in (*POLICY_REASONS, "max_prefix"):
-                m.PREFIXES_REJECTED.labels(p.address, reason).inc(0)
-        for reason in INPUT_REASONS:
-            m.INPUT_REJECTED.labels(reason).inc(0)
-        for line_kind in LineKind:
-            m.INPUT_LINES.labels(line_kind.value).inc(0)
-        for op in OpKind:
-            for result in m.OP_RESULTS:
-                m.ROUTE_OPS.labels(op.value, result).inc(0)
-        m.PREFIXES_IGNORED.labels("unknown_peer").inc(0)
-        for repair in REPAIR_KINDS:
-            m.REPAIRS.labels(repair).inc(0)
-
-    def _limit_gauges(self) -> None:
-        for p in self.cfg.peers:
-            m.PEER_MAX_PREFIXES.labels(p.address).set(self.core.prefix_limit(p.address))
-
-    def _refusals(self, d: Decision) -> None:
-        """Count refusals by peer and reason, and log each (peer, prefix, reason) once."""
-        for (peer, reason), n in d.refused.items():
-            m.PREFIXES_REJECTED.labels(peer, reason).inc(n)
-        total = sum(d.refused.values())
-        logged = 0
-        for peer, prefix, reason in d.refused_samples:
-            key = (peer, prefix, reason)
-            if key in self._logged_rejections:
-                continue
-            if len(self._logged_rejections) >= LOGGED_REJECTIONS:
-                self._logged_rejections.clear()
-            self._logged_rejections.add(key)
-            log.warning("peer %s: refused %s (%s)", peer, prefix, reason)
-            logged += 1
-        if total > logged and logged:
-            log.warning("… and %d more refusals in this batch (see "
-                        "vtibgp_prefixes_rejected_total)", total - logged)
-
-    def _limits(self, d: Decision) -> None:
-        """Count and log max-prefix thresholds crossed, and when the peers a restart delay
-        holds back are read again from ExaBGP's adj-rib-in."""
-        for lc in d.limits:
-            m.MAX_PREFIX_EVENTS.labels(lc.peer, lc.event).inc()
-            if lc.event == "warn":
-                log.warning("peer %s: %d prefixes, near its limit of %d", lc.peer, lc.held,
-                            lc.limit)
-            elif lc.event == "limit":
-                log.error("peer %s: prefix limit %d reached; %s", lc.peer, lc.limit,
-                          "refusing new prefixes" if lc.action == "stop" else "warning only")
-            else:
-                log.error("peer %s: prefix limit %d exceeded: resetting the session (Cease 1, "
-                          "maximum number of prefixes reached)", lc.peer, lc.limit)
-        for hb in d.held_back:
-            log.warning("peer %s: session up inside the max-prefix restart delay; its prefixes "
-                        "are refused for %.0f s more, then taken from ExaBGP's adj-rib-in",
-                        hb.peer, max(0.0, hb.until - time.monotonic()))
-            at = self.limit_resync_at
-            self.limit_resync_at = hb.until if at is None else min(at, hb.until)
-
-    def _tunnel_change(self, ch: TunnelChange) -> None:
-        kind, name = ch.scope
-        what = f"tunnel {name}" if kind == "device" else f"tunnel of peer {name}"
-        if ch.flap:
-            log.warning("%s flapped (%s) during its %gs hold-down", what, ch.reason,
-                        self.cfg.hold_down)
-        else:
-            log.log(logging.INFO if ch.up else logging.WARNING, "%s %s (%s)", what,
-                    "up: routes return" if ch.up else "down: routes moved off it", ch.reason)
-        if kind != "device":
-            return
-        if ch.flap:
-            m.TUNNEL_FLAPS.labels(name).inc()
-            self.flaps[name] = self.flaps.get(name, 0) + 1
-        else:
-            m.TUNNEL_TRANSITIONS.labels(name, "up" if ch.up else "down").inc()
-            m.TUNNEL_SINCE.labels(name).set(time.time())
-            self.device_since[name] = (time.time(), ch.reason)
-        self._tunnel_gauges(name)
-
-    def _tunnel_gauges(self, device: str) -> None:
-        down = self.core.signals_down(("device", device))
-        m.TUNNEL_UP.labels(device, self.vpn_of.get(device, "")).set(
-            1 if self.core.scope_usable(("device", device)) else 0)
-        for sig in m.TUNNEL_SIGNALS:
-            m.TUNNEL_SIGNAL_UP.labels(device, sig).set(0 if sig in down else 1)
-
     def ipsec(self, body: dict[str, Any], d: Decision) -> dict[str, Any]:
-        """An updown notification: map the connection to its device or peers, and tell the
-        core. Keyed on the connection name (PLUTO_UNIQUEID changes on rekey)."""
-        state, conn = body.get("state"), body.get("connection")
-        dev = body.get("device")
-        if state not in ("up", "down") or not isinstance(conn, str):
-            return {"error": 'tunnel: expected "state": "up"|"down" and a "connection"'}
-        entries = [t for t in self.cfg.tunnels if t.connection == conn]
-        events: list[IpsecState] = []
-        now = time.monotonic()
-        reason = f"ipsec {conn}: {body.get('verb') or state}"
-        for t in entries:
-            if t.peers:
-                events.append(IpsecState(None, t.peers, state == "up", reason, now))
-            elif t.device or isinstance(dev, str):
-                events.append(IpsecState(t.device or str(dev), (), state == "up", reason, now))
-        if not entries and isinstance(dev, str) and dev:
-            events.append(IpsecState(dev, (), state == "up", reason, now))
-        if not events:
-            return {"error": f"unknown connection {conn!r} and no device given: map it under "
-                             f"tunnels: in {self.cfg.source}"}
-        log.info("%s (%s)", reason, ", ".join(e.device or "peers " + " ".join(e.peers)
-                                              for e in events))
-        for ev in events:
+        """An updown notification: tell the core what it means (see tunnel_request)."""
+        req = tunnel_request(body, self.cfg, self.core.device_of, time.monotonic())
+        if isinstance(req, str):
+            return {"error": req}
+        log.info("%s (%s)", req.reason, ", ".join(e.device or "peers " + " ".join(e.peers)
+                                                  for e in req.events))
+        for ev in req.events:
             if ev.device and not ev.up:
                 # at once, before anything else: the backups through the other tunnel carry
                 # the traffic from then on
                 self._flush_device(ev.device, d)
             self.after_answer.append(ev)  # decided after the caller is answered (_process)
-        outside = body.get("outside")
-        if state == "up" and isinstance(outside, str):
+        if req.outside is not None:
             # the loop guard learns the tunnel's public endpoint from the IPsec daemon
-            for peer in self._peers_of(events):
-                d.merge(self.core.handle(OutsideLearned(peer, (outside,))))
-        if state == "down":
-            self._teardown(entries, events)
-        return {"ok": True, "applied": len(events)}
-
-    def _peers_of(self, events: list[IpsecState]) -> list[str]:
-        """The configured peers an IPsec event is about: its peers, or those on its device."""
-        peers = {p for ev in events for p in ev.peers}
-        peers.update(p.address for p in self.cfg.peers for ev in events
-                     if ev.device and self.core.device_of(p.address) == ev.device)
-        return sorted(peers)
-
-    def _teardown(self, entries: list[Any], events: list[IpsecState]) -> None:
-        """Reset the BGP sessions over a tunnel that went down, where configured, so that
-        ExaBGP resyncs when the tunnel returns (Cease 4, Administrative Reset)."""
-        if self.commands is None or not any(t.teardown for t in entries):
-            return
-        for peer in self._peers_of(events):
-            log.info("tunnel down: resetting the BGP session with %s", peer)
-            self._send(f"neighbor {peer} teardown 4")
+            for peer in req.peers:
+                d.merge(self.core.handle(OutsideLearned(peer, (req.outside,))))
+        if req.reset and self.commands is not None:
+            # so that ExaBGP resyncs when the tunnel returns
+            for peer in req.peers:
+                log.info("tunnel down: resetting the BGP session with %s", peer)
+                self.session.teardown(peer, CEASE_ADMIN_RESET)
+            self._write_commands()
+        return {"ok": True, "applied": len(req.events)}
 
     # ------------------------------------------------------------------ control requests
 
@@ -824,54 +656,7 @@ class Daemon:
         return {"error": f"unknown command {cmd!r}; known: status, routes, tunnel"}
 
     def status(self) -> dict[str, Any]:
-        counts = view.route_counts(self.core, self.vpn_of)
-        peers = []
-        addresses = [p.address for p in self.cfg.peers]
-        addresses += sorted((view.peers_seen(self.core) | set(self.session.summary_states))
-                            - set(addresses))
-        for addr in addresses:
-            pc = self.cfg.peer(addr)
-            core_view = view.peer_view(self.core, addr)
-            best, backup = counts.per_peer.get(addr, (0, 0))
-            peers.append({
-                "peer": addr,
-                "description": pc.description if pc else "",
-                "configured": pc is not None,
-                **core_view,
-                # a state message is newer than what the resync's summary said
-                "state": core_view["state"] or self.session.summary_states.get(addr, "idle"),
-                "since": self.peer_since.get(addr),
-                "best": best,
-                "backup": backup,
-            })
-        devices = []
-        names = {p["device"] for p in peers if p["device"]} | set(counts.per_device)
-        for name in sorted(names):
-            since: float | None = None
-            reason = ""
-            if name in self.device_since:
-                since, reason = self.device_since[name]
-            best, backup = counts.per_device.get(name, (0, 0))
-            devices.append({
-                "device": name,
-                **view.device_view(self.core, name),
-                "flaps": self.flaps.get(name, 0),
-                "reason": reason,
-                "since": since,
-                "best": best,
-                "backup": backup,
-            })
-        return {
-            "version": __version__,
-            "exabgp_api": self.session.api_version,
-            "synced": self.core.synced,
-            "table": self.cfg.table,
-            "protocol": self.cfg.protocol,
-            "peers": peers,
-            "devices": devices,
-            "routes": {"prefixes": len(self.core.installed), "best": counts.best,
-                       "total": self.core.route_count()},
-        }
+        return self.report.status(self.session.api_version, self.session.summary_states)
 
     def route_table(self, prefix: str | None) -> dict[str, Any]:
         return {"prefixes": view.route_table(self.core, prefix)}
@@ -887,29 +672,16 @@ class Daemon:
             self._report(later)
 
     def _report(self, d: Decision) -> None:
-        """The effects of a decision besides its route ops: logs, metrics, commands."""
-        if d.synced is not None and not self._sync_reported:
-            self._sync_reported = True
-            m.STALE_SWEPT.inc(d.synced)
-            m.SYNCED.set(1)
-            log.info("start: sync complete; %d unconfirmed routes removed", d.synced)
-        for ch in d.tunnels:
-            self._tunnel_change(ch)
-        if d.refused:
-            self._refusals(d)
-        if d.limits or d.held_back:
-            self._limits(d)
+        """The effects of a decision besides its route ops: the reporter's logs and metrics,
+        the sessions to reset, when held-back peers are read again."""
+        self.report.decision(d)
         if d.resets and self.commands is not None:
             for peer, subcode in d.resets:
                 self.session.teardown(peer, subcode)
             self._write_commands()
-        if d.repairs:
-            for kind, n in d.repairs.items():
-                m.REPAIRS.labels(kind).inc(n)
-            log.warning("reconcile: repaired %s", ", ".join(f"{n} {k}" for k, n in
-                                                            sorted(d.repairs.items())))
-        for why in d.invalid:
-            log.warning("%s", why)
+        for hb in d.held_back:
+            at = self.limit_resync_at
+            self.limit_resync_at = hb.until if at is None else min(at, hb.until)
 
     def _apply(self, ops: list[RouteOp]) -> Decision:
         """Apply ops; feed refusals back to the core, whose ops for them are applied too.
@@ -949,20 +721,6 @@ class Daemon:
                 answer.ops = []
                 later.merge(answer)
         return later
-
-    def _route_gauges(self) -> None:
-        """Route counts by role, per device and per peer (at most once a second: it walks
-        every route)."""
-        counts = view.route_counts(self.core, self.vpn_of)
-        for dev, (best, backup) in counts.per_device.items():
-            m.TUNNEL_ROUTES.labels(dev, "best").set(best)
-            m.TUNNEL_ROUTES.labels(dev, "backup").set(backup)
-        m.ROUTES_INSTALLED.labels("best").set(counts.best)
-        m.ROUTES_INSTALLED.labels("backup").set(counts.backup)
-        for p in self.cfg.peers:
-            best, backup = counts.per_peer.get(p.address, (0, 0))
-            m.PEER_ROUTES.labels(p.address, "best").set(best)
-            m.PEER_ROUTES.labels(p.address, "backup").set(backup)
 
     # ------------------------------------------------------------------ exit
 
