@@ -191,3 +191,66 @@ def test_lab_bgp_signal_and_a_broken_lab_is_rebuilt(lab_owned: None) -> None:
     out = ok("up", "--no-host-link")
     assert "partly up (ExaBGP is not running)" in out
     assert_routes(BOTH)
+
+
+def lab_fail_blackhole(tunnel: str) -> subprocess.Popen[str]:
+    """`lab fail TUNNEL --signal blackhole`, started (the command's own code: the top-level
+    parser of `vtibgp` may not offer the signal yet)."""
+    code = f"import sys; from vtibgp.lab import cli; sys.exit(cli.fail({tunnel!r}, 'blackhole'))"
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+
+
+def nft_ruleset(ns: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "ruleset"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.skipif(shutil.which("nft") is None, reason="nft not found (apt-get install nftables)")
+def test_lab_blackhole_signal(lab_owned: None) -> None:
+    """A silent failure: nftables at the VGW drops tunnel 1's traffic, the device keeps its
+    carrier and BGP is not told; without the probe, the routes move when BGP's hold time
+    runs out. `restore` removes the rule, `down` leaves no nftables state."""
+    ok("up", "--no-host-link")
+    fail = lab_fail_blackhole("1")
+    try:
+        harness.wait_until(lambda: "tun1" in nft_ruleset(lab_cli.NS_AWS), 30,
+                           what="the blackhole rule in the VGW namespace")
+        ruleset = nft_ruleset(lab_cli.NS_AWS)
+        assert "table inet vtibgp-lab-blackhole" in ruleset and "tun2" not in ruleset
+        assert "drop" in ruleset
+        assert nft_ruleset(lab_cli.NS_GW) == ""  # the gateway side is untouched
+        gw_link = harness.Topology(tag="lab", names=(lab_cli.NS_GW, lab_cli.NS_AWS))
+        assert gw_link.link("gw", "vti01")["operstate"] == "UP"  # type: ignore[index]
+        out, _ = fail.communicate(timeout=lab_cli.FAIL_TIMEOUT + harness.DEFAULT_HOLD_TIME + 30)
+    finally:
+        if fail.poll() is None:
+            fail.kill()
+            fail.wait()
+    assert fail.returncode == 0, out
+    assert "nftables at the VGW drops all IP traffic on tun1" in out
+    assert "vtibgp's probe" in out
+    assert "FAILED by `lab fail 1 --signal blackhole`; BLACKHOLED" in out
+    assert_routes(ONLY2)
+    assert "BLACKHOLED" in ok("status")
+
+    out = ok("restore", "1")
+    assert "it failed by blackhole" in out
+    assert "vtibgp-lab-blackhole" not in nft_ruleset(lab_cli.NS_AWS)
+    assert "BLACKHOLED" not in out
+    assert_routes(BOTH)
+    ok("restore", "1")  # idempotent
+
+    # a crash after the state was saved, before anything else: restore still cleans up
+    harness.Topology(tag="lab", names=(lab_cli.NS_GW, lab_cli.NS_AWS)).blackhole(2, True)
+    state = json.loads((STATE / "state.json").read_text())
+    state["failed"]["2"] = "blackhole"
+    (STATE / "state.json").write_text(json.dumps(state))
+    assert "BLACKHOLED" in ok("status")
+    ok("restore", "2")
+    assert nft_ruleset(lab_cli.NS_AWS) == ""
+    assert_routes(BOTH)
+
+    ok("down")
+    assert "vtibgp-lab-blackhole" not in subprocess.run(
+        ["nft", "list", "tables"], capture_output=True, text=True, check=False).stdout

@@ -55,7 +55,7 @@ MGMT_NET = ipaddress.ip_network("169.254.179.0/30")
 HOST_MGMT = "169.254.179.1"
 GW_MGMT = "169.254.179.2"
 METRICS_PORT = defaults.METRICS_PORT
-SIGNALS = ("link", "bgp", "both")
+SIGNALS = defaults.LAB_SIGNALS
 REPO = Path(__file__).resolve().parents[2]
 
 UP_TIMEOUT = 60.0
@@ -369,10 +369,12 @@ def _took(t0: float) -> str:
     return f"{dt * 1000:.0f} ms" if dt < 1 else f"{dt:.1f} s"
 
 
-def _wait_routes(found: _Lab, timeout: float) -> dict[str, int]:
+def _wait_routes(found: _Lab, timeout: float, mover: str = "") -> dict[str, int]:
+    """Wait until the gateway's routes are those of the failed tunnels; ``mover`` says what
+    is expected to move them (for the messages)."""
     want = _expected(found.failed)
     found.gw.wait_for(lambda: _routes_are(found.topo, want), timeout,
-                      what=f"the gateway's routes: {_describe(want)}")
+                      what=f"the gateway's routes: {_describe(want)}{mover}")
     return want
 
 
@@ -384,6 +386,11 @@ def _print_vtibgp_status() -> None:
 
 
 def _print_tunnels(found: _Lab) -> None:
+    try:
+        blackholed = found.topo.blackholed()
+    except lab.HarnessError as e:
+        print(f"(cannot read the VGW's nftables blackhole: {e})")
+        blackholed = set()
     for n, t in lab.TUNNELS.items():
         try:
             bgp = found.bird.session_state(n)
@@ -391,6 +398,10 @@ def _print_tunnels(found: _Lab) -> None:
             bgp = f"unknown ({e})"
         how = found.failed.get(n)
         mark = f"FAILED by `lab fail {n} --signal {how}`" if how else "up"
+        if n in blackholed:
+            mark += f"; BLACKHOLED: nftables drops all IP traffic on the VGW's {t.aws_dev}"
+        elif how == "blackhole":
+            mark += f" (but no nftables rule drops {t.aws_dev}'s traffic: `lab restore {n}`)"
         print(f"tunnel {n}: {t.gw_dev} {t.gw_v4}/{t.plen_v4} <-> VGW {t.aws_v4}  "
               f"{mark}; BGP at the VGW: {bgp}")
 
@@ -543,15 +554,25 @@ def fail(tunnel: str, signal: str = "link") -> int:
     """Take tunnel ``tunnel`` down. ``link``: the VGW end of the veth goes down, so the
     gateway's device loses carrier (the tunnel is gone; BGP finds out only when its hold time
     runs out, vtibgp at once from the device); ``bgp``: the VGW closes the BGP session (a
-    Cease, as when AWS resets a tunnel's session); ``both``."""
+    Cease, as when AWS resets a tunnel's session); ``both``; ``blackhole``: nftables at the
+    VGW drops all the tunnel's IP traffic, the device keeps its carrier and BGP is not told
+    (a silent tunnel failure: vtibgp's probe finds it, else BGP's hold timer)."""
     n = tunnel_number(tunnel)
     if signal not in SIGNALS:
         raise LabError(f"--signal must be one of {', '.join(SIGNALS)}", 2)
+    if signal == "blackhole" and shutil.which("nft") is None:
+        raise LabError("--signal blackhole needs nft (apt-get install nftables)", 2)
     _preflight()
     with _locked():
         found = _require_up()
         dev = lab.TUNNELS[n].gw_dev
         t0 = time.monotonic()
+        timeout, mover = FAIL_TIMEOUT, ""
+        if signal == "blackhole" and found.failed.get(n, signal) == signal:
+            timeout = FAIL_TIMEOUT + found.bird.hold_time
+            mover = (f" (moved by vtibgp's probe of {dev} when it sees no echo reply, or, "
+                     f"without the probe, when BGP's {found.bird.hold_time} s hold time runs "
+                     f"out)")
         if n in found.failed:
             print(f"tunnel {n} is already failed ({found.failed[n]}); "
                   f"`{_self_command()} lab restore {n}` brings it back")
@@ -564,16 +585,25 @@ def fail(tunnel: str, signal: str = "link") -> int:
             if signal in ("bgp", "both"):
                 _say(f"tunnel {n} fails: the VGW closes its BGP session (Cease)")
                 found.bird.disable_session(n)
+            if signal == "blackhole":
+                aws_dev = lab.TUNNELS[n].aws_dev
+                _say(f"tunnel {n} fails silently: nftables at the VGW drops all IP traffic on "
+                     f"{aws_dev} ({dev} keeps its carrier, BGP is not told)")
+                found.topo.blackhole(n, True)
+                print(f"the routes move when vtibgp's probe sees no echo reply through {dev} "
+                      f"(or, without the probe, when BGP's {found.bird.hold_time} s hold "
+                      f"time runs out)", flush=True)
             found.save()
-        want = _wait_routes(found, FAIL_TIMEOUT)
+        want = _wait_routes(found, timeout, mover)
         print(f"{_describe(want)}: {_took(t0)} after the change")
         _print_overview(found)
     return 0
 
 
 def restore(tunnel: str) -> int:
-    """Undo ``fail`` on tunnel ``tunnel`` (carrier back, BGP session enabled: both, whatever
-    the failure was) and wait for the routes to return to it."""
+    """Undo ``fail`` on tunnel ``tunnel`` (carrier back, BGP session enabled, no blackhole:
+    all of them, whatever the failure was, so a crash half-way is undone too) and wait for
+    the routes to return to it."""
     n = tunnel_number(tunnel)
     _preflight()
     with _locked():
@@ -585,6 +615,7 @@ def restore(tunnel: str) -> int:
         else:
             _say(f"tunnel {n} restored (it failed by {how})")
         found.topo.carrier_on(n)
+        found.topo.blackhole(n, False)
         if n in found.bird.disabled:
             found.bird.enable_session(n)
         found.save()

@@ -574,6 +574,62 @@ class Topology:
     def carrier_on(self, n: int) -> None:
         self.set_link("aws", self.tunnels[n].aws_dev, True)
 
+    # -- blackhole (nftables)
+    def blackhole(self, n: int, on: bool) -> None:
+        """Drop (``on``) or pass again all IP traffic of tunnel ``n`` at the VGW end of its
+        veth pair, in and out, with nftables: the device keeps its carrier and BGP is not
+        told (the session dies when its hold time runs out), as when an IPsec tunnel stops
+        passing traffic. ARP is left alone (a route-based IPsec tunnel has none; the
+        gateway's neighbour entry stays valid). For a shared tunnel (3) that is the whole
+        device, so its owner's traffic too. Idempotent both ways; with nothing blackholed the
+        table is removed, so no nft state is left."""
+        dev = self.tunnels[n].aws_dev
+        if not on and shutil.which("nft") is None:
+            return  # nothing can have been put there
+        current = self._blackholed_devices()
+        want = current | {dev} if on else current - {dev}
+        if want == current and (want or not self._has_blackhole_table()):
+            return
+        # one transaction replaces the whole table (add first, so the delete cannot fail):
+        # whatever a crash left there, the result is exactly `want`
+        script = f"add table inet {BLACKHOLE_TABLE}\ndelete table inet {BLACKHOLE_TABLE}\n"
+        if want:
+            script += _blackhole_table(sorted(want))
+        self._nft(script)
+
+    def blackholed(self) -> set[int]:
+        """The tunnels whose VGW device nftables blackholes now (shared ones included)."""
+        devs = self._blackholed_devices()
+        return {n for n, t in self.tunnels.items() if t.aws_dev in devs}
+
+    def _nft(self, script: str) -> None:
+        full = ["ip", "netns", "exec", self.aws, "nft", "-f", "-"]
+        res = subprocess.run(full, input=script, capture_output=True, text=True, timeout=30,
+                             check=False)
+        if res.returncode != 0:
+            raise HarnessError(f"command failed (rc={res.returncode}): {shlex.join(full)}\n"
+                               f"{res.stderr.strip()}\n--- script:\n{script}")
+
+    def _has_blackhole_table(self) -> bool:
+        if shutil.which("nft") is None:
+            return False
+        res = self.run("aws", "nft", "list", "table", "inet", BLACKHOLE_TABLE, check=False)
+        return res.returncode == 0
+
+    def _blackholed_devices(self) -> set[str]:
+        """The devices in the blackhole table's set (empty without nft or the table)."""
+        if shutil.which("nft") is None:
+            return set()
+        res = self.run("aws", "nft", "-j", "list", "set", "inet", BLACKHOLE_TABLE,
+                       BLACKHOLE_SET, check=False)
+        if res.returncode != 0:
+            return set()
+        found: set[str] = set()
+        for item in json.loads(res.stdout).get("nftables", []):
+            elems = item.get("set", {}).get("elem", [])
+            found |= {e for e in elems if isinstance(e, str)}
+        return found
+
     def add_host_link(self, host_dev: str, ns_dev: str, host_cidr: str, ns_cidr: str) -> None:
         """A veth pair from the root namespace (``host_dev``, ``host_cidr``) into the gateway
         namespace (``ns_dev``, ``ns_cidr``), both ends up: a management link, so that the
@@ -600,6 +656,29 @@ class Topology:
         family: int = 4,
     ) -> list[dict[str, Any]]:
         return routes(self._ns(ns), table=table, proto=proto, family=family)
+
+
+# nftables table of Topology.blackhole: a set of devices, and drop rules in the input,
+# forward and output hooks (before the filter priority, so no other rule can accept first)
+BLACKHOLE_TABLE = "vtibgp-lab-blackhole"
+BLACKHOLE_SET = "blackholed"
+
+
+def _blackhole_table(devices: Sequence[str]) -> str:
+    """The blackhole table, dropping all IP traffic in and out of ``devices``."""
+    elems = ", ".join(json.dumps(d) for d in devices)
+
+    def chain(hook: str, rules: Sequence[str]) -> str:
+        body = "".join(f"    {r} @{BLACKHOLE_SET} counter drop\n" for r in rules)
+        return (f"  chain {hook} {{\n    type filter hook {hook} priority -200; "
+                f"policy accept;\n{body}  }}\n")
+
+    return (f"table inet {BLACKHOLE_TABLE} {{\n"
+            f"  set {BLACKHOLE_SET} {{ type ifname; elements = {{ {elems} }}; }}\n"
+            + chain("input", ["iifname"])
+            + chain("forward", ["iifname", "oifname"])
+            + chain("output", ["oifname"])
+            + "}\n")
 
 
 # --------------------------------------------------------------------------- processes

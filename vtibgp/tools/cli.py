@@ -329,9 +329,12 @@ def main(argv: list[str] | None = None) -> int:
     lab_sub.add_parser("status", help="the running lab's tunnels, routes and vtibgp status")
     lab_fail = lab_sub.add_parser("fail", help="take a tunnel down and show the failover")
     lab_fail.add_argument("tunnel", help="1 or 2 (or vti01, vti02)")
-    lab_fail.add_argument("--signal", choices=["link", "bgp", "both"], default="link",
+    lab_fail.add_argument("--signal", choices=defaults.LAB_SIGNALS,
+                          default="link",
                           help="link: the VGW end goes down, the tunnel device loses carrier "
-                          "(default); bgp: the VGW closes the BGP session; both")
+                          "(default); bgp: the VGW closes the BGP session; both; blackhole: "
+                          "nftables at the VGW drops all the tunnel's traffic, carrier and "
+                          "BGP untouched (only vtibgp's probe sees it at once)")
     lab_restore = lab_sub.add_parser("restore", help="bring a failed tunnel back")
     lab_restore.add_argument("tunnel", help="1 or 2 (or vti01, vti02)")
     lab_sub.add_parser("down", help="remove every namespace, process and file of the lab")
