@@ -352,6 +352,8 @@ def test_dashboard_covers_the_issue() -> None:
         "vtibgp_tunnel_transitions_total", "vtibgp_tunnel_flaps_total",
         "vtibgp_kernel_errors_total", 'result="conflict"', "vtibgp_input_rejected_total",
         "vtibgp_last_update_timestamp_seconds", "vtibgp_build_info",
+        "rate(vtibgp_probe_lost_total", "rate(vtibgp_probe_requests_total",
+        "histogram_quantile(0.99, sum by (instance, device, le) (rate(vtibgp_probe_rtt_seconds",
     ):
         assert needle in every, needle
 

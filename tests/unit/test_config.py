@@ -3,6 +3,7 @@ allowed."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -196,7 +197,8 @@ def test_policy_section_and_per_peer_settings() -> None:
     assert merged.allow_default and merged.max_length_ipv4 == 24
     assert merged.max_length_ipv6 == 56
     assert merged.protected == ("192.168.1.0/24", "10.255.0.0/16", "172.31.0.0/16")
-    assert cfg.peers[0] == PeerConfig("169.254.10.1", "vti01")  # peer keys unchanged
+    assert cfg.peers[0] == PeerConfig("169.254.10.1", "vti01",  # peer keys unchanged
+                                      probe="169.254.10.1")  # (probed at its own address)
 
     pol = Policy(p)
     attrs = PathAttrs("169.254.10.1", as_path=(64512,))
@@ -349,3 +351,29 @@ def test_tunnel_fallback_choices() -> None:
     with pytest.raises(ConfigError) as e:
         parse({"peers": peers, "tunnel": {"fallback": "drop"}}, "t.yaml")
     assert "tunnel.fallback" in str(e.value) and "unreachable" in str(e.value)
+
+
+def test_probe_section_and_per_peer_targets() -> None:
+    cfg = parse({"peers": [{"address": "169.254.10.1", "interface": "vti01"},
+                           {"address": "169.254.11.1", "interface": "vti02", "probe": False},
+                           {"address": "fd00:12::1", "interface": "vti03",
+                            "probe": "fd00:12::5"}],
+                 "probe": {"interval": 0.1, "multiplier": 5, "up_after": 2,
+                           "when_all_down": "withdraw"}}, "t.yaml")
+    assert [p.probe for p in cfg.peers] == ["169.254.10.1", None, "fd00:12::5"]
+    assert (cfg.probe_enabled, cfg.probe_interval, cfg.probe_multiplier, cfg.probe_up_after,
+            cfg.probe_when_all_down) == (True, 0.1, 5, 2, "withdraw")
+    assert parse({"peers": [{"address": "169.254.10.1"}]}).probe_enabled  # on by default
+    for bad, message in (
+        ({"probe": {"interval": 0.01}}, "t.yaml: probe.interval: expected a number of seconds "
+                                        "from 0.05 to 10"),
+        ({"probe": {"multiplier": 1}}, "t.yaml: probe.multiplier: expected an integer from 2"),
+        ({"probe": {"when_all_down": "maybe"}}, "probe.when_all_down: expected one of auto, "
+                                                "keep, withdraw"),
+        ({"probe": {"every": 1}}, "probe.every: unknown key; allowed here: enabled, interval"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            parse({"peers": [{"address": "169.254.10.1"}], **bad}, "t.yaml")
+    with pytest.raises(ConfigError, match=re.escape(
+            "t.yaml: peers[0].probe: expected the address to send echo requests to")):
+        parse({"peers": [{"address": "169.254.10.1", "probe": "vgw"}]}, "t.yaml")

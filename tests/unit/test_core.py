@@ -925,10 +925,10 @@ def test_an_outside_endpoint_that_is_no_address_is_refused_in_the_decision() -> 
     k = Kernel()
     feed(core, k, ann(P1, "52.1.0.0/16"))
     d = decide(core, k, OutsideLearned(P1, ("not-an-address",)))
-    assert d.ops == [] and len(d.invalid) == 1 and "not-an-address" in d.invalid[0]
+    assert d.ops == [] and len(d.warnings) == 1 and "not-an-address" in d.warnings[0]
     assert ("52.1.0.0/16", 100) in k.routes  # nothing held is lost
     d = decide(core, k, OutsideLearned(P1, ("52.1.2.3",)))
-    assert d.invalid == [] and ("52.1.0.0/16", 100) not in k.routes  # a loop: it goes
+    assert d.warnings == [] and ("52.1.0.0/16", 100) not in k.routes  # a loop: it goes
 
 
 def test_sync_completion_is_decided_once_with_the_routes_swept() -> None:

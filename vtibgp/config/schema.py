@@ -44,6 +44,9 @@ class PeerConfig:
     families: tuple[Family, ...] = ("ipv4 unicast",)
     description: str = ""
     vpn: str = ""  # the VPN connection the tunnel belongs to (AWS: two tunnels per VPN)
+    # where the probe's echo requests go through `interface` (default: the peer's own,
+    # inside, address); None: this peer's tunnel is not probed
+    probe: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,7 @@ class TunnelConfig:
 
 
 FALLBACKS = ("none", "unreachable", "blackhole")
+WHEN_ALL_DOWN = ("auto", "keep", "withdraw")  # probe.when_all_down
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +87,15 @@ class Config:
     # or a route of this type behind the real ones (see README "Routes follow the tunnel")
     fallback: str = "none"
     reconcile_interval: float = 30.0
+    # the probe signal: echo requests through each tunnel every interval; down after
+    # interval x multiplier without a reply, up after up_after replies in a row
+    probe_enabled: bool = True
+    probe_interval: float = 0.2
+    probe_multiplier: int = 3
+    probe_up_after: int = 3
+    # when the probe alone says down on every tunnel of a prefix: keep its routes while
+    # BGP is up (keep), remove them (withdraw), or auto: keep unless tunnel.fallback is set
+    probe_when_all_down: str = "auto"
     nexthop_objects: str = "auto"  # "auto" (where the kernel has them), "on" or "off"
     peers: tuple[PeerConfig, ...] = field(default_factory=tuple)
     tunnels: tuple[TunnelConfig, ...] = field(default_factory=tuple)
@@ -442,7 +455,26 @@ _TOP: dict[str, Any] = {
         "hold_down": ("hold_down", _number_range(0, 600)),
         "fallback": ("fallback", _choice(*FALLBACKS)),
     },
+    "probe": {
+        "enabled": ("probe_enabled", _boolean),
+        "interval": ("probe_interval", _number_range(0.05, 10)),
+        "multiplier": ("probe_multiplier", _int_range(2, 100)),
+        "up_after": ("probe_up_after", _int_range(1, 100)),
+        "when_all_down": ("probe_when_all_down", _choice(*WHEN_ALL_DOWN)),
+    },
 }
+
+def _probe_target(ctx: _Ctx, path: str, v: Any) -> str | bool:
+    """`peers[].probe`: an address, or false (not probed). True: the peer's address."""
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str):
+        try:
+            return str(ipaddress.ip_address(v))
+        except ValueError:
+            pass
+    raise ctx.fail(path, "expected the address to send echo requests to through the tunnel, "
+                   "true (the peer's own address) or false (no probe)", v)
 
 _PEER: dict[str, Any] = {
     "address": _address,
@@ -455,7 +487,9 @@ _PEER: dict[str, Any] = {
     "outside": _outside,
     "max_prefix": _max_prefix,
     "policy": _peer_policy,
+    "probe": _probe_target,
 }
+
 
 
 def _connection(ctx: _Ctx, path: str, v: Any) -> str:
@@ -562,7 +596,10 @@ def _peers(ctx: _Ctx, data: Any
     for v in raw:
         gw = v.pop("gateway", "auto")
         shared = sharing.get(v.get("interface", ""), 0) > 1
-        peers.append(PeerConfig(gateway=gw == "yes" or (gw == "auto" and shared), **v))
+        target = v.pop("probe", True)
+        probe = v["address"] if target is True else target or None
+        peers.append(PeerConfig(gateway=gw == "yes" or (gw == "auto" and shared), probe=probe,
+                                **v))
     return tuple(peers), own
 
 

@@ -68,7 +68,10 @@ class Decision:
     resets: list[tuple[PeerAddr, int]] = field(default_factory=list)
     repairs: Counter[str] = field(default_factory=Counter)  # a scan's repairs, by kind
     synced: int | None = None  # the start-up sync completed: routes no peer confirmed, swept
-    invalid: list[str] = field(default_factory=list)  # input the core could not use, why
+    # worth a warning: input the core could not use, a probe target that never answered
+    warnings: list[str] = field(default_factory=list)
+    # the devices to probe now, with their targets, when that changed (None: unchanged)
+    probes: dict[str, str] | None = None
 
     def merge(self, other: Decision) -> Decision:
         """Append `other` (decided after this one) to this one; returns self."""
@@ -88,12 +91,14 @@ class Decision:
             self.repairs.update(other.repairs)
         if other.synced is not None:
             self.synced = (self.synced or 0) + other.synced
-        if other.invalid:
-            self.invalid += other.invalid
+        if other.warnings:
+            self.warnings += other.warnings
+        if other.probes is not None:
+            self.probes = other.probes
         return self
 
     def effects(self) -> bool:
         """Whether anything besides route operations was decided."""
         return bool(self.tunnels or self.refused or self.limits or self.held_back
-                    or self.resets or self.repairs or self.invalid
-                    or self.synced is not None)
+                    or self.resets or self.repairs or self.warnings
+                    or self.synced is not None or self.probes is not None)

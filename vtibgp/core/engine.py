@@ -45,6 +45,7 @@ from vtibgp.core.model import (
     PeerDevice,
     PeerState,
     Prefix,
+    ProbeReply,
     Reconcile,
     Reconfigure,
     ResyncDone,
@@ -57,6 +58,7 @@ from vtibgp.core.model import (
     route_op,
 )
 from vtibgp.core.policy import MaxPrefix, MaxPrefixEvent, Policy, PolicySettings
+from vtibgp.core.probe import ProbeWatch
 from vtibgp.core.rib import AdjRibIn
 from vtibgp.core.settings import CoreSettings, PeerSettings
 from vtibgp.core.tunnels import TunnelSignals
@@ -92,6 +94,11 @@ class Core:
         # what the event being handled decided besides its route ops (returned by handle)
         self._out = Decision()
         self.best = BestPath(settings, self.peers, self.device_of)
+        self.probe = ProbeWatch(settings.probe) if settings.probe else None
+        self._probes_dirty = self.probe is not None  # which devices to probe may have changed
+        # peers whose tunnel only the probe says is down: what stays when every path of a
+        # prefix is down that way (see _usable_peers)
+        self._kept_memo: frozenset[PeerAddr] = frozenset()
 
     # ---------------------------------------------------------------- queries
 
@@ -193,7 +200,34 @@ class Core:
     def _usable_peers(self) -> frozenset[PeerAddr]:
         if self._usable_memo is None:
             self._usable_memo = frozenset(p for p in self.rib if self.usable(p))
+            self._kept_memo = self._probe_kept_peers()
         return self._usable_memo
+
+    def _probe_kept_peers(self) -> frozenset[PeerAddr]:
+        """The peers whose tunnel is down by the probe alone (its session up, its device
+        known, no other signal down, not in a hold-down). When every path of a prefix is
+        down, these keep it: the probe says the path is black, but removing every route
+        sends the traffic along a less specific route (in clear, to the Internet) on an
+        uplink failure or a broken probe. Not with `probe.when_all_down: withdraw`, nor
+        with a fallback route (which refuses the traffic instead)."""
+        probe = self.settings.probe
+        if probe is None or not probe.keep_when_all_down or self.settings.fallback:
+            return frozenset()
+        t = self.tunnels
+        out = set()
+        for peer in self.rib:
+            dev = self.device_of(peer)
+            if dev is None or not self.known(peer) or not t.usable(("peer", peer)):
+                continue
+            scope = ("device", dev)
+            if t.signals_down(scope) == ["probe"] and not t.held(scope):
+                out.add(peer)
+        return frozenset(out)
+
+    def _kept(self, prefix: Prefix, kept: frozenset[PeerAddr]) -> Shape:
+        """The routes of a prefix whose every path is down by the probe alone."""
+        return self.best.want(prefix, [(peer, paths[prefix]) for peer, paths in self.rib.items()
+                                       if peer in kept and prefix in paths])
 
     def _invalidate(self) -> None:
         """Usability or policy changed: forget what was derived from it."""
@@ -212,6 +246,8 @@ class Core:
     def desired(self, prefix: Prefix) -> dict[int, KernelRoute]:
         """The kernel routes this prefix should have, keyed by metric."""
         shape = self.best.want(prefix, self._candidates(prefix))
+        if not shape and self._kept_memo:
+            shape = self._kept(prefix, self._kept_memo)
         if not shape and self.settings.fallback:
             shape = self._fallback_only(prefix)
         return {metric: kernel_route(prefix, metric, hops) for metric, hops in shape}
@@ -231,6 +267,8 @@ class Core:
         """The one way in: `event` changes the state; the result is everything decided."""
         out = self._out = Decision()
         ops = self._handle(event)
+        if self._probes_dirty:
+            ops += self._sync_probes()
         lost = self.in_kernel.lost
         if lost and not isinstance(event, KernelFlushed):
             # the event behind the kernel's flush is in: what the flush took away that is
@@ -265,6 +303,7 @@ class Core:
                     return self._peer_synced([event.peer])
                 return []
             case DeviceState():
+                self._probes_dirty = self.probe is not None  # no probe while the link is down
                 return self._signal(("device", event.device), "link", event.usable,
                                     event.reason, event.at)
             case IpsecState():
@@ -275,7 +314,14 @@ class Core:
                     ops += self._signal(scope, "ipsec", event.up, event.reason, event.at)
                 return ops
             case Tick():
-                return self._tick(event.now)
+                return self._tick(event.now, event.now if event.seen is None else event.seen)
+            case ProbeReply():
+                if self.probe is not None and self.probe.reply(event.device, event.rtt,
+                                                               event.at):
+                    return self._signal(("device", event.device), "probe", True,
+                                        f"{self.probe.settings.up_after} echo replies in a "
+                                        "row", event.at)
+                return []
             case KernelFlushed():
                 self.in_kernel.flushed(event.device)
                 return []
@@ -283,6 +329,7 @@ class Core:
                 before = self.device_of(event.peer)
                 self.discovered[event.peer] = event.device
                 self._invalidate()
+                self._probes_dirty = self.probe is not None
                 if self.device_of(event.peer) == before:
                     return []
                 return self._recompute(self.rib.get(event.peer, {}))
@@ -316,7 +363,7 @@ class Core:
         try:
             changed = self.import_policy.set_outside(peer, found)
         except ValueError:
-            self._out.invalid.append(f"outside endpoint {', '.join(found)!r} of peer {peer}: "
+            self._out.warnings.append(f"outside endpoint {', '.join(found)!r} of peer {peer}: "
                                      "not an address")
             return []
         self.outside[peer] = found
@@ -339,6 +386,7 @@ class Core:
         self.peers = dict(settings.peers)
         self.tunnels.hold_down = settings.hold_down
         self.best.configure(settings, self.peers)
+        ops = self._reprobe(settings)
         self._set_policy(settings.policy)
         if self.import_policy is not None:
             for peer, found in self.outside.items():
@@ -360,7 +408,25 @@ class Core:
                             self.adj.drop(peer, prefix, pid)
                             self._refuse(peer, prefix, reason)
         prefixes.update(self.adj.prefixes())
-        return self._recompute(prefixes)
+        return ops + self._recompute(prefixes)
+
+    def _reprobe(self, settings: CoreSettings) -> list[RouteOp]:
+        """New probe settings: off stops every probe (their verdicts go), on starts them."""
+        ops: list[RouteOp] = []
+        if settings.probe is None:
+            if self.probe is not None:
+                for dev in list(self.probe.targets()):
+                    if self.probe.stop(dev):
+                        ops += self._signal(("device", dev), "probe", True, "probe turned off",
+                                            self.now)
+                self.probe = None
+                self._out.probes = {}
+        elif self.probe is None:
+            self.probe = ProbeWatch(settings.probe)
+        else:
+            self.probe.settings = settings.probe
+        self._probes_dirty = self.probe is not None
+        return ops
 
     def _reconcile(self, kernel: Iterable[KernelRoute]) -> list[RouteOp]:
         """Compare what the kernel holds of ours with what the RIB wants (like BIRD's periodic
@@ -505,8 +571,16 @@ class Core:
                 at: float) -> list[RouteOp]:
         """One signal about a tunnel. Down takes its routes away at once (their paths stay
         held); up returns them when every signal is up and the hold-down has passed."""
-        change = self.tunnels.signal(scope, signal, up, reason, at)
+        t = self.tunnels
+        probe_only = t.signals_down(scope) == ["probe"]
+        change = t.signal(scope, signal, up, reason, at)
         if change is None:
+            if self._kept_memo or probe_only != (t.signals_down(scope) == ["probe"]):
+                # no change of usability, but of whether the probe alone holds it down,
+                # which decides what stays when every path of a prefix is down
+                self._invalidate()
+                self._usable_peers()
+                return self._recompute(self._affected(scope))
             return []
         self._out.tunnels.append(change)
         if change.flap:
@@ -520,14 +594,65 @@ class Core:
             touched |= ks.adopted_dead(self._live)
         return self._recompute(touched)
 
-    def _tick(self, now: float) -> list[RouteOp]:
+    def _tick(self, now: float, seen: float) -> list[RouteOp]:
         self.now = now
         ops: list[RouteOp] = []
         for change in self.tunnels.expire(now):
             self._invalidate()
             self._out.tunnels.append(change)
             ops += self._recompute(self._affected(change.scope))
+        if self.probe is not None:
+            for dev, why in self.probe.expire(seen):
+                ops += self._signal(("device", dev), "probe", False, why, now)
+            self._out.warnings += [text for _, text in self.probe.silent(now)]
         return ops
+
+    # ---------------------------------------------------------------- the probe
+
+    def _probe_targets(self) -> dict[str, str]:
+        """The devices to probe, with their target: of each device that carries a peer with
+        a probe target and whose link is not down, the target of the lowest such peer."""
+        targets: dict[str, str] = {}
+        for peer in sorted(self.peers):
+            target = self.peers[peer].probe
+            dev = self.device_of(peer)
+            if target is None or dev is None or dev in targets:
+                continue
+            if not self.tunnels.says_down(("device", dev), "link"):
+                targets[dev] = target
+        return targets
+
+    def _sync_probes(self) -> list[RouteOp]:
+        """Start and stop probes to match `_probe_targets`; a probe that stops takes its
+        verdict with it (a down probe no longer holds its tunnel down)."""
+        self._probes_dirty = False
+        if self.probe is None:
+            return []
+        want = self._probe_targets()
+        have = self.probe.targets()
+        if want == have:
+            return []
+        ops: list[RouteOp] = []
+        for dev, target in have.items():
+            if want.get(dev) != target and self.probe.stop(dev):
+                ops += self._signal(("device", dev), "probe", True, "no longer probed",
+                                    self.now)
+        for dev, target in want.items():
+            self.probe.start(dev, target, self.now)
+        self._out.probes = want
+        return ops
+
+    def next_timer(self) -> float | None:
+        """When the core next needs a Tick without any input (a hold-down ending, a probe's
+        detect time running out), or None."""
+        times = list(self.tunnels.holding.values())
+        if self.probe is not None and (deadline := self.probe.next_deadline()) is not None:
+            times.append(deadline)
+        return min(times) if times else None
+
+    def probe_state(self, device: str) -> dict[str, object]:
+        """The probe of `device`, for `status`: state (off, waiting, up, down), target, RTT."""
+        return self.probe.state(device) if self.probe is not None else {"state": "off"}
 
     def _recompute(self, prefixes: Iterable[Prefix],
                    held: tuple[PeerAddr, PathAttrs] | None = None) -> list[RouteOp]:
@@ -569,6 +694,7 @@ class Core:
         last6 = False
         want: Shape = ()
         fallback = self.settings.fallback
+        kept = self._kept_memo
         ADD = OpKind.ADD
         for prefix in prefixes:
             v6 = ":" in prefix
@@ -583,6 +709,8 @@ class Core:
             # (`want` may be reused for the next prefix: the fallback, which depends on this
             # prefix's unusable paths, goes into `shape`)
             shape = want if want or not fallback else self._fallback_only(prefix)
+            if not shape and kept:
+                shape = self._kept(prefix, kept)
             if not shape:
                 have = inst.get(prefix)
                 if have is None:

@@ -129,9 +129,23 @@ class KernelFlushed:
 
 @dataclass(frozen=True, slots=True)
 class Tick:
-    """Time passes (the shell's monotonic clock): hold-downs that ran out end."""
+    """Time passes (the shell's monotonic clock): hold-downs that ran out end, probes that
+    heard nothing for their detect time say down. `seen`: the shell has handed in every
+    input that arrived until then (probe replies queue behind a busy loop): silence is
+    judged up to that time, not `now`. None: up to `now`."""
 
     now: float
+    seen: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeReply:
+    """An echo reply came back through `device` after `rtt` seconds, read at `at` (the
+    shell's monotonic clock)."""
+
+    device: str
+    rtt: float
+    at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +228,7 @@ Event = (
     | IpsecState
     | KernelFlushed
     | Tick
+    | ProbeReply
     | PeerDevice
     | KernelRoutesFound
     | ResyncDone

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from vtibgp.core.model import Family, PeerAddr
 from vtibgp.core.policy import PolicySettings
+from vtibgp.core.probe import ProbeSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +21,7 @@ class PeerSettings:
     preference: int = 100
     gateway: bool = False
     families: tuple[Family, ...] = ("ipv4 unicast",)
+    probe: str | None = None  # the address echo requests go to through its device; None: none
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,3 +36,4 @@ class CoreSettings:
     # a route without nexthop behind every prefix held (tunnel.fallback): when every tunnel
     # of a prefix is down its traffic is refused rather than sent along a less specific route
     fallback: bool = False
+    probe: ProbeSettings | None = None  # the probe signal; None: no probing at all

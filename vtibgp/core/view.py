@@ -56,10 +56,12 @@ def peer_view(core: Core, peer: PeerAddr) -> dict[str, Any]:
 
 
 def device_view(core: Core, device: str) -> dict[str, Any]:
-    """One tunnel device: usable, the signals that say down, and whether it is held down."""
+    """One tunnel device: usable, the signals that say down, whether it is held down, and its
+    probe (off, waiting for a first reply, up or down; target and last round-trip time)."""
     scope = ("device", device)
     return {"usable": device not in core.unusable_devices,
-            "down": core.signals_down(scope), "holding": core.held_down(scope)}
+            "down": core.signals_down(scope), "holding": core.held_down(scope),
+            "probe": core.probe_state(device)}
 
 
 def peers_seen(core: Core) -> set[PeerAddr]:

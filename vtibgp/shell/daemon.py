@@ -19,12 +19,13 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from operator import attrgetter
 from typing import IO, Any, Protocol
 
+from vtibgp.addresses import AF_INET, AF_INET6
 from vtibgp.config.schema import Config, ConfigError, load
 from vtibgp.control.server import ControlError, ControlServer
 from vtibgp.core import view
@@ -45,6 +46,7 @@ from vtibgp.core.model import (
     OutsideLearned,
     PeerDevice,
     PeerState,
+    ProbeReply,
     Reconcile,
     Reconfigure,
     RouteFailed,
@@ -53,10 +55,12 @@ from vtibgp.core.model import (
     Tick,
     Withdraw,
 )
+from vtibgp.core.probe import ProbeSettings
 from vtibgp.core.settings import CoreSettings, PeerSettings
 from vtibgp.exabgp.parse import LineKind
 from vtibgp.exabgp.session import EXABGP_SHUTDOWN_REASONS, RESYNC_QUIET, ExabgpSession
 from vtibgp.shell import metrics as m
+from vtibgp.shell.prober import Prober, ProbeTarget
 from vtibgp.shell.report import Reporter
 from vtibgp.shell.tunnel_request import CEASE_ADMIN_RESET, tunnel_request
 
@@ -142,13 +146,29 @@ def core_settings(cfg: Config) -> CoreSettings:
         ecmp=cfg.ecmp,
         accept_unconfigured_peers=cfg.accept_unconfigured_peers,
         peers={
-            p.address: PeerSettings(p.interface, p.preference, p.gateway, p.families)
+            p.address: PeerSettings(p.interface, p.preference, p.gateway, p.families, p.probe)
             for p in cfg.peers
         },
         hold_down=cfg.hold_down,
         policy=cfg.policy,
         fallback=cfg.fallback != "none",
+        probe=probe_settings(cfg),
     )
+
+
+def probe_settings(cfg: Config) -> ProbeSettings | None:
+    if not cfg.probe_enabled:
+        return None
+    keep = cfg.probe_when_all_down == "keep" or (
+        cfg.probe_when_all_down == "auto" and cfg.fallback == "none")
+    return ProbeSettings(cfg.probe_interval, cfg.probe_multiplier, cfg.probe_up_after, keep)
+
+
+class Probes(Protocol):
+    """What the shell needs of the prober (vtibgp.shell.prober.Prober)."""
+
+    def set_targets(self, targets: Mapping[str, ProbeTarget]) -> None: ...
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -173,7 +193,7 @@ class Daemon:
         self.core = Core(core_settings(cfg))
         # the core's clock starts now, not at 0.0: what it stamps before the loop's first
         # timer pass (a max-prefix teardown's restart delay) must be in the shell's time
-        self.core.handle(Tick(time.monotonic()))
+        first = self.core.handle(Tick(time.monotonic()))
         self.writer = writer
         self.commands = commands  # ExaBGP reads our stdout as commands; None in dry-run
         self.discover = discover
@@ -195,6 +215,10 @@ class Daemon:
         self.next_reconcile = time.monotonic() + cfg.reconcile_interval
         self.next_gauges = 0.0
         self.report = Reporter(cfg, self.core)  # logs, metrics, status
+        # the prober (run() makes it; none in dry-run and in tests), and what it should probe
+        self.prober: Probes | None = None
+        self.probe_targets: dict[str, str] = first.probes or {}
+        self._seen = 0.0  # the arrival time of the newest input handed to the core
 
     # ------------------------------------------------------------------ inputs
 
@@ -228,6 +252,12 @@ class Daemon:
         t = threading.Thread(target=run, name="vtibgp-stdin", daemon=True)
         t.start()
         return t
+
+    def attach_prober(self, prober: Probes) -> None:
+        """From now on the core's probe targets go to `prober` (the ones decided so far at
+        once)."""
+        self.prober = prober
+        prober.set_targets({dev: ProbeTarget(dev, t) for dev, t in self.probe_targets.items()})
 
     def start_state(self, ev: DeviceState) -> None:
         """A tunnel device's state as the link monitor found it before the loop runs."""
@@ -271,7 +301,7 @@ class Daemon:
             return False
         fixed = [k for k in ("metrics_listen", "metrics_tls_cert", "metrics_tls_key",
                              "control_socket", "table", "protocol", "batch", "fallback",
-                             "nexthop_objects")
+                             "nexthop_objects", "probe_enabled", "probe_interval")
                  if getattr(new, k) != getattr(self.cfg, k)]
         if fixed:
             log.warning("reload: %s changed; that takes effect at the next start",
@@ -391,7 +421,7 @@ class Daemon:
                          for _ in range(min(DRAIN_MAX, len(self.backlog)))]
             else:
                 try:
-                    item = self.queue.get(timeout=TICK)
+                    item = self.queue.get(timeout=self._idle_wait())
                 except queue.Empty:
                     self._timers()
                     continue
@@ -408,6 +438,14 @@ class Daemon:
                 break
         self._exit()
         return 0
+
+    def _idle_wait(self) -> float:
+        """How long the loop may wait for input: TICK, or less when the core needs a timer
+        pass sooner (a probe's detect time, a hold-down)."""
+        due = self.core.next_timer()
+        if due is None:
+            return TICK
+        return min(TICK, max(0.0, due - time.monotonic()) + 0.001)
 
     def _process(self, batch: list[tuple[str, float, object]]) -> bool:
         # A batch builds a few objects per route, none of them in a reference cycle, and
@@ -427,6 +465,7 @@ class Daemon:
         eof = False
         applied = False
         for kind, t, payload in batch:
+            self._seen = t
             if len(d.ops) >= APPLY_AT:
                 # a full table arriving: apply what is decided so far (sooner in the kernel,
                 # and the ops of the whole backlog are never held at once)
@@ -571,7 +610,9 @@ class Daemon:
 
     def _timers(self) -> None:
         now = time.monotonic()
-        d = self.core.handle(Tick(now))
+        # input still queued (a busy loop) may hold probe replies: silence is judged only up
+        # to the newest input handed in
+        d = self.core.handle(Tick(now, None if self.queue.empty() else self._seen))
         if self.session.due(now):  # the start-up quiet wait is over: the resync is asked
             self._stale_note()
             self._write_commands()
@@ -675,6 +716,12 @@ class Daemon:
         """The effects of a decision besides its route ops: the reporter's logs and metrics,
         the sessions to reset, when held-back peers are read again."""
         self.report.decision(d)
+        if d.probes is not None:
+            self.probe_targets = d.probes
+            log.info("probing %s", ", ".join(f"{dev} -> {t}" for dev, t in sorted(
+                d.probes.items())) or "no tunnel")
+            if self.prober is not None:
+                self.attach_prober(self.prober)
         if d.resets and self.commands is not None:
             for peer, subcode in d.resets:
                 self.session.teardown(peer, subcode)
@@ -725,6 +772,8 @@ class Daemon:
     # ------------------------------------------------------------------ exit
 
     def _exit(self) -> None:
+        if self.prober is not None:
+            self.prober.close()
         if self.cfg.on_exit == "withdraw":
             ops = self.core.handle(Stopping(withdraw=True)).ops
             log.info("exit: removing our %d routes (on_exit: withdraw)", len(ops))
@@ -735,6 +784,43 @@ class Daemon:
             log.info("exit: leaving our %d routes in place (on_exit: retain)",
                      self.core.route_count())
         self.writer.close()
+
+
+def _probe_or_not(cfg: Config) -> Config:
+    """The probe needs CAP_NET_RAW or a ping_group_range with our group: without either it
+    is off, with a warning (never a crash); the other signals work as before."""
+    if not cfg.probe_enabled:
+        return cfg
+    families = {AF_INET6 if ":" in p.probe else AF_INET
+                for p in cfg.peers if p.probe}
+    for family in sorted(families):
+        why = Prober.check(family)
+        if why is not None:
+            log.warning("%s: the probe is off: %s. Silent tunnel failures are then seen only "
+                        "when BGP's hold timer runs out (README \"Privileges\")", cfg.source,
+                        why)
+            m.PROBE_AVAILABLE.set(0)
+            return dataclasses.replace(cfg, probe_enabled=False)
+    m.PROBE_AVAILABLE.set(1)
+    return cfg
+
+
+def start_prober(cfg: Config, post: Callable[[Event], None]) -> Prober:
+    """The prober, its replies handed to the loop as events and counted in the metrics
+    (its callbacks run on its own thread: quick, no core state)."""
+    def reply(device: str, rtt: float, at: float) -> None:
+        m.PROBE_REPLIES.labels(device).inc()
+        m.PROBE_RTT.labels(device).observe(rtt)
+        post(ProbeReply(device, rtt, at))
+
+    def error(device: str, message: str) -> None:
+        m.PROBE_ERRORS.labels(device).inc()
+        log.warning("probe %s: %s", device, message)
+
+    return Prober(reply, interval=cfg.probe_interval,
+                  on_sent=lambda device, _at: m.PROBE_SENT.labels(device).inc(),
+                  on_lost=lambda device, _at: m.PROBE_LOST.labels(device).inc(),
+                  on_error=error)
 
 
 def _widen_pipe(fd: int) -> None:
@@ -784,7 +870,10 @@ def run(cfg: Config, *, dry_run: bool, stdin: IO[bytes] | None = None) -> int:
                   cfg.source, writer.nexthop_refusal)
         writer.close()
         return 2
+    cfg = _probe_or_not(cfg)
     daemon = Daemon(cfg, writer, sys.stdout, discover=find_device)
+    if cfg.probe_enabled:
+        daemon.attach_prober(start_prober(cfg, daemon.post))
     daemon.install_signals()
     if cfg.metrics_listen:
         m.serve(cfg.metrics_listen, cfg.metrics_tls_cert, cfg.metrics_tls_key)

@@ -22,7 +22,7 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 # label set is created at start from these, so that rate() sees the first increment.
 OP_RESULTS = ("ok", "conflict", "error")  # vtibgp_kernel_route_operations_total{result}
 ROLES = ("best", "backup")  # vtibgp_tunnel_routes, vtibgp_peer_routes, vtibgp_kernel_routes
-TUNNEL_SIGNALS = ("link", "ipsec")  # vtibgp_tunnel_signal_up{signal}
+TUNNEL_SIGNALS = ("link", "ipsec", "probe")  # vtibgp_tunnel_signal_up{signal}
 
 BUILD = Info(
     "vtibgp_build", "vtibgp version and the ExaBGP JSON API version seen", registry=REGISTRY
@@ -169,6 +169,34 @@ SYNCED = Gauge(
 )
 
 
+PROBE_SENT = Counter(
+    "vtibgp_probe_requests_total", "Echo requests the probe sent through the tunnel device",
+    ["device"], registry=REGISTRY,
+)
+PROBE_REPLIES = Counter(
+    "vtibgp_probe_replies_total", "Echo replies that came back through the tunnel device",
+    ["device"], registry=REGISTRY,
+)
+PROBE_LOST = Counter(
+    "vtibgp_probe_lost_total", "Echo requests unanswered within a second", ["device"],
+    registry=REGISTRY,
+)
+PROBE_RTT = Histogram(
+    "vtibgp_probe_rtt_seconds", "Round-trip time of the probe's echo requests", ["device"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0), registry=REGISTRY,
+)
+PROBE_AVAILABLE = Gauge(
+    "vtibgp_probe_available",
+    "1 if the probe can send echo requests (CAP_NET_RAW or ping_group_range), 0 if it is off "
+    "for lack of them (see the log), absent when the probe is disabled",
+    registry=REGISTRY,
+)
+PROBE_ERRORS = Counter(
+    "vtibgp_probe_errors_total", "Probe sends or socket opens that failed", ["device"],
+    registry=REGISTRY,
+)
+
+
 def set_build(api_version: str) -> None:
     BUILD.info({"version": __version__, "exabgp_api": api_version})
 
@@ -186,3 +214,4 @@ def serve(listen: str, certfile: str | None = None, keyfile: str | None = None) 
         return None
     log.info("metrics: serving on %s://%s/metrics", "https" if certfile else "http", listen)
     return server
+

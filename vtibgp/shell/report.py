@@ -79,6 +79,10 @@ class Reporter:
             for result in m.OP_RESULTS:
                 m.ROUTE_OPS.labels(op.value, result).inc(0)
         m.PREFIXES_IGNORED.labels("unknown_peer").inc(0)
+        if self.cfg.probe_enabled:
+            for dev in {p.interface for p in self.cfg.peers if p.probe and p.interface}:
+                for counter in (m.PROBE_SENT, m.PROBE_REPLIES, m.PROBE_LOST):
+                    counter.labels(dev).inc(0)
         for repair in REPAIR_KINDS:
             m.REPAIRS.labels(repair).inc(0)
 
@@ -126,7 +130,7 @@ class Reporter:
                 m.REPAIRS.labels(kind).inc(n)
             log.warning("reconcile: repaired %s", ", ".join(f"{n} {k}" for k, n in
                                                             sorted(d.repairs.items())))
-        for why in d.invalid:
+        for why in d.warnings:
             log.warning("%s", why)
 
     def tunnel_change(self, ch: TunnelChange) -> None:

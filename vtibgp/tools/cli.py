@@ -138,10 +138,15 @@ def cmd_status(args: argparse.Namespace) -> int:
                      str(p["backup"]),
                      p["description"] or ("" if p["configured"] else "(not configured)")])
     print(_table(rows))
-    rows = [["Device", "Usable", "Since", "Reason", "Best", "Backup"]]
+    rows = [["Device", "Usable", "Since", "Reason", "Probe", "RTT", "Best", "Backup"]]
     for d in st["devices"]:
+        probe = d.get("probe") or {"state": "off"}
+        rtt = probe.get("rtt")
         rows.append([d["device"], "yes" if d["usable"] else "no", _when(d["since"]),
-                     d["reason"] or "-", str(d["best"]), str(d["backup"])])
+                     d["reason"] or "-",
+                     probe["state"] + (f" {probe['target']}" if probe.get("target") else ""),
+                     f"{rtt * 1000:.1f} ms" if isinstance(rtt, float) else "-",
+                     str(d["best"]), str(d["backup"])])
     print()
     print(_table(rows))
     return 0
