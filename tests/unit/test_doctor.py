@@ -268,3 +268,31 @@ def test_exabgp_templates_and_inherit_are_followed() -> None:
     assert set(found) == {"169.254.10.1", "169.254.11.1"}
     assert found["169.254.10.1"] == {"local": "169.254.10.2", "processes": ["vtibgp"]}
     assert found["169.254.11.1"]["processes"] == ["vtibgp"]
+
+
+def test_probe_privileges_are_checked_for_the_running_plugin(tmp_path: Path) -> None:
+    cfg = parse({"peers": [{"address": "169.254.10.1", "interface": "vti01"}]}, "t.yaml")
+    proc = tmp_path / "proc"
+    (proc / "sys/net/ipv4").mkdir(parents=True)
+    (proc / "sys/net/ipv4/ping_group_range").write_text("1\t0\n")
+    argv = b"/usr/bin/python3\0/usr/local/bin/vtibgp\0run\0--config\0x\0"
+    plugins = {
+        21: "Uid:\t110\nGid:\t110\t110\t110\t110\nGroups:\t\nCapEff:\t0000000000003000\n",
+        22: "Uid:\t110\nGid:\t110\t110\t110\t110\nGroups:\t120\nCapEff:\t0000000000001000\n",
+    }
+    for pid, status in plugins.items():
+        (proc / str(pid)).mkdir()
+        (proc / str(pid) / "comm").write_text("python3")
+        (proc / str(pid) / "cmdline").write_bytes(argv)
+        (proc / str(pid) / "status").write_text(status)
+    found = {f.subject: f for f in doctor.check_probe(cfg, str(proc))}
+    assert found["pid 21"].level == "ok" and "CAP_NET_RAW" in found["pid 21"].message
+    assert found["pid 22"].level == "warn" and "probe is off" in found["pid 22"].message
+    assert "ping_group_range" in (found["pid 22"].fix or "")
+    # a range holding one of its groups: ping sockets
+    (proc / "sys/net/ipv4/ping_group_range").write_text("120 120\n")
+    assert {f.subject: f.level for f in doctor.check_probe(cfg, str(proc))} == {
+        "pid 21": "ok", "pid 22": "ok"}
+    off = parse({"peers": [{"address": "169.254.10.1", "probe": False}]}, "t.yaml")
+    assert [f.message.startswith("the probe is off") for f in doctor.check_probe(
+        off, str(proc))] == [True]

@@ -433,6 +433,7 @@ def _print_hints(found: _Lab) -> None:
     rows = [
         ("status", f"{me} lab status"),
         ("failover", f"{me} lab fail 1    (then: {me} lab restore 1; tunnel 1 or 2)"),
+        ("silent failure", f"{me} lab fail 1 --signal blackhole    (only the probe sees it)"),
         ("remove it all", f"{me} lab down"),
         ("logs", f"{found.gw.log_path} (ExaBGP and vtibgp), {found.bird.log_path}"),
         ("gateway shell", f"ip netns exec {NS_GW} bash"),

@@ -43,6 +43,7 @@ Iface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 MTU_RECOMMENDED = 1436  # AWS GenericConfig sample; fits every algorithm AWS offers
 MTU_MAX = 1446  # AWS best-practice page: the largest any algorithm allows
 CAP_NET_ADMIN = 12
+CAP_NET_RAW = 13
 OUR_PROTO_NAMES = ("bgp", "vtibgp")
 # processes of routing daemons that write kernel routes, and the protocol ids they use
 DAEMON_PROTOCOLS: dict[str, tuple[int, ...]] = {
@@ -390,6 +391,52 @@ def check_capabilities(proc_root: str) -> list[Finding]:
     return out
 
 
+def _gids(status: str | None) -> set[int]:
+    """The real, effective and supplementary group ids of a /proc/PID/status text."""
+    out: set[int] = set()
+    for line in (status or "").splitlines():
+        key, _, value = line.partition(":")
+        if key in ("Gid", "Groups"):
+            out.update(int(v) for v in value.split() if v.isdigit())
+    return out
+
+
+def check_probe(cfg: Config, proc_root: str) -> list[Finding]:
+    """The probe's ICMP echo requests need CAP_NET_RAW (raw sockets) or a
+    net.ipv4.ping_group_range that holds the plugin's group (ping sockets); without either
+    vtibgp runs with the probe off, and a silent tunnel failure waits for BGP's hold timer."""
+    if not cfg.probe_enabled or not any(p.probe for p in cfg.peers):
+        return [Finding("ok", "probe", "probe", "the probe is off in the config (silent tunnel "
+                        "failures wait for BGP's hold timer)")]
+    rng = (_read(Path(proc_root) / "sys/net/ipv4/ping_group_range") or "1 0").split()
+    lo, hi = (int(rng[0]), int(rng[1])) if len(rng) == 2 and all(
+        v.isdigit() for v in rng) else (1, 0)
+    how = ("give the plugin CAP_NET_RAW (AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW, "
+           "config/systemd/), or allow its group ping sockets: sysctl -w "
+           "net.ipv4.ping_group_range='GID GID'")
+    out: list[Finding] = []
+    for pid, _comm, argv in _processes(proc_root):
+        if "vtibgp" not in " ".join(argv) or "run" not in argv:
+            continue
+        status = _read(Path(proc_root) / str(pid) / "status")
+        eff, _amb, _uid = _caps(status)
+        groups = sorted(g for g in _gids(status) if lo <= g <= hi)
+        if eff & (1 << CAP_NET_RAW):
+            out.append(Finding("ok", "probe", f"pid {pid}", "the running vtibgp plugin has "
+                               "CAP_NET_RAW: its probe sends echo requests (raw sockets)"))
+        elif groups:
+            out.append(Finding("ok", "probe", f"pid {pid}", f"ping_group_range {lo} {hi} holds "
+                               f"the plugin's group {groups[0]}: its probe uses ping sockets"))
+        else:
+            out.append(Finding("warn", "probe", f"pid {pid}", "the running vtibgp plugin has "
+                               f"no CAP_NET_RAW and ping_group_range {lo} {hi} excludes its "
+                               "groups: its probe is off (vtibgp_probe_available 0)", how))
+    if not out:
+        out.append(Finding("ok", "probe", "probe", "no vtibgp plugin runs; when it does it "
+                           f"needs CAP_NET_RAW or a group in ping_group_range ({lo} {hi})"))
+    return out
+
+
 _NEIGHBOR = re.compile(r"\bneighbor\s+([\w.:-]+)\s*\{")
 _INHERIT = re.compile(r"\binherit\s+([^;]+);")
 _LOCAL = re.compile(r"\blocal-address\s+([^;\s]+)\s*;")
@@ -508,6 +555,7 @@ def run_checks(cfg: Config, *, exabgp_conf: str | None = None, proc_root: str = 
     out += check_protocol(cfg, net, proc_root, etc_root)
     out += check_metrics_port(cfg.metrics_listen)
     out += check_capabilities(proc_root)
+    out += check_probe(cfg, proc_root)
     if exabgp_conf is not None:
         out += check_exabgp(cfg, exabgp_conf, addrs)
     return out
