@@ -377,3 +377,24 @@ def test_probe_section_and_per_peer_targets() -> None:
     with pytest.raises(ConfigError, match=re.escape(
             "t.yaml: peers[0].probe: expected the address to send echo requests to")):
         parse({"peers": [{"address": "169.254.10.1", "probe": "vgw"}]}, "t.yaml")
+
+
+def test_export_section() -> None:
+    cfg = parse({"peers": [{"address": "169.254.10.1", "vpn": "vpn-1"}],
+                 "export": {"networks": ["192.168.50.0/24", "10.200.0.0/16"],
+                            "steering": "ecmp", "med": None, "backup_prepend": 3,
+                            "local_as": 65000}}, "t.yaml")
+    assert cfg.export_networks == ("192.168.50.0/24", "10.200.0.0/16")
+    assert (cfg.export_steering, cfg.export_med, cfg.export_backup_med,
+            cfg.export_backup_prepend, cfg.export_local_as) == ("ecmp", None, 200, 3, 65000)
+    assert parse({"peers": [{"address": "169.254.10.1"}]}).export_networks == ()
+    for bad, message in (
+        ({"networks": ["0.0.0.0/0"]}, "t.yaml: export.networks[0]: one of this gateway's own "
+                                      "networks, not a default route"),
+        ({"networks": ["10.0.0.1/8"]}, "export.networks[0]: expected a prefix"),
+        ({"steering": "random"}, "export.steering: expected one of symmetric, ecmp, none"),
+        ({"backup_prepend": 11}, "export.backup_prepend: expected an integer from 0 to 10"),
+        ({"med": -1}, "export.med: expected an integer from 0"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            parse({"peers": [{"address": "169.254.10.1"}], "export": bad}, "t.yaml")

@@ -57,11 +57,14 @@ def test_a_silent_tunnel_is_down_one_detect_time_after_its_last_reply() -> None:
     assert via(k) == "vti01"  # 0.6 s not over yet
     assert core.next_timer() == pytest.approx(1.6)
     assert decide(core, k, Tick(1.599)).tunnels == []
+    # what the next Tick will take down, for the shell to flush first
+    assert core.probe_due(1.599) == [] and core.probe_due(1.6) == ["vti01"]
     d = decide(core, k, ProbeReply("vti02", 0.01, 1.6), Tick(1.6))
     assert [(c.scope, c.up) for c in d.tunnels] == [(("device", "vti01"), False)]
     assert d.tunnels[0].reason.startswith("probe: no echo reply from 169.254.10.1")
     assert via(k) == "vti02" and ("10.0.0.0/16", 101) not in k.routes
     assert core.rib[P1]  # BGP is up: the path is kept, only its tunnel is not used
+    assert core.probe_due(1.7) == []  # down already: nothing more to flush
 
 
 def test_losses_shorter_than_the_detect_time_move_nothing() -> None:

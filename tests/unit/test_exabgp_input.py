@@ -203,9 +203,10 @@ def test_state(version: str, down_reason: str) -> None:
     results = [r for r in parsed(version, "receiver") if r.kind is LineKind.STATE]
     states = events_of(results, PeerState)
     assert len(states) == len(results)
-    assert states[0] == PeerState(PEER, "connected", "", LOCAL)
-    assert PeerState(PEER, "up", "", LOCAL) in states
-    assert PeerState(PEER, "down", down_reason, LOCAL) in states
+    # (our AS on the session, from its "asn": {"local": ...}: the return path's prepend)
+    assert states[0] == PeerState(PEER, "connected", "", LOCAL, 65000)
+    assert PeerState(PEER, "up", "", LOCAL, 65000) in states
+    assert PeerState(PEER, "down", down_reason, LOCAL, 65000) in states
     assert {s.state for s in states} == {"connected", "up", "down"}
     assert all(s.reason for s in states if s.state == "down")
 
@@ -248,6 +249,7 @@ def test_42_down_reason_with_raw_control_character() -> None:
             "peer reset, message (notification sent (6,2)) "
             "error(Cease / Administrative Shutdown / Administrative Shutdown)",
             LOCAL,
+            65000,
         ),
     )
 
@@ -704,13 +706,13 @@ def test_eor_other_family_is_ignored() -> None:
 
 def test_states() -> None:
     assert parse_line(json_line({"state": "up"}, kind="state")).events == (
-        PeerState(PEER, "up", "", LOCAL),
+        PeerState(PEER, "up", "", LOCAL, 65000),
     )
     assert parse_line(json_line({"state": "ESTABLISHED"}, kind="state")).kind is LineKind.IGNORED
     # a `down` is kept even if its reason is not text
     odd = parse_line(json_line({"state": "down", "reason": 7}, kind="state"))
     assert odd.kind is LineKind.STATE and odd.reason == "shape"
-    assert odd.events == (PeerState(PEER, "down", "", LOCAL),)
+    assert odd.events == (PeerState(PEER, "down", "", LOCAL, 65000),)
     assert parse_line(json_line({"state": 1}, kind="state")).kind is LineKind.INVALID
 
 
@@ -1637,3 +1639,17 @@ def test_every_made_route_reads_the_same_from_json_and_resync(version: str, case
         for prefix in found.prefixes:
             rib[prefix, found.path_id] = found.attrs
     assert rib == live
+
+
+def test_state_local_as_is_taken_only_when_it_is_an_as_number() -> None:
+    def state(asn: object) -> object:
+        line = ('{ "exabgp": "5.0.0", "type": "state", "neighbor": { "address": { "local": '
+                f'"{LOCAL}", "peer": "{PEER}" }}, "asn": {asn}, "state": "up" }} }}\n')
+        (ev,) = parse_line(line.encode()).events
+        assert isinstance(ev, PeerState)
+        return ev.local_as
+
+    assert state('{"local": 4200000000, "peer": 64512}') == 4200000000
+    assert state('{"local": 0, "peer": 64512}') is None
+    assert state('{"local": "65000"}') is None
+    assert state('null') is None

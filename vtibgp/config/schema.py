@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from vtibgp import defaults
+from vtibgp.core.export import STEERINGS
 from vtibgp.core.model import FAMILIES, Family
 from vtibgp.core.policy import (
     MARTIANS,
@@ -96,6 +97,14 @@ class Config:
     # when the probe alone says down on every tunnel of a prefix: keep its routes while
     # BGP is up (keep), remove them (withdraw), or auto: keep unless tunnel.fallback is set
     probe_when_all_down: str = "auto"
+    # the return path: our networks announced to every peer (next-hop self), steered so the
+    # cloud returns traffic through the tunnel vtibgp uses (see README "The return path")
+    export_networks: tuple[str, ...] = ()
+    export_steering: str = "symmetric"
+    export_med: int | None = 100
+    export_backup_med: int | None = 200
+    export_backup_prepend: int = 1
+    export_local_as: int | None = None
     nexthop_objects: str = "auto"  # "auto" (where the kernel has them), "on" or "off"
     peers: tuple[PeerConfig, ...] = field(default_factory=tuple)
     tunnels: tuple[TunnelConfig, ...] = field(default_factory=tuple)
@@ -423,6 +432,21 @@ def _policy(ctx: _Ctx, data: Any, peers: tuple[PeerConfig, ...],
     return settings
 
 
+def _networks(ctx: _Ctx, path: str, v: Any) -> tuple[str, ...]:
+    nets = _prefixes(ctx, path, v)
+    for i, p in enumerate(nets):
+        if p.endswith("/0"):
+            raise ctx.fail(f"{path}[{i}]", "one of this gateway's own networks, not a default "
+                           "route", p)
+    return nets
+
+
+def _med(ctx: _Ctx, path: str, v: Any) -> int | None:
+    if v is None:
+        return None
+    return _int_range(0, 0xFFFFFFFF)(ctx, path, v)
+
+
 # key -> (Config field, check). Sections are nested dicts in YAML, flat fields here.
 _TOP: dict[str, Any] = {
     "log_level": ("log_level", _choice(*LOG_LEVELS)),
@@ -454,6 +478,14 @@ _TOP: dict[str, Any] = {
     "tunnel": {
         "hold_down": ("hold_down", _number_range(0, 600)),
         "fallback": ("fallback", _choice(*FALLBACKS)),
+    },
+    "export": {
+        "networks": ("export_networks", _networks),
+        "steering": ("export_steering", _choice(*STEERINGS)),
+        "med": ("export_med", _med),
+        "backup_med": ("export_backup_med", _med),
+        "backup_prepend": ("export_backup_prepend", _int_range(0, 10)),
+        "local_as": ("export_local_as", _int_range(1, 0xFFFFFFFF)),
     },
     "probe": {
         "enabled": ("probe_enabled", _boolean),

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from vtibgp.core.export import ExportChange
 from vtibgp.core.model import PeerAddr, Prefix, RouteOp
 from vtibgp.core.policy import MaxPrefixAction, MaxPrefixEvent
 
@@ -72,6 +73,8 @@ class Decision:
     warnings: list[str] = field(default_factory=list)
     # the devices to probe now, with their targets, when that changed (None: unchanged)
     probes: dict[str, str] | None = None
+    # what to announce or withdraw of our own networks, per peer (ExaBGP is told)
+    exports: list[ExportChange] = field(default_factory=list)
 
     def merge(self, other: Decision) -> Decision:
         """Append `other` (decided after this one) to this one; returns self."""
@@ -95,10 +98,12 @@ class Decision:
             self.warnings += other.warnings
         if other.probes is not None:
             self.probes = other.probes
+        if other.exports:
+            self.exports += other.exports
         return self
 
     def effects(self) -> bool:
         """Whether anything besides route operations was decided."""
         return bool(self.tunnels or self.refused or self.limits or self.held_back
-                    or self.resets or self.repairs or self.warnings
+                    or self.resets or self.repairs or self.warnings or self.exports
                     or self.synced is not None or self.probes is not None)

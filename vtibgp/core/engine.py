@@ -23,6 +23,7 @@ from operator import attrgetter
 
 from vtibgp.core.bestpath import BestPath
 from vtibgp.core.decision import Decision, HeldBack, LimitCrossed, Scope
+from vtibgp.core.export import Announcement, ExportChange, best_of, groups, plan
 from vtibgp.core.installed import Installed, KernelState, Shape, Steps
 from vtibgp.core.model import (
     Announce,
@@ -99,6 +100,14 @@ class Core:
         # peers whose tunnel only the probe says is down: what stays when every path of a
         # prefix is down that way (see _usable_peers)
         self._kept_memo: frozenset[PeerAddr] = frozenset()
+        # what each peer has been told of our networks, and whether that may have to change
+        # (now: a tunnel or session changed; soon: paths changed, looked at by the next Tick)
+        self.exported: dict[PeerAddr, dict[Prefix, Announcement]] = {}
+        # what the cloud last heard from each peer while its tunnel carried our UPDATEs
+        self._heard: dict[PeerAddr, Announcement] = {}
+        self._export_now = False
+        self._export_soon = False
+        self.local_as = settings.export.local_as if settings.export else None
 
     # ---------------------------------------------------------------- queries
 
@@ -269,6 +278,8 @@ class Core:
         ops = self._handle(event)
         if self._probes_dirty:
             ops += self._sync_probes()
+        if self._export_now or out.tunnels:
+            self._sync_exports()
         lost = self.in_kernel.lost
         if lost and not isinstance(event, KernelFlushed):
             # the event behind the kernel's flush is in: what the flush took away that is
@@ -282,6 +293,7 @@ class Core:
     def _handle(self, event: Event) -> list[RouteOp]:
         match event:
             case Announce():
+                self._export_soon = True
                 ops: list[RouteOp] = self._announce(event)
                 ks = self.in_kernel
                 if (ks.stale or ks.deferred) and not ks.synced and \
@@ -293,8 +305,13 @@ class Core:
                     ops += self._recompute(ks.adopted_dead(self._live))
                 return ops
             case Withdraw():
+                self._export_soon = True
                 return self._withdraw(event)
             case PeerState():
+                if event.local_as is not None and self.settings.export is not None \
+                        and self.settings.export.local_as is None:
+                    self.local_as = event.local_as
+                self._export_now = True
                 return self._peer_state(event)
             case EndOfRib():
                 seen = self.adj.eor_seen.setdefault(event.peer, set())
@@ -314,6 +331,7 @@ class Core:
                     ops += self._signal(scope, "ipsec", event.up, event.reason, event.at)
                 return ops
             case Tick():
+                self._export_now |= self._export_soon
                 return self._tick(event.now, event.now if event.seen is None else event.seen)
             case ProbeReply():
                 if self.probe is not None and self.probe.reply(event.device, event.rtt,
@@ -348,7 +366,10 @@ class Core:
             case OutsideLearned():
                 return self._learn_outside(event.peer, event.addresses)
             case Stopping():
-                return self._withdraw_all() if event.withdraw else []
+                if not event.withdraw:
+                    return []
+                self._withdraw_exports()
+                return self._withdraw_all()
             case NotificationReceived() | ExabgpShutdown():
                 return []
         raise TypeError(f"not an event: {event!r}")  # pragma: no cover
@@ -387,6 +408,9 @@ class Core:
         self.tunnels.hold_down = settings.hold_down
         self.best.configure(settings, self.peers)
         ops = self._reprobe(settings)
+        if settings.export is not None and settings.export.local_as is not None:
+            self.local_as = settings.export.local_as
+        self._export_now = True
         self._set_policy(settings.policy)
         if self.import_policy is not None:
             for peer, found in self.outside.items():
@@ -642,6 +666,70 @@ class Core:
         self._out.probes = want
         return ops
 
+    # ---------------------------------------------------------------- the return path
+
+    def _sync_exports(self) -> None:
+        """Bring what each peer is told of our networks to what the steering wants (see
+        core/export.py); the changes go into the Decision, one per peer and announcement."""
+        self._export_now = self._export_soon = False
+        ex = self.settings.export
+        if not self.exported and (not self.in_kernel.synced or (
+                ex is not None and ex.backup_prepend and self.local_as is None
+                and not self._out.tunnels)):
+            # a respawn: ExaBGP still announces what the process before us told it, right
+            # until something changes; say nothing before our view is complete and our AS is
+            # known for the prepend (a state message tells it, or export.local_as)
+            return
+        want: dict[PeerAddr, dict[Prefix, Announcement]] = {}
+        if ex is not None:
+            for group in groups({p: s.vpn for p, s in self.peers.items()}).values():
+                cands = [p for p in group if self.usable(p) and self.rib.get(p)]
+                if not cands and not any(p in self.exported for p in group):
+                    continue  # no tunnel of it carries anything yet: nothing to steer by
+                if ex.steering == "symmetric":
+                    best = best_of(cands, self.rib, self._winner)
+                    preferred = [best] if best is not None else []
+                else:
+                    preferred = cands
+                for peer, ann in plan(ex, group, preferred, self.local_as,
+                                      self._unheard_med(group)).items():
+                    want[peer] = dict.fromkeys(ex.networks, ann)
+                    if self.usable(peer) and self.sessions.get(peer) == "up":
+                        self._heard[peer] = ann
+                    elif self.sessions.get(peer) != "up":
+                        self._heard.pop(peer, None)  # its session is gone: so are our routes
+        for peer in sorted({*want, *self.exported}):
+            have, now = self.exported.get(peer, {}), want.get(peer, {})
+            changed: dict[Announcement | None, list[Prefix]] = {}
+            for prefix, ann in now.items():
+                if have.get(prefix) != ann:
+                    changed.setdefault(ann, []).append(prefix)
+            for prefix in have:
+                if prefix not in now:
+                    changed.setdefault(None, []).append(prefix)
+            for told, prefixes in changed.items():
+                self._out.exports.append(ExportChange(peer, tuple(prefixes), told))
+            if now:
+                self.exported[peer] = now
+            else:
+                self.exported.pop(peer, None)
+
+    def _unheard_med(self, group: list[PeerAddr]) -> int | None:
+        """The lowest MED the cloud still holds from a peer of `group` whose session is up
+        but whose tunnel is not usable (it does not hear our changes)."""
+        meds = [a.med for p in group if (a := self._heard.get(p)) is not None
+                and a.med is not None and not self.usable(p) and self.sessions.get(p) == "up"]
+        return min(meds) if meds else None
+
+    def _winner(self, prefix: Prefix, among: list[PeerAddr]) -> PeerAddr | None:
+        """Of `among`, the peer whose path of `prefix` ranks first."""
+        return next((peer for peer, _ in self.ranked(prefix) if peer in among), None)
+
+    def _withdraw_exports(self) -> None:
+        for peer, anns in sorted(self.exported.items()):
+            self._out.exports.append(ExportChange(peer, tuple(anns), None))
+        self.exported.clear()
+
     def next_timer(self) -> float | None:
         """When the core next needs a Tick without any input (a hold-down ending, a probe's
         detect time running out), or None."""
@@ -649,6 +737,15 @@ class Core:
         if self.probe is not None and (deadline := self.probe.next_deadline()) is not None:
             times.append(deadline)
         return min(times) if times else None
+
+    def probe_due(self, seen: float) -> list[str]:
+        """The devices the next Tick (judging silence up to `seen`) takes down by the probe
+        and that are usable now: the shell takes their routes out in one kernel step first
+        (their nexthop objects), as for an IPsec down, so the backups carry the traffic at
+        once instead of route by route."""
+        if self.probe is None:
+            return []
+        return [dev for dev in self.probe.due(seen) if self.tunnels.usable(("device", dev))]
 
     def probe_state(self, device: str) -> dict[str, object]:
         """The probe of `device`, for `status`: state (off, waiting, up, down), target, RTT."""
@@ -778,6 +875,7 @@ class Core:
             return []
         ops, deferred = swept
         self._out.synced = len(ops)
+        self._export_now = True
         return ops + self._recompute(deferred)
 
     def _live(self, hops: tuple[NextHop, ...]) -> bool:

@@ -51,6 +51,7 @@ class PeerState:
     state: Literal["connected", "up", "down"]
     reason: str = ""
     local: str | None = None
+    local_as: int | None = None  # our AS on the session (its "asn": {"local": ...})
 
 
 @dataclass(frozen=True, slots=True)

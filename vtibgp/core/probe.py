@@ -91,6 +91,12 @@ class ProbeWatch:
                                  f"{now - w.last_reply:.2f} s (detect time {detect:g} s)"))
         return out
 
+    def due(self, now: float) -> list[str]:
+        """The devices `expire(now)` would say down (without saying it)."""
+        detect = self.settings.detect
+        return [dev for dev, w in self.watches.items()
+                if not w.down and w.last_reply is not None and now - w.last_reply >= detect]
+
     def silent(self, now: float) -> list[tuple[str, str]]:
         """Targets that never answered for a while, warned about once each: (device, text)."""
         after = max(SILENT_WARNING, 10 * self.settings.detect)

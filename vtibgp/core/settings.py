@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from vtibgp.core.export import ExportSettings
 from vtibgp.core.model import Family, PeerAddr
 from vtibgp.core.policy import PolicySettings
 from vtibgp.core.probe import ProbeSettings
@@ -22,6 +23,7 @@ class PeerSettings:
     gateway: bool = False
     families: tuple[Family, ...] = ("ipv4 unicast",)
     probe: str | None = None  # the address echo requests go to through its device; None: none
+    vpn: str = ""  # the VPN connection its tunnel belongs to (the return path is steered per one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,3 +39,4 @@ class CoreSettings:
     # of a prefix is down its traffic is refused rather than sent along a less specific route
     fallback: bool = False
     probe: ProbeSettings | None = None  # the probe signal; None: no probing at all
+    export: ExportSettings | None = None  # our networks announced to the peers; None: none

@@ -55,6 +55,14 @@ def peer_view(core: Core, peer: PeerAddr) -> dict[str, Any]:
             "paths": core.path_count(peer)}
 
 
+def export_view(core: Core, peer: PeerAddr) -> dict[str, int]:
+    """Our networks announced to `peer`: how many with the preferred attributes, how many
+    with the less preferred ones."""
+    anns = core.exported.get(peer, {}).values()
+    preferred = sum(1 for a in anns if a.preferred)
+    return {"preferred": preferred, "less_preferred": len(anns) - preferred}
+
+
 def device_view(core: Core, device: str) -> dict[str, Any]:
     """One tunnel device: usable, the signals that say down, whether it is held down, and its
     probe (off, waiting for a first reply, up or down; target and last round-trip time)."""

@@ -598,7 +598,11 @@ def _state(neighbor: dict[str, Any], api: str | None) -> Parsed:
     kind: Literal["connected", "up", "down"] = (
         "up" if state == "up" else "down" if state == "down" else "connected"
     )
-    event = PeerState(peer, kind, _clean(reason), local)
+    asn = neighbor.get("asn")
+    local_as = asn.get("local") if isinstance(asn, dict) else None
+    if type(local_as) is not int or not 0 < local_as <= _MAX_U32:
+        local_as = None
+    event = PeerState(peer, kind, _clean(reason), local, local_as)
     return Parsed(LineKind.STATE, (event,), api, issues.summary(), issues.reason)
 
 

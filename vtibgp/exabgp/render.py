@@ -81,6 +81,21 @@ def _text(what: str, v: str) -> str:
     return v
 
 
+DEFAULT_VTIBGP = "/usr/local/bin/vtibgp"
+DEFAULT_CONFIG_PATH = "/etc/vtibgp/vtibgp.yaml"
+
+
+def plugin_command(vtibgp: str = DEFAULT_VTIBGP, config_path: str = DEFAULT_CONFIG_PATH) -> str:
+    """The process's `run` line for the vtibgp command at `vtibgp` reading `config_path`, both
+    as they are on the gateway: absolute, and without spaces or characters that would end an
+    ExaBGP token (ExaBGP splits `run` on whitespace)."""
+    for what, path in (("vtibgp", vtibgp), ("config_path", config_path)):
+        if not path.startswith("/") or any(c.isspace() for c in path) or _UNSAFE.search(path):
+            raise ExabgpConfigError(f"{what}: expected an absolute path without spaces, "
+                                    f"; {{ }} \" # or \\, got {path!r}")
+    return f"{vtibgp} run --config {config_path}"
+
+
 def render_process(run: str, *, name: str = PROCESS_NAME) -> str:
     """ExaBGP's `process <name> { run <run>; encoder json; }` stanza (no trailing newline)."""
     return "\n".join([f"process {name} {{", f"    run {run};", "    encoder json;", "}"])
@@ -225,5 +240,6 @@ def render(cfg: Config, *, plugin_command: str, local_as: int,
     return "\n".join(out) + "\n"
 
 
-__all__ = ["ExabgpConfigError", "Session", "aws_local_address", "render", "render_api",
-           "render_neighbor", "render_process"]
+__all__ = ["DEFAULT_CONFIG_PATH", "DEFAULT_VTIBGP", "ExabgpConfigError", "Session",
+           "aws_local_address", "plugin_command", "render", "render_api", "render_neighbor",
+           "render_process"]

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from vtibgp.core.export import ExportChange
 from vtibgp.core.model import Announce, Event, Family, PeerState, ResyncDone, Withdraw
 from vtibgp.exabgp.parse import AdjRibReader, LineKind, answer_line, parse_line
 
@@ -186,6 +187,22 @@ class ExabgpSession:
     def send(self, command: str) -> None:
         """A command whose answer is not needed (`neighbor … teardown N`)."""
         self._queue(_Pending(command, _ignore_line, _ignore_end))
+
+    def export(self, change: ExportChange) -> None:
+        """Announce (next-hop self) or withdraw some of our networks to one peer, in one
+        command, so in one UPDATE. An `error` answer comes back as a warning note."""
+        nlri = " ".join(change.prefixes)
+        ann = change.announcement
+        if ann is None:
+            command = f"neighbor {change.peer} withdraw attributes next-hop self nlri {nlri}"
+        else:
+            attrs = "next-hop self"
+            if ann.med is not None:
+                attrs += f" med {ann.med}"
+            if ann.as_path:
+                attrs += f" as-path [ {' '.join(map(str, ann.as_path))} ]"
+            command = f"neighbor {change.peer} announce attributes {attrs} nlri {nlri}"
+        self._queue(_Pending(command, _ignore_line, _refused(command)))
 
     def teardown(self, peer: str, subcode: int) -> None:
         """Reset the BGP session with `peer` (a Cease with `subcode`)."""
@@ -364,6 +381,14 @@ class ExabgpSession:
 
 def _ignore_line(text: str, got: Received) -> None:
     pass
+
+
+def _refused(command: str) -> Callable[[bool, Received], None]:
+    def end(ok: bool, got: Received) -> None:
+        if not ok:
+            got.note("warning", f"ExaBGP refused the command {command!r}")
+
+    return end
 
 
 def _ignore_end(ok: bool, got: Received) -> None:

@@ -851,6 +851,14 @@ class BirdPeer(_Daemon):
         ]
         for n in self.tunnels:
             lines.append(f"ipv4 table t{n}v4; ipv6 table t{n}v6;")
+        # what the gateway announces comes in per tunnel and meets in vgw4/vgw6, where BIRD
+        # picks the best (AS path, then MED, as the VGW does): the VGW's return tunnel
+        lines.append("ipv4 table vgw4; ipv6 table vgw6;")
+        for n in self.tunnels:
+            for fam in (4, 6):
+                lines.append(
+                    f"protocol pipe return_t{n}v{fam} {{ table t{n}v{fam}; peer table "
+                    f"vgw{fam}; import none; export where source = RTS_BGP; }}")
         lines.append(f'include "{self.routes_path}";')
         for n in self.tunnels:
             t = self.topology.tunnels[n]
@@ -877,8 +885,8 @@ class BirdPeer(_Daemon):
   error wait time 1, 5;
   error forget time 10;
   graceful restart off;
-  ipv4 {{ table t{n}v4; import none; export filter export_t{n}; }};
-  ipv6 {{ table t{n}v6; import none; export filter export_t{n};
+  ipv4 {{ table t{n}v4; import all; export filter export_t{n}; }};
+  ipv6 {{ table t{n}v6; import all; export filter export_t{n};
           next hop address {t.aws_v6}; }};
 }}"""
             )
@@ -1049,6 +1057,20 @@ class BirdPeer(_Daemon):
             raise ValueError(f"BIRD has no session for tunnel(s) {missing} (it was started "
                              f"with tunnels={self.tunnels})")
         return out
+
+    def return_tunnel(self, prefix: str) -> int | None:
+        """The tunnel the VGW would send traffic for `prefix` (one of the gateway's
+        networks) back through: its best route among those the gateway announced on each
+        tunnel (None: announced on none)."""
+        fam = ipaddress.ip_network(prefix).version
+        try:
+            out = self.birdc("show", "route", "table", f"vgw{fam}", "primary", prefix)
+        except HarnessError:
+            return None  # "Network not found"
+        for n in self.tunnels:
+            if re.search(rf"\[tun{n}\b", out):
+                return n
+        return None
 
     def set_prepend(self, tunnel: int, count: int) -> None:
         """Prepend AS 64512 ``count`` extra times on ``tunnel`` (AWS-style backup tunnel).

@@ -31,6 +31,7 @@ from vtibgp.control.server import ControlError, ControlServer
 from vtibgp.core import view
 from vtibgp.core.decision import Decision
 from vtibgp.core.engine import Core, coalesce
+from vtibgp.core.export import ExportSettings
 from vtibgp.core.model import (
     Announce,
     DeviceState,
@@ -146,14 +147,23 @@ def core_settings(cfg: Config) -> CoreSettings:
         ecmp=cfg.ecmp,
         accept_unconfigured_peers=cfg.accept_unconfigured_peers,
         peers={
-            p.address: PeerSettings(p.interface, p.preference, p.gateway, p.families, p.probe)
+            p.address: PeerSettings(p.interface, p.preference, p.gateway, p.families, p.probe,
+                                    p.vpn)
             for p in cfg.peers
         },
         hold_down=cfg.hold_down,
         policy=cfg.policy,
         fallback=cfg.fallback != "none",
         probe=probe_settings(cfg),
+        export=export_settings(cfg),
     )
+
+
+def export_settings(cfg: Config) -> ExportSettings | None:
+    if not cfg.export_networks:
+        return None
+    return ExportSettings(cfg.export_networks, cfg.export_steering, cfg.export_med,
+                          cfg.export_backup_med, cfg.export_backup_prepend, cfg.export_local_as)
 
 
 def probe_settings(cfg: Config) -> ProbeSettings | None:
@@ -612,7 +622,13 @@ class Daemon:
         now = time.monotonic()
         # input still queued (a busy loop) may hold probe replies: silence is judged only up
         # to the newest input handed in
-        d = self.core.handle(Tick(now, None if self.queue.empty() else self._seen))
+        seen = now if self.queue.empty() else self._seen
+        d = Decision()
+        for dev in self.core.probe_due(seen):
+            if self._flush_device(dev, d):
+                log.info("probe %s: no echo reply for the detect time; routes through it "
+                         "taken out with its nexthop objects", dev)
+        d.merge(self.core.handle(Tick(now, seen)))
         if self.session.due(now):  # the start-up quiet wait is over: the resync is asked
             self._stale_note()
             self._write_commands()
@@ -696,6 +712,22 @@ class Daemon:
             return self.ipsec(body, d)
         return {"error": f"unknown command {cmd!r}; known: status, routes, tunnel"}
 
+    def _export(self, d: Decision) -> None:
+        """Tell ExaBGP what the decision changed of our announced networks."""
+        if not d.exports or self.commands is None:
+            return
+        for change in d.exports:
+            self.session.export(change)
+            ann = change.announcement
+            log.info("return path: %s %s %s%s", "announce" if ann else "withdraw",
+                     " ".join(change.prefixes), f"to {change.peer}",
+                     "" if ann is None else
+                     f" ({'preferred' if ann.preferred else 'less preferred'}: med "
+                     f"{ann.med if ann.med is not None else '-'}, as-path "
+                     f"{' '.join(map(str, ann.as_path)) or 'default'})")
+        self._write_commands()
+        self.report.exports()
+
     def status(self) -> dict[str, Any]:
         return self.report.status(self.session.api_version, self.session.summary_states)
 
@@ -722,6 +754,7 @@ class Daemon:
                 d.probes.items())) or "no tunnel")
             if self.prober is not None:
                 self.attach_prober(self.prober)
+        self._export(d)
         if d.resets and self.commands is not None:
             for peer, subcode in d.resets:
                 self.session.teardown(peer, subcode)
@@ -775,8 +808,11 @@ class Daemon:
         if self.prober is not None:
             self.prober.close()
         if self.cfg.on_exit == "withdraw":
-            ops = self.core.handle(Stopping(withdraw=True)).ops
-            log.info("exit: removing our %d routes (on_exit: withdraw)", len(ops))
+            d = self.core.handle(Stopping(withdraw=True))
+            ops = d.ops
+            log.info("exit: removing our %d routes (on_exit: withdraw)%s", len(ops),
+                     " and withdrawing our networks" if d.exports else "")
+            self._export(d)
             res = self.writer.apply(ops)
             if not res.failed:
                 self.writer.release_nexthops()

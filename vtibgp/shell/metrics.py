@@ -169,6 +169,16 @@ SYNCED = Gauge(
 )
 
 
+EXPORT_NETWORKS = Gauge(
+    "vtibgp_export_networks", "Our networks configured to be announced (export.networks)",
+    registry=REGISTRY,
+)
+EXPORTED = Gauge(
+    "vtibgp_exported_prefixes",
+    "Our networks announced to the peer (export.networks), by whether with the preferred "
+    "attributes (the tunnel vtibgp uses for the connection) or the less preferred ones",
+    ["peer", "preferred"], registry=REGISTRY,
+)
 PROBE_SENT = Counter(
     "vtibgp_probe_requests_total", "Echo requests the probe sent through the tunnel device",
     ["device"], registry=REGISTRY,

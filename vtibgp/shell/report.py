@@ -79,6 +79,7 @@ class Reporter:
             for result in m.OP_RESULTS:
                 m.ROUTE_OPS.labels(op.value, result).inc(0)
         m.PREFIXES_IGNORED.labels("unknown_peer").inc(0)
+        self.exports()
         if self.cfg.probe_enabled:
             for dev in {p.interface for p in self.cfg.peers if p.probe and p.interface}:
                 for counter in (m.PROBE_SENT, m.PROBE_REPLIES, m.PROBE_LOST):
@@ -102,6 +103,14 @@ class Reporter:
             best, backup = counts.per_peer.get(p.address, (0, 0))
             m.PEER_ROUTES.labels(p.address, "best").set(best)
             m.PEER_ROUTES.labels(p.address, "backup").set(backup)
+
+    def exports(self) -> None:
+        """What each configured peer is told of our networks."""
+        m.EXPORT_NETWORKS.set(len(self.cfg.export_networks))
+        for p in self.cfg.peers:
+            told = view.export_view(self.core, p.address)
+            m.EXPORTED.labels(p.address, "true").set(told["preferred"])
+            m.EXPORTED.labels(p.address, "false").set(told["less_preferred"])
 
     def tunnel_gauges(self, device: str) -> None:
         down = self.core.signals_down(("device", device))
@@ -238,6 +247,7 @@ class Reporter:
                 **core_view,
                 # a state message is newer than what the resync's summary said
                 "state": core_view["state"] or summary.get(addr, "idle"),
+                "exported": view.export_view(self.core, addr),
                 "since": self.peer_since.get(addr),
                 "best": best,
                 "backup": backup,
