@@ -13,16 +13,35 @@ every prefix at metric 100 via vti01 and 101 via vti02. Then, for each signal
   carrier         the peer end of the veth goes down: vti01 loses carrier (stays admin up)
   carrier-ignore  the same with net.ipv4.conf.all.ignore_routes_with_linkdown=1
   delete          ``ip link del vti01``
+  blackhole       nftables at the VGW end drops ALL traffic of tunnel 1 (``Topology.blackhole``:
+                  carrier, device and BGP untouched, as when an IPsec tunnel silently stops
+                  passing traffic); only vtibgp's probe (ICMP echo through each tunnel every
+                  --probe-interval, down after --probe-multiplier intervals without a reply)
+                  sees it
+  blackhole-no-probe  the same with probe.enabled: false (vtibgp restarted for it, after the
+                  other signals): routes move only when BGP's hold timer (--hold-time) runs
+                  out. Opt-in (not in the default --signals): it lasts a hold time per run;
+                  --no-probe-repeat runs
 
-it measures, from just before the signalling command is started:
+it measures, from just before the signalling command is started (for the blackholes: just
+before the process committing the nft transaction is started, a lower bound of the first
+dropped packet; "cmd" is then that process, inside which the rule went in):
 
   all->vti02   until EVERY prefix resolves via vti02 (whatever route the kernel picks: for
                admin down and delete that is at once the old backup at metric 101)
   vtibgp@100   until every prefix resolves via vtibgp's own replacement route: proto 186,
                metric 100, dev vti02
 
-and restores the tunnel (up / carrier on / device re-created), waiting until everything is
-back (hold-down, BGP sessions, every route) before the next signal.
+and restores the tunnel (up / carrier on / device re-created / blackhole off), waiting until
+everything is back (hold-down, BGP sessions, every route) before the next signal.
+
+For the blackholes a packet socket on the gateway's vti01 (kernel time stamps) records the
+probe's echo requests and replies and the BGP messages: the last reply before the drop, the
+first request that went unanswered, and when the probe's rule (or the hold timer) was due to
+say down. The blackhole table then gives, beside the medians, the detect time (interval x
+multiplier; without the probe: the hold time), the ratio measured / detect time, and where
+the time went: waiting out the detect time (due), the loop's timer (saw - due), vtibgp's
+core and kernel work (done - saw).
 
 How resolution is observed. A thread with a netlink socket inside the gateway namespace sends
 RTM_GETROUTE requests with RTM_F_FIB_MATCH (``ip route get fibmatch``: the same FIB lookup as
@@ -52,6 +71,8 @@ error or Ctrl-C.
     .venv/bin/python benchmarks/failover.py                 # 10,000 prefixes
     .venv/bin/python benchmarks/failover.py --quick         # 1,000 prefixes
     .venv/bin/python benchmarks/failover.py --prefixes 50000 --repeat 3 --signals admin,delete
+    .venv/bin/python benchmarks/failover.py --signals blackhole --repeat 5 --probe-interval 0.1
+    .venv/bin/python benchmarks/failover.py --signals blackhole,blackhole-no-probe --hold-time 9
 """
 
 from __future__ import annotations
@@ -61,6 +82,8 @@ import contextlib
 import errno
 import itertools
 import os
+import random
+import re
 import shutil
 import signal
 import socket
@@ -355,6 +378,83 @@ class Watch(threading.Thread):
         return (upper - t0) * 1e3, max(0.0, (lower - t0) * 1e3)
 
 
+# --------------------------------------------------------------------------- packet capture
+
+ETH_P_ALL, ETH_P_IP = 0x0003, 0x0800
+PACKET_OUTGOING = 4
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_TIMESPEC = struct.Struct("=qq")
+SILENCE_RE = re.compile(r"no echo reply from \S+ for ([0-9.]+) s")
+
+
+@dataclass
+class Packets:
+    """What crossed a gateway device, CLOCK_MONOTONIC: echo requests sent, echo replies
+    received, and BGP segments (TCP port 179 with a payload) received and sent."""
+
+    requests: list[float] = field(default_factory=list)
+    replies: list[float] = field(default_factory=list)
+    bgp_in: list[float] = field(default_factory=list)
+    bgp_out: list[float] = field(default_factory=list)
+
+
+class Capture:
+    """A packet socket on one gateway device (IPv4, both directions: ETH_P_ALL, since a
+    socket bound to one protocol sees only what comes in), time-stamped by the kernel as
+    each packet passes (SO_TIMESTAMPNS, CLOCK_REALTIME, turned into CLOCK_MONOTONIC), read
+    after the measurement: no thread competes with the poller."""
+
+    def __init__(self, ns: str, dev: str) -> None:
+        def make() -> socket.socket:
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
+                              socket.htons(ETH_P_ALL))
+            s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 4 << 20)
+            s.bind((dev, ETH_P_ALL))
+            return s
+
+        self.sock = in_netns(ns, make)
+        self.sock.setblocking(False)
+        self.got = Packets()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def drain(self) -> Packets:
+        """Read every packet queued so far into `got` (and return it)."""
+        offset = time.clock_gettime(time.CLOCK_REALTIME) - time.monotonic()
+        while True:
+            try:
+                data, anc, _flags, addr = self.sock.recvmsg(128, socket.CMSG_SPACE(16))
+            except (BlockingIOError, InterruptedError):
+                return self.got
+            at = None
+            for level, kind, blob in anc:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(blob) >= 16:
+                    sec, nsec = _TIMESPEC.unpack_from(blob)
+                    at = sec + nsec * 1e-9 - offset
+            if addr[1] == ETH_P_IP:
+                self._note(data, addr[2] == PACKET_OUTGOING,
+                           time.monotonic() if at is None else at)
+
+    def _note(self, ip: bytes, outgoing: bool, at: float) -> None:
+        if len(ip) < 20 or ip[0] >> 4 != 4:
+            return
+        head = (ip[0] & 0x0F) * 4
+        total = struct.unpack_from("!H", ip, 2)[0]
+        if ip[9] == socket.IPPROTO_ICMP and len(ip) > head:
+            if ip[head] == 8 and outgoing:
+                self.got.requests.append(at)
+            elif ip[head] == 0 and not outgoing:
+                self.got.replies.append(at)
+        elif ip[9] == socket.IPPROTO_TCP and len(ip) >= head + 13:
+            sport, dport = struct.unpack_from("!HH", ip, head)
+            if total - head - (ip[head + 12] >> 4) * 4 <= 0:
+                return  # a bare ACK
+            if 179 in (sport, dport):  # (either end may have opened the connection)
+                (self.got.bgp_out if outgoing else self.got.bgp_in).append(at)
+
+
 # --------------------------------------------------------------------------- the lab
 
 
@@ -369,6 +469,8 @@ class Run:
     sweeps: int
     regressions: int
     disturbed: list[str] = field(default_factory=list)
+    # the blackholes: ms from t0 (last_reply, first_lost, due, last_bgp_in, silence, ...)
+    extra: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -383,6 +485,14 @@ class Signal:
     # judged from vtibgp's intake of the signal ("saw"), not from the command: the command
     # (birdc) is the peer's own work, which a real VGW does without us
     from_saw: bool = False
+    # a log line that is "saw" (besides "device vti01 unusable" and the ipsec request's)
+    saw_log: str | None = None
+    # "command": t0 just before the command; "commit": just before the process committing
+    # the nft transaction (a lower bound of the moment the rule is in place)
+    origin: str = "command"
+    probe: bool = True  # vtibgp runs with probe.enabled (False: a second phase, restarted)
+    default: bool = True  # in the default --signals
+    session_down: bool = False  # BGP's hold timer is what ends it: session lines expected
 
 
 class Bench:
@@ -394,6 +504,20 @@ class Bench:
         self.sock = self.work / "ctl.sock"
         self.stamps = self.work / "vtibgp.stamped.log"
         self.topo = lab.Topology()
+        # the nft transactions of Topology.blackhole, (clock before, after) the process that
+        # commits each: the drop rule went in somewhere between the two
+        self.commits: list[tuple[float, float]] = []
+        real_nft = self.topo._nft
+
+        def nft(script: str) -> None:
+            t = time.monotonic()
+            try:
+                real_nft(script)
+            finally:
+                self.commits.append((t, time.monotonic()))
+
+        setattr(self.topo, "_nft", nft)  # noqa: B010
+        self.probe_on = True
         self.bird: lab.BirdPeer | None = None
         self.gw: lab.ExaBGPGateway | None = None
         self.prober: Prober | None = None
@@ -406,13 +530,42 @@ class Bench:
                            capture_output=True)
 
     # -- build and tear down
-    def build(self) -> None:
+    def build(self, probe: bool) -> None:
         t = time.monotonic()
         self.topo.up()
         self._distinct_ifindex()
         self.bird = lab.BirdPeer(self.topo, self.work / "bird", hold_time=self.args.hold_time,
                                  prepend={2: 2}).start()
         self._announce()
+        self._start_gateway(probe)
+        say(f"lab ready in {time.monotonic() - t:.1f} s: {self.n:,} prefixes, "
+            f"namespaces {self.topo.gw} / {self.topo.aws}, logs in {self.work}; "
+            f"{self._probe_text()}")
+
+    def _probe_text(self) -> str:
+        if not self.probe_on:
+            return "vtibgp's probe off (probe.enabled: false)"
+        return (f"vtibgp's probe every {self.args.probe_interval:g} s, down after "
+                f"{self.args.probe_multiplier} without a reply (detect time "
+                f"{self.detect * 1e3:.0f} ms)")
+
+    @property
+    def detect(self) -> float:
+        return float(self.args.probe_interval * self.args.probe_multiplier)
+
+    def switch_probe(self, probe: bool) -> None:
+        """Restart ExaBGP and vtibgp with probe.enabled = `probe` (the probe's settings need
+        a restart), and wait until everything is back."""
+        assert self.gw is not None
+        t = time.monotonic()
+        self.gw.stop()
+        self.gw = None
+        self._start_gateway(probe)
+        say(f"vtibgp restarted in {time.monotonic() - t:.1f} s: {self._probe_text()}")
+
+    def _start_gateway(self, probe: bool) -> None:
+        since = time.monotonic()
+        self.probe_on = probe
         cfg = self.work / "vtibgp.yaml"
         cfg.write_text(yaml.safe_dump({
             "log_level": self.args.log_level,
@@ -424,20 +577,22 @@ class Bench:
                        else False},
             "metrics": {"listen": None},
             "control": {"socket": str(self.sock)},
+            "probe": {"enabled": probe, "interval": self.args.probe_interval,
+                      "multiplier": self.args.probe_multiplier},
         }, sort_keys=False))
         command = [sys.executable, str(Path(__file__).resolve()), STAMP_FLAG, str(self.stamps),
                    "--", self.vtibgp, "run", "--config", str(cfg)]
         self.gw = lab.ExaBGPGateway(self.topo, command, self.work / "exabgp",
                                     hold_time=self.args.hold_time, tunnels=(1, 2)).start()
-        self.prober = Prober(self.topo.gw, self.addrs)
+        if self.prober is None:
+            self.prober = Prober(self.topo.gw, self.addrs)
         self.wait_ready(f"{self.n} prefixes at 100 via vti01 and 101 via vti02, both sessions "
                         "up")
         # vtibgp asks ExaBGP for its adj-rib-in at start and replays it (every path again, one
         # line each): a signal sent before that is over would queue behind it
-        self.gw.wait_for(lambda: any("adj-rib-in loaded" in ln for _, ln in self.stamped(0)),
+        self.gw.wait_for(lambda: any("adj-rib-in loaded" in ln for _, ln in
+                                     self.stamped(since)),
                          60, what="vtibgp's start-up resync")
-        say(f"lab ready in {time.monotonic() - t:.1f} s: {self.n:,} prefixes, "
-            f"namespaces {self.topo.gw} / {self.topo.aws}, logs in {self.work}")
 
     def _distinct_ifindex(self) -> None:
         """Give each gateway veth an ifindex different from its peer's. Both namespaces are
@@ -540,6 +695,8 @@ class Bench:
         dev = devs.get(T1.gw_dev)
         if not dev or not dev["usable"] or dev["holding"]:
             return False
+        if self.probe_on and dev.get("probe", {}).get("state") != "up":
+            return False  # a probe that has not answered yet would decide nothing
         if not st.get("peers") or any(p["state"] != "up" for p in st["peers"]):
             return False
         assert self.bird is not None and self.prober is not None
@@ -600,42 +757,112 @@ class Bench:
             self.topo.sysctl("gw", key, value)
         if self.prober.count_not(self.n, (self.ifindex(T1.gw_dev), METRIC, PROTO)):
             self.wait_ready(f"the routes before {sig.name}")
-        watch = Watch(self.prober, self.n, self.ifindex(T2.gw_dev),
-                      sample_first=self.args.poll == "sample", timeout=self.args.timeout)
-        watch.start()
-        watch.primed.wait(5)
-        t0 = time.monotonic()
-        sig.fire(self)
-        cmd_ms = (time.monotonic() - t0) * 1e3
-        watch.join(self.args.timeout + 5)
-        watch.halt.set()
-        watch.join(5)
-        if watch.error is not None:
-            raise watch.error
-        # vtibgp logs "routes moved off it" once its whole batch (the deletes of the old
-        # backups included) is acknowledged
+        timeout = self.args.timeout
+        if sig.session_down:  # the hold timer, then the session's end and vtibgp's work
+            timeout = max(timeout, self.args.hold_time + 15.0)
+        capture: Capture | None = None
+        watch: Watch | None = None
+        extra: dict[str, float | None] = {}
         moved = sig.done_log
-        if moved is not None:
-            with contextlib.suppress(TimeoutError):
-                lab.wait_until(lambda: any(moved in ln for _, ln in self.stamped(t0)),
-                               self.args.timeout, interval=0.1, what="vtibgp's log")
+        try:
+            if sig.origin == "commit":
+                capture = self._primed_capture()
+            watch = Watch(self.prober, self.n, self.ifindex(T2.gw_dev),
+                          sample_first=self.args.poll == "sample", timeout=timeout)
+            watch.start()
+            watch.primed.wait(5)
+            self.commits.clear()
+            t0 = time.monotonic()
+            sig.fire(self)
+            returned = time.monotonic()
+            cmd_ms = (returned - t0) * 1e3
+            if sig.origin == "commit":
+                if not self.commits:
+                    raise lab.HarnessError(f"{sig.name}: no nft transaction was committed")
+                called, (t0, committed) = t0, self.commits[-1]
+                cmd_ms = (committed - t0) * 1e3
+                extra["call"] = (returned - called) * 1e3  # the whole Topology.blackhole
+                extra["returned"] = (returned - t0) * 1e3
+            watch.join(timeout + 5)
+            watch.halt.set()
+            watch.join(5)
+            if watch.error is not None:
+                raise watch.error
+            # vtibgp logs "routes moved off it" once its whole batch (the deletes of the old
+            # backups included) is acknowledged
+            if moved is not None:
+                with contextlib.suppress(TimeoutError):
+                    lab.wait_until(lambda: any(moved in ln for _, ln in self.stamped(t0)),
+                                   self.args.timeout, interval=0.1, what="vtibgp's log")
+            if capture is not None:
+                extra.update(self._phase(capture.drain(), t0))
+        finally:
+            if watch is not None:
+                watch.halt.set()
+            if capture is not None:
+                capture.close()
         saw = done = None
         disturbed = []
         for ts, line in self.stamped(t0):
             if saw is None and (f"device {T1.gw_dev} unusable" in line
                                 or f"ipsec {CONNECTION}:" in line
-                                or (sig.name == "bgp" and "session down" in line)):
+                                or (sig.saw_log is not None and sig.saw_log in line)):
                 saw = (ts - t0) * 1e3
             if done is None and moved is not None and moved in line:
                 done = (ts - t0) * 1e3
-            if done is None and sig.name != "bgp" and ("session" in line
-                                                       or "NOTIFICATION" in line):
+                if (m := SILENCE_RE.search(line)) is not None:
+                    extra["silence"] = float(m.group(1)) * 1e3
+            if done is None and sig.name != "bgp" and not sig.session_down and (
+                    "session" in line or "NOTIFICATION" in line):
                 disturbed.append(line.split(" ", 2)[-1])
+        # (the probe logs nothing when it judges: no "saw"; its verdict is due at the last
+        # reply + the detect time, and the silence it logs says how late its timer was)
+        assert watch is not None
         final = self.kernel_counts()
         if final != Counter({(T2.gw_dev, METRIC): self.n}):
             say(f"  note: after {sig.name} the kernel holds {dict(final)}")
         return Run(sig.name, cmd_ms, watch.bounds(0, t0), watch.bounds(1, t0), saw, done,
-                   watch.sweeps, watch.regressions, disturbed)
+                   watch.sweeps, watch.regressions, disturbed, extra)
+
+    def _primed_capture(self) -> Capture:
+        """A capture on vti01 that holds what preceded the signal: it has seen a probe
+        reply (or, probe off, a BGP message from the VGW), then a random wait of up to one
+        period, so that the signal falls at a random phase of the probe (of the keepalives),
+        as a failure does."""
+        capture = Capture(self.topo.gw, T1.gw_dev)
+        period = self.args.probe_interval if self.probe_on else self.args.hold_time / 3
+        deadline = time.monotonic() + 2 * period + 2
+        got = capture.got
+        while not (got.replies if self.probe_on else got.bgp_in):
+            if time.monotonic() > deadline:
+                capture.close()
+                raise lab.HarnessError("no probe reply or BGP message seen on "
+                                       f"{T1.gw_dev} in {2 * period + 2:g} s")
+            time.sleep(0.02)
+            capture.drain()
+        time.sleep(random.uniform(0, period))
+        return capture
+
+    def _phase(self, got: Packets, t0: float) -> dict[str, float | None]:
+        """Where the signal fell in the probe's (or BGP's) rhythm, ms from t0: the last echo
+        reply through vti01, the first request left unanswered, the probe's verdict due at
+        last reply + detect time; the last BGP message from the VGW, and the hold timer due
+        at that + hold time."""
+        def ms(t: float | None) -> float | None:
+            return None if t is None else (t - t0) * 1e3
+
+        out: dict[str, float | None] = {}
+        last = max(got.replies, default=None)
+        if last is not None:
+            out["last_reply"] = ms(last)
+            out["first_lost"] = ms(min((q for q in got.requests if q > last), default=None))
+            if self.probe_on:
+                out["due"] = ms(last + self.detect)
+        last_bgp = max(got.bgp_in, default=None)
+        out["last_bgp_in"] = ms(last_bgp)
+        if not self.probe_on and last_bgp is not None:
+            out["due"] = ms(last_bgp + self.args.hold_time)
+        return out
 
     def restore(self, sig: Signal) -> float:
         assert self.gw is not None
@@ -674,7 +901,7 @@ SIGNALS = [
     Signal("updown", "updown (libreswan down-client)", _updown("down-client"),
            _updown("up-client")),
     Signal("bgp", "BGP session down (peer's Cease)", _bgp(False), _bgp(True), done_log=None,
-           from_saw=True),
+           from_saw=True, saw_log="session down"),
     Signal("admin", "admin down (ip link set down)",
            lambda b: b.topo.set_link("gw", T1.gw_dev, False),
            lambda b: b.topo.set_link("gw", T1.gw_dev, True)),
@@ -685,6 +912,12 @@ SIGNALS = [
            {"net.ipv4.conf.all.ignore_routes_with_linkdown": 1}),
     Signal("delete", "device delete (ip link del)", lambda b: b.topo.delete_link(T1.gw_dev),
            lambda b: b.topo.recreate_link(1)),
+    Signal("blackhole", "blackhole (nft drop), probe on", lambda b: b.topo.blackhole(1, True),
+           lambda b: b.topo.blackhole(1, False), origin="commit"),
+    Signal("blackhole-no-probe", "blackhole, probe off (hold time)",
+           lambda b: b.topo.blackhole(1, True), lambda b: b.topo.blackhole(1, False),
+           done_log=None, saw_log=f"peer {T1.aws_v4} session down", origin="commit",
+           probe=False, default=False, session_down=True),
 ]
 
 
@@ -722,7 +955,9 @@ def profile(n: int, nets: list[str], nexthop_objects: bool) -> None:
         IpsecState,
         OpKind,
         PathAttrs,
+        ProbeReply,
         Stopping,
+        Tick,
     )
     from vtibgp.kernel.writer import KernelWriter
     from vtibgp.shell import daemon as daemon_mod
@@ -736,10 +971,17 @@ def profile(n: int, nets: list[str], nexthop_objects: bool) -> None:
                  "control": {"socket": None}}, "<failover profile>")
     updown = {"cmd": "tunnel", "state": "down", "connection": CONNECTION,
               "device": T1.gw_dev, "verb": "down-client"}
-    cases: list[tuple[str, Event | None, bool]] = [
-        ("updown", None, False),
-        ("admin", DeviceState(T1.gw_dev, False, "admin down", 0.0), True),
-        ("carrier", DeviceState(T1.gw_dev, False, "carrier lost", 0.0), False),
+    def silent(d: daemon_mod.Daemon) -> Event:
+        """The probe's verdict: a reply long ago, then the loop's timer pass (a Tick)."""
+        now = time.monotonic()
+        d.core.handle(ProbeReply(T1.gw_dev, 0.001, now - 10.0))
+        return Tick(now)
+
+    cases: list[tuple[str, Callable[[daemon_mod.Daemon], Event | None], bool]] = [
+        ("updown", lambda d: None, False),
+        ("admin", lambda d: DeviceState(T1.gw_dev, False, "admin down", 0.0), True),
+        ("carrier", lambda d: DeviceState(T1.gw_dev, False, "carrier lost", 0.0), False),
+        ("probe", silent, False),  # blackhole: no flush, a replace and a delete per prefix
     ]
     say(f"\nwhere vtibgp's time goes, {n:,} prefixes (offline: vtibgp's Daemon with its "
         "kernel writer in a scratch namespace, nothing else running in it; best of 3, ms).\n"
@@ -752,7 +994,7 @@ def profile(n: int, nets: list[str], nexthop_objects: bool) -> None:
         with KernelWriter(netns=topo.gw) as writer:
             if nexthop_objects:
                 writer.enable_nexthop_objects()
-            for (case, event, admin), resynced in itertools.product(cases, (False, True)):
+            for (case, make_event, admin), resynced in itertools.product(cases, (False, True)):
                 best: dict[str, float] = {}
                 for rep in range(6):
                     split = rep % 2 == 1
@@ -769,6 +1011,7 @@ def profile(n: int, nets: list[str], nexthop_objects: bool) -> None:
                                               PathAttrs(peer, as_path=path), tuple(nets)),
                                      decided)
                     d._perform(decided)
+                    event = make_event(d)
                     if admin:
                         topo.set_link("gw", T1.gw_dev, False)
                     handle = _Timed(d.core.handle)
@@ -817,8 +1060,27 @@ def profile(n: int, nets: list[str], nexthop_objects: bool) -> None:
 # --------------------------------------------------------------------------- report
 
 
-def fmt(ms: float | None) -> str:
-    return "timeout" if ms is None else f"{ms:7.1f}"
+def fmt(ms: float | None, missing: str = "timeout") -> str:
+    return f"{missing:>7s}" if ms is None else f"{ms:7.1f}"
+
+
+def phase_text(run: Run) -> str:
+    """A blackhole run's rhythm: what the capture on vti01 and vtibgp's log said."""
+    x = run.extra
+
+    def at(key: str) -> str:
+        v = x.get(key)
+        return "?" if v is None else f"{v:+.1f}"
+
+    head = f"(origin: nft process start; the blackhole call took {x.get('call', 0.0):.1f} ms) "
+    if run.signal == "blackhole-no-probe":
+        saw = "?" if run.saw_ms is None else f"{run.saw_ms:+.1f}"
+        return (head + f"last BGP message from the VGW {at('last_bgp_in')}, hold timer due "
+                f"{at('due')}, vtibgp saw the session end {saw}")
+    silence = x.get("silence")
+    return (head + f"last echo reply {at('last_reply')}, first request unanswered "
+            f"{at('first_lost')}, probe's verdict due {at('due')}; vtibgp logged "
+            f"{'?' if silence is None else f'{silence:.0f}'} ms of silence")
 
 
 def median(values: list[float | None]) -> float | None:
@@ -829,7 +1091,10 @@ def median(values: list[float | None]) -> float | None:
 
 def report(runs: list[Run], n: int, args: argparse.Namespace) -> None:
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    say(f"\nfailover, {n:,} prefixes, median of {args.repeat} run(s); ms from just before the "
+    counts = Counter(r.signal for r in runs)
+    say(f"\nfailover, {n:,} prefixes, median of "
+        f"{'/'.join(str(c) for c in sorted(set(counts.values()), reverse=True))} run(s); "
+        "ms from just before the "
         f"signalling command (hold-down {args.hold_down:g} s, poll: {args.poll}; "
         f"{os.cpu_count()} CPUs, load average now {load})")
     head = (f"{'signal':32s} {'cmd':>7s} {'all->vti02':>10s} {'(>=)':>7s} {'vtibgp@100':>10s} "
@@ -848,20 +1113,107 @@ def report(runs: list[Run], n: int, args: argparse.Namespace) -> None:
         b_up, b_lo = median([r.b[0] for r in mine]), median([r.b[1] for r in mine])
         saw, done = median([r.saw_ms for r in mine]), median([r.done_ms for r in mine])
         cmd = median([r.cmd_ms for r in mine])
-        if a_up is not None and a_up < AIM_MS:
+        if sig.origin == "commit":
+            aim = "(below)"
+        elif a_up is not None and a_up < AIM_MS:
             aim = "ok"
         elif a_up is None or (a_lo is not None and a_lo >= AIM_MS):
             aim = "MISSED"
         else:  # the truth lies between the bounds, which straddle the aim
             aim = "? (granularity)"
         say(f"{sig.label:32s} {fmt(cmd)} {fmt(a_up):>10s} {fmt(a_lo)} {fmt(b_up):>10s} "
-            f"{fmt(b_lo)} {fmt(saw)} {fmt(done) if sig.done_log else '    n/a'}  {aim}")
+            f"{fmt(b_lo)} {fmt(saw, 'n/a')} {fmt(done) if sig.done_log else '    n/a'}  {aim}")
     say("cmd: the signalling command itself (process start included); all->vti02 / vtibgp@100: "
         "upper bound, (>=) lower bound;\nsaw / done: vtibgp's log stamps (signal taken in / "
         "kernel batch acknowledged). Aim: all->vti02 < 100 ms; '?' = the bounds straddle it.")
     if any(s.from_saw for s in SIGNALS if any(r.signal == s.name for r in runs)):
         say("BGP session down: every figure but cmd is from saw (vtibgp reading ExaBGP's report "
             "of the Cease), since cmd is BIRD's own work.")
+    report_blackholes(runs, n, args)
+
+
+def _med(runs: list[Run], get: Callable[[Run], float | None]) -> float | None:
+    """Median over the runs that have the value (None if none has it)."""
+    values = [v for v in map(get, runs) if v is not None]
+    return statistics.median(values) if values else None
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def report_blackholes(runs: list[Run], n: int, args: argparse.Namespace) -> None:
+    """The blackholes against their detect time: interval x multiplier with the probe, the
+    hold time without it; where the time went."""
+    rows = [(sig, [r for r in runs if r.signal == sig.name]) for sig in SIGNALS
+            if sig.origin == "commit"]
+    rows = [(sig, mine) for sig, mine in rows if mine]
+    if not rows:
+        return
+    say(f"\nblackhole of tunnel 1 (nft at the VGW end drops all its traffic; carrier and BGP "
+        f"untouched), {n:,} prefixes, ms from just\nbefore the process committing the nft "
+        "transaction was started: a lower bound of the moment the rule is in place, hence of "
+        "the\nfirst dropped packet; the rule went in within 'cmd' of it (every figure may "
+        "thus be up to cmd too high)")
+    for sig, mine in rows:
+        if sig.probe:
+            detect = args.probe_interval * args.probe_multiplier * 1e3
+            what = (f"{sig.name}: probe every {args.probe_interval:g} s x "
+                    f"{args.probe_multiplier}, detect time {detect:.0f} ms")
+        else:
+            detect = args.hold_time * 1e3
+            what = f"{sig.name}: probe off, BGP hold time {args.hold_time} s ({detect:.0f} ms)"
+        a_up, a_lo = _med(mine, lambda r: r.a[0]), _med(mine, lambda r: r.a[1])
+        b_up, b_lo = _med(mine, lambda r: r.b[0]), _med(mine, lambda r: r.b[1])
+        cmd = _med(mine, lambda r: r.cmd_ms)
+        late = [r.b[0] for r in mine]  # (None: some prefix never got there)
+        worst = None if any(v is None for v in late) else max(v for v in late if v is not None)
+        say(f"  {what}, median of {len(mine)} run(s):")
+        ratio = "?" if b_up is None else f"{b_up / detect:.2f}"
+        say(f"    every prefix via vti02 at metric 100 (vtibgp@100) {fmt(b_up).strip()} "
+            f"(>= {fmt(b_lo).strip()}) = {ratio} x the detect time (worst run "
+            f"{fmt(worst).strip()}); all->vti02 {fmt(a_up).strip()} (>= {fmt(a_lo).strip()}); "
+            f"cmd {fmt(cmd).strip()}")
+        due = _med(mine, lambda r: r.extra.get("due"))
+        last_key = "last_reply" if sig.probe else "last_bgp_in"
+        last = _med(mine, lambda r: r.extra.get(last_key))  # noqa: B023 (called at once)
+        returned = _med(mine, lambda r: _diff(r.b[0], r.extra.get("returned")))
+        if sig.probe:
+            lost = _med(mine, lambda r: _diff(r.b[0], r.extra.get("first_lost")))
+            work = _med(mine, lambda r: _diff(r.done_ms, r.extra.get("due")))
+            after = _med(mine, lambda r: _diff(r.b[0], r.done_ms))
+            silence = _med(mine, lambda r: r.extra.get("silence"))
+            say(f"    the same from the blackhole call's return {fmt(returned, '?').strip()}, "
+                f"from the first echo request left unanswered {fmt(lost, '?').strip()}")
+            say(f"    where it went: waiting out the detect time from the last echo reply "
+                f"(at {fmt(last, '?').strip()}): the verdict was due at "
+                f"{fmt(due, '?').strip()};\n    then vtibgp until its kernel batch was "
+                f"acknowledged (done - due: the loop's timer, core, kernel) "
+                f"{fmt(work, '?').strip()};\n    the poll's upper bound after done "
+                f"{fmt(after, '?').strip()}. vtibgp logged {fmt(silence, '?').strip()} ms of "
+                f"silence at its verdict (10 ms steps; {detect:.0f} = its timer on time)")
+            if b_up is not None and b_up < detect:
+                verdict = "met: every prefix moved within the detect time of the origin"
+            elif b_lo is not None and b_lo >= detect:
+                verdict = (f"MISSED: {fmt(_diff(b_lo, detect)).strip()} to "
+                           f"{fmt(_diff(b_up, detect)).strip()} ms over it")
+            else:
+                verdict = "? (the bounds straddle the detect time)"
+            allowed = None if work is None else detect + work
+            extra = ("" if allowed is None or b_up is None else
+                     f"; with vtibgp's own work (done - due) allowed on top: "
+                     f"{'met' if b_up <= allowed else 'missed'} ({fmt(b_up).strip()} vs "
+                     f"{fmt(allowed).strip()})")
+            say(f"    target (every prefix moved < interval x multiplier after the first "
+                f"dropped packet): {verdict}{extra}")
+        else:
+            timer = _med(mine, lambda r: _diff(r.saw_ms, r.extra.get("due")))
+            after = _med(mine, lambda r: _diff(r.b[0], r.saw_ms))
+            say(f"    where it went: the hold timer, from the last BGP message from the VGW "
+                f"(at {fmt(last, '?').strip()}), was due {fmt(due, '?').strip()};\n    "
+                f"ExaBGP's report of the session's end reaching vtibgp (saw - due) "
+                f"{fmt(timer, '?').strip()}; then until every prefix was at 100 via vti02 "
+                f"{fmt(after, '?').strip()}")
 
 
 def _since(bounds: tuple[float | None, float], saw: float | None) -> tuple[float | None, float]:
@@ -878,15 +1230,25 @@ def main() -> int:
     ap.add_argument("--prefixes", type=int, default=10_000, help="N (default 10,000)")
     ap.add_argument("--quick", action="store_true", help="1,000 prefixes")
     ap.add_argument("--repeat", type=int, default=1, help="runs per signal; medians reported")
-    ap.add_argument("--signals", default=",".join(s.name for s in SIGNALS),
-                    help="comma list of: " + ", ".join(s.name for s in SIGNALS))
+    ap.add_argument("--signals", default=",".join(s.name for s in SIGNALS if s.default),
+                    help="comma list of: " + ", ".join(s.name for s in SIGNALS) + " (default: "
+                    "all but " + ", ".join(s.name for s in SIGNALS if not s.default) + ")")
+    ap.add_argument("--probe-interval", type=float, default=0.2,
+                    help="probe.interval (s) of vtibgp (default 0.2)")
+    ap.add_argument("--probe-multiplier", type=int, default=3,
+                    help="probe.multiplier (default 3): the detect time is interval x this")
+    ap.add_argument("--no-probe-repeat", type=int,
+                    help="runs of blackhole-no-probe (each lasts up to a hold time; default: "
+                    "--repeat, at most 2)")
     ap.add_argument("--nexthop-objects", choices=["auto", "false"], default="auto",
                     help="kernel.nexthop_objects for vtibgp (false: routes carry their "
                     "nexthops inline, as before nexthop objects)")
     ap.add_argument("--hold-down", type=float, default=0.5, help="tunnel.hold_down (s)")
     ap.add_argument("--hold-time", type=int, default=lab.DEFAULT_HOLD_TIME,
-                    help="BGP hold time of both ends (s; AWS uses 30). It never runs out within a "
-                    "measurement: ExaBGP is not involved in the link signals")
+                    help="BGP hold time of both ends (s; AWS uses 30; e.g. 9 for a quicker "
+                    "blackhole-no-probe). It runs out only in blackhole-no-probe: ExaBGP is not "
+                    "involved in the link signals, and the blackhole with the probe ends well "
+                    "within 2/3 of it")
     ap.add_argument("--poll", choices=["sample", "full"], default="sample",
                     help=f"sample: poll {SAMPLE} prefixes until all have moved, then sweep all; "
                     "full: sweep all prefixes from the start (costs a CPU the whole time)")
@@ -917,24 +1279,36 @@ def main() -> int:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, interrupt)
+    if args.no_probe_repeat is None:
+        args.no_probe_repeat = min(args.repeat, 2)
+    if args.probe_interval <= 0 or args.probe_multiplier < 2:
+        ap.error("--probe-interval must be positive and --probe-multiplier at least 2")
+    # the signals vtibgp takes with its probe on, then (restarted) those with it off
+    phases = [(probe, [s for s in SIGNALS if s.name in chosen and s.probe == probe],
+               args.repeat if probe else args.no_probe_repeat) for probe in (True, False)]
+    phases = [ph for ph in phases if ph[1] and ph[2] > 0]
+    if not phases:
+        ap.error("nothing to run")
     lab.cleanup_stale()
     bench = Bench(args)
     runs: list[Run] = []
     try:
-        bench.build()
-        for rep in range(args.repeat):
-            for sig in SIGNALS:
-                if sig.name not in chosen:
-                    continue
+        bench.build(phases[0][0])
+        for probe, sigs, repeat in phases:
+            if probe != bench.probe_on:
+                bench.switch_probe(probe)
+            for rep, sig in itertools.product(range(repeat), sigs):
                 run = bench.measure(sig)
                 runs.append(run)
                 back = bench.restore(sig)
                 say(f"run {rep + 1} {sig.name:15s} cmd {run.cmd_ms:6.1f}  all->vti02 "
                     f"{fmt(run.a[0])} (>= {run.a[1]:.1f})  vtibgp@100 {fmt(run.b[0])} "
-                    f"(>= {run.b[1]:.1f})  saw {fmt(run.saw_ms)} done {fmt(run.done_ms)}  "
-                    f"[{run.sweeps} sweeps, {run.regressions} regressions, "
-                    f"{bench.prober.overruns if bench.prober else 0} overruns; back in "
-                    f"{back:.1f} s]")
+                    f"(>= {run.b[1]:.1f})  saw {fmt(run.saw_ms, 'n/a')} done "
+                    f"{fmt(run.done_ms, 'n/a')}  [{run.sweeps} sweeps, {run.regressions} "
+                    f"regressions, {bench.prober.overruns if bench.prober else 0} overruns; "
+                    f"back in {back:.1f} s]")
+                if run.extra:
+                    say("  " + phase_text(run))
                 for line in run.disturbed:
                     say(f"  BGP activity inside the measurement: {line}")
         report(runs, args.prefixes, args)
