@@ -20,6 +20,10 @@
 #   VTIBGP               the vtibgp command to run    (default: the lean hook if installed,
 #                        else /usr/local/bin/vtibgp)
 #   VTIBGP_SOCKET        vtibgp's control socket      (default: /run/vtibgp/vtibgp.sock)
+#   VTIBGP_MTU           the VTI device's MTU, set on up-client (default: 1436, what AWS's
+#                        sample configuration uses; AWS allows at most 1446 and does no path MTU
+#                        discovery; libreswan itself leaves the kernel's default, 1480 on a
+#                        1500-byte uplink). Empty: leave the MTU alone.
 
 stock=${VTIBGP_STOCK_UPDOWN:-ipsec _updown}
 hook=/usr/local/libexec/vtibgp/updown-hook
@@ -29,11 +33,21 @@ else
     vtibgp=${VTIBGP:-/usr/local/bin/vtibgp}
 fi
 socket=${VTIBGP_SOCKET:-/run/vtibgp/vtibgp.sock}
+mtu=${VTIBGP_MTU-1436}
 
 # word splitting of $stock is wanted: it is a command with its arguments
 # shellcheck disable=SC2086
 $stock "$@"
 status=$?
+
+case "${PLUTO_VERB:-}" in
+    up-client|up-host|up-client-v6|up-host-v6)
+        if [ -n "$mtu" ] && [ -n "${VTI_IFACE:-}" ] && \
+                ! ip link set dev "$VTI_IFACE" mtu "$mtu"; then
+            echo "vtibgp-updown: cannot set MTU $mtu on $VTI_IFACE" >&2
+        fi
+        ;;
+esac
 
 case "${PLUTO_VERB:-}" in
     up-client|down-client|up-host|down-host|up-client-v6|down-client-v6|up-host-v6|down-host-v6)

@@ -36,6 +36,25 @@ def exabgp_validate(path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def ipsec_checkconfig(path: Path) -> None:
+    """libreswan's own parser accepts the file (not checked where libreswan is not
+    installed: CI installs it)."""
+    if shutil.which("ipsec") is None:
+        return
+    r = subprocess.run(["ipsec", "addconn", "--checkconfig", "--config", str(path)],
+                       capture_output=True, text=True, timeout=30, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def nft_check(path: Path) -> None:
+    """nft loads the file in check mode (nothing is committed)."""
+    if shutil.which("nft") is None:
+        pytest.skip("nft is not installed")
+    r = subprocess.run(["nft", "-c", "-f", str(path)], capture_output=True, text=True,
+                       timeout=30, check=False)
+    assert r.returncode == 0, r.stderr
+
+
 def test_valid(tmp_path: Path) -> None:
     out = tmp_path / "gw"
     paths = run_import("valid.xml", out)
@@ -62,10 +81,12 @@ def test_valid(tmp_path: Path) -> None:
     for needle in ("right=203.0.113.10", "right=203.0.113.20", "mark=100/0xffffffff",
                    "mark=200/0xffffffff", "vti-interface=vti01", "vti-interface=vti02",
                    "vti-routing=no", "leftvti=169.254.80.146/30", "leftvti=169.254.81.2/30",
-                   "leftid=198.51.100.7", "dpddelay=10", "dpdtimeout=30",
-                   "leftupdown=/usr/local/libexec/vtibgp/vtibgp-updown.sh"):
+                   "leftid=198.51.100.7", "dpddelay=5\n", "retransmit-timeout=15s\n",
+                   "dpdaction=restart\n",
+                   'leftupdown="VTIBGP_MTU=1436 /usr/local/libexec/vtibgp/vtibgp-updown.sh"'):
         assert needle in ipsec, needle
     assert "FakeKey" not in ipsec
+    ipsec_checkconfig(out / "ipsec.conf")
 
     secrets = out / "ipsec.secrets"
     assert stat.S_IMODE(secrets.stat().st_mode) == 0o600
@@ -176,3 +197,105 @@ def test_existing_files_are_not_overwritten(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == ["gw"]
     assert stat.S_IMODE((out / "ipsec.secrets").stat().st_mode) == 0o600
     load(out / "vtibgp.yaml")
+
+
+def test_mss_clamp_follows_the_mtu_and_loads_in_nft(tmp_path: Path) -> None:
+    out = tmp_path / "gw"
+    run_import("valid.xml", out)
+    nft = (out / "nftables-mss.nft").read_text()
+    # valid.xml asks for 1379 (tcp_mss_adjustment), below 1436 - 40: AWS's value is used
+    assert "tcp option maxseg size > 1379 tcp option maxseg size set 1379" in nft
+    assert "meta nfproto ipv6" in nft and "set 1359" in nft
+    assert 'oifname { "vti01", "vti02" }' in nft and 'iifname { "vti01", "vti02" }' in nft
+    assert "AWS does not do path MTU discovery" in nft  # the why, in the file
+    nft_check(out / "nftables-mss.nft")
+
+    no_mss = xml("valid.xml").replace("<tcp_mss_adjustment>1379</tcp_mss_adjustment>", "")
+    for mtu, v4, v6 in ((1436, 1396, 1376), (1446, 1406, 1386), (1400, 1360, 1340)):
+        d = tmp_path / f"mtu{mtu}"
+        import_vpn(no_mss, d, plugin_command=PLUGIN, devices=("ipsec1", "ipsec2"), mtu=mtu)
+        nft = (d / "nftables-mss.nft").read_text()
+        assert f"maxseg size set {v4}\n" in nft and f"maxseg size set {v6}\n" in nft
+        assert f"have MTU {mtu}" in nft
+        assert f'VTIBGP_MTU={mtu} ' in (d / "ipsec.conf").read_text()
+        nft_check(d / "nftables-mss.nft")
+
+
+@pytest.mark.parametrize("mtu", [1447, 1500, 1279, True])
+def test_mtu_out_of_range(tmp_path: Path, mtu: int) -> None:
+    with pytest.raises(AwsImportError, match="mtu: expected 1280 to 1446"):
+        run_import("valid.xml", tmp_path / "gw", mtu=mtu)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(("hold", "delay", "timeout"), [
+    (30, 5, 15), (90, 10, 45), (9, 1, 4), (3, 1, 1), (0, 10, 30)])
+def test_dpd_is_faster_than_the_hold_time(hold: int, delay: int, timeout: int) -> None:
+    from vtibgp.tools.aws_import import dpd_timers
+
+    text = xml("valid.xml").replace("<hold_time>30</hold_time>", f"<hold_time>{hold}</hold_time>")
+    t = parse_vpn(text).tunnels[0]
+    assert dpd_timers(t) == (delay, timeout)
+    if hold:
+        assert delay + timeout < hold
+
+
+def test_equal_preferences_unless_asked(tmp_path: Path) -> None:
+    run_import("valid.xml", tmp_path / "eq")
+    text = (tmp_path / "eq" / "vtibgp.yaml").read_text()
+    assert [p.preference for p in load(tmp_path / "eq" / "vtibgp.yaml").peers] == [100, 100]
+    assert "lower MED on the tunnel that stays in service" in text
+    run_import("valid.xml", tmp_path / "two", prefer_tunnel=2)
+    cfg = load(tmp_path / "two" / "vtibgp.yaml")
+    assert [p.preference for p in cfg.peers] == [100, 200]
+    assert "Tunnel 2 has preference 200" in (tmp_path / "two" / "vtibgp.yaml").read_text()
+    with pytest.raises(AwsImportError, match="prefer_tunnel: expected 1 or 2"):
+        run_import("valid.xml", tmp_path / "bad", prefer_tunnel=3)
+
+
+def test_imported_gateway_passes_doctor_checks_it_can(tmp_path: Path) -> None:
+    """doctor on what aws-import wrote: equal preferences, DPD before the hold time."""
+    from vtibgp.tools import doctor
+
+    out = tmp_path / "gw"
+    run_import("valid.xml", out)
+    cfg = load(out / "vtibgp.yaml")
+    assert [f.level for f in doctor.check_preferences(cfg)] == ["ok"]
+    files = doctor.IpsecFiles((str(out / "ipsec.conf"),), (), ())
+    found = doctor.check_ike_liveness(cfg, files, (out / "exabgp.conf").read_text())
+    assert [(f.level, f.subject) for f in found] == [
+        ("ok", "aws-vpn-0123456789abcdef0-tunnel-1"), ("ok", "aws-vpn-0123456789abcdef0-tunnel-2")]
+    assert "before the BGP hold time 30 s on vti01" in found[0].message
+
+
+def test_libreswan_wrapper_sets_the_mtu(tmp_path: Path) -> None:
+    """config/libreswan/vtibgp-updown.sh: the stock updown, then the VTI device's MTU."""
+    script = Path(__file__).resolve().parents[2] / "config/libreswan/vtibgp-updown.sh"
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    log = tmp_path / "ip.log"
+    (bin_ / "ip").write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    (bin_ / "ip").chmod(0o755)
+    env = {"PATH": f"{bin_}:/usr/bin:/bin", "VTIBGP_STOCK_UPDOWN": "true",
+           "VTIBGP": "true", "VTI_IFACE": "vti01"}
+    for verb, mtu, want in (("up-client", None, "link set dev vti01 mtu 1436"),
+                            ("up-client", "1400", "link set dev vti01 mtu 1400"),
+                            ("down-client", None, ""), ("up-client", "", "")):
+        log.unlink(missing_ok=True)
+        e = {**env, "PLUTO_VERB": verb, **({} if mtu is None else {"VTIBGP_MTU": mtu})}
+        r = subprocess.run(["sh", str(script)], env=e, capture_output=True, text=True,
+                           timeout=30, check=False)
+        assert r.returncode == 0, r.stderr
+        assert (log.read_text().strip() if log.exists() else "") == want, (verb, mtu)
+
+
+def test_announce_writes_the_return_path(tmp_path: Path) -> None:
+    run_import("valid.xml", tmp_path / "gw", announce=("192.168.0.0/16", "10.50.0.0/24"))
+    cfg = load(tmp_path / "gw" / "vtibgp.yaml")
+    assert cfg.export_networks == ("192.168.0.0/16", "10.50.0.0/24")
+    assert cfg.export_steering == "symmetric" and cfg.export_local_as == 65000
+    assert {p.vpn for p in cfg.peers} == {cfg.peers[0].vpn} != {""}  # steered together
+    for bad in ("192.168.0.1/16", "0.0.0.0/0", "lan"):
+        with pytest.raises(AwsImportError, match="announce: "):
+            run_import("valid.xml", tmp_path / f"bad{len(bad)}", announce=(bad,))
+    assert not (tmp_path / "bad14").exists()  # nothing written on an error

@@ -161,3 +161,86 @@ def test_lab_extra_api_validates(tmp_path: Path) -> None:
     conf.write_text(text)
     r = exabgp_validate(conf)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# -- the command line: help texts, and the paths the user actually has
+
+def _subparsers(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    """The `vtibgp` subcommand parsers, as main() builds them."""
+    import argparse
+
+    from vtibgp.tools import cli
+
+    seen: list[argparse.ArgumentParser] = []
+
+    def capture(self: argparse.ArgumentParser, *a: object, **k: object) -> None:
+        seen.append(self)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    with pytest.raises(SystemExit):
+        cli.main(["doctor"])
+    [root] = seen
+    [sub] = [a for a in root._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(sub.choices)
+
+
+@pytest.mark.parametrize("command", ["aws-import", "exabgp-config", "doctor"])
+def test_every_option_has_help(monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    import argparse
+
+    parser = _subparsers(monkeypatch)[command]
+    assert isinstance(parser, argparse.ArgumentParser)
+    missing = [a.option_strings or [a.dest] for a in parser._actions
+               if not a.help or a.help == argparse.SUPPRESS]
+    assert missing == []
+    names = {o for a in parser._actions for o in a.option_strings}
+    want = {"aws-import": {"--devices", "--table", "--vtibgp", "--config-path", "--mtu",
+                           "--prefer-tunnel", "--marks", "--updown"},
+            "exabgp-config": {"--vtibgp", "--config-path", "--hold-time", "--router-id"},
+            "doctor": {"--ipsec-conf", "--swanctl-conf", "--strongswan-conf"}}[command]
+    assert want <= names
+
+
+def test_exabgp_config_names_the_users_paths(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from vtibgp.tools import cli
+
+    conf = tmp_path / "vtibgp.yaml"
+    conf.write_text("peers:\n  - {address: 169.254.10.1, interface: vti01}\n")
+    assert cli.main(["exabgp-config", str(conf), "--local-as", "65000"]) == 0
+    assert f"run /usr/local/bin/vtibgp run --config {conf};" in capsys.readouterr().out
+    assert cli.main(["exabgp-config", str(conf), "--local-as", "65000", "--vtibgp",
+                     "/opt/vtibgp/bin/vtibgp", "--config-path", "/srv/gw/vtibgp.yaml"]) == 0
+    assert "run /opt/vtibgp/bin/vtibgp run --config /srv/gw/vtibgp.yaml;" in \
+        capsys.readouterr().out
+    assert cli.main(["exabgp-config", str(conf), "--local-as", "65000", "--vtibgp",
+                     "vtibgp"]) == 1
+    assert "vtibgp: expected an absolute path" in capsys.readouterr().err
+
+
+def test_aws_import_names_the_users_paths(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from vtibgp.tools import cli
+
+    xml = str(REPO / "tests/data/aws/valid.xml")
+    assert cli.main(["aws-import", xml, "--out", str(tmp_path / "a")]) == 0
+    text = (tmp_path / "a/exabgp.conf").read_text()
+    assert "run /usr/local/bin/vtibgp run --config /etc/vtibgp/vtibgp.yaml;" in text
+    assert cli.main(["aws-import", xml, "--out", str(tmp_path / "b"), "--vtibgp",
+                     "/opt/vtibgp/bin/vtibgp", "--config-path", "/srv/gw/vtibgp.yaml",
+                     "--devices", "ipsec1", "ipsec2", "--table", "100", "--mtu", "1400",
+                     "--prefer-tunnel", "1", "--marks", "7", "8",
+                     "--updown", "/opt/vtibgp/updown.sh"]) == 0
+    text = (tmp_path / "b/exabgp.conf").read_text()
+    assert "run /opt/vtibgp/bin/vtibgp run --config /srv/gw/vtibgp.yaml;" in text
+    ipsec = (tmp_path / "b/ipsec.conf").read_text()
+    assert 'leftupdown="VTIBGP_MTU=1400 /opt/vtibgp/updown.sh"' in ipsec
+    assert "mark=7/0xffffffff" in ipsec and "vti-interface=ipsec2" in ipsec
+    yml = (tmp_path / "b/vtibgp.yaml").read_text()
+    assert "preference: 200" in yml and "table: 100" in yml
+    capsys.readouterr()
+    assert cli.main(["aws-import", xml, "--out", str(tmp_path / "c"), "--config-path",
+                     "etc/vtibgp.yaml"]) == 1
+    assert "config_path: expected an absolute path" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()

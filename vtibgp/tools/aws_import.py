@@ -10,6 +10,12 @@ XML: a `vpn_connection` element with two `ipsec_tunnel`s) and writes into one di
   ipsec.conf      libreswan conns for both tunnels (route-based, VTI devices)
   ipsec.secrets   the two pre-shared keys, mode 0600
   sysctl.conf     the tunnel devices' sysctls
+  nftables-mss.nft  TCP MSS clamping on the tunnel devices (AWS does no path MTU discovery)
+
+The tunnel device MTU (`mtu`, default 1436, at most 1446) decides the MSS clamp (MTU - 40 for
+IPv4, MTU - 60 for IPv6). Dead peer detection is derived from the BGP hold time so that the
+IPsec daemon notices a dead AWS endpoint before BGP does (see `dpd_timers`); docs/gateway.md
+says what each file holds and why.
 
 Everything is validated before anything is written; errors name the element path, e.g.
 `vpn_connection/ipsec_tunnel[2]/vpn_gateway/tunnel_inside_address/ip_address`. Files are
@@ -37,7 +43,7 @@ from typing import Any
 import yaml
 
 from vtibgp.config import schema as vconfig
-from vtibgp.exabgp.render import ExabgpConfigError, Session, render
+from vtibgp.exabgp.render import ExabgpConfigError, Session, plugin_command, render
 
 V4_LINK_LOCAL = ipaddress.IPv4Network("169.254.0.0/16")
 V6_INSIDE = ipaddress.IPv6Network("fd00::/8")
@@ -50,9 +56,19 @@ CUSTOMER_ASN_REFUSED = {7224: None, 9059: "eu-west-1", 10124: "ap-northeast-1",
 AS_TRANS = 23456
 PSK_RE = re.compile(r"^[A-Za-z1-9._][A-Za-z0-9._]{7,63}$")  # AWS: 8-64 of these, no leading 0
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
-DEFAULT_PLUGIN = "/usr/local/bin/vtibgp run --config /etc/vtibgp/vtibgp.yaml"
+DEFAULT_PLUGIN = plugin_command()
 DEFAULT_UPDOWN = "/usr/local/libexec/vtibgp/vtibgp-updown.sh"
-FILES = ("vtibgp.yaml", "exabgp.conf", "ipsec.conf", "ipsec.secrets", "sysctl.conf")
+FILES = ("vtibgp.yaml", "exabgp.conf", "ipsec.conf", "ipsec.secrets", "sysctl.conf",
+         "nftables-mss.nft")
+# Tunnel MTU. AWS's best-practice page allows at most 1446 inside a tunnel (MSS 1406), less with
+# some algorithms; its generic sample configuration uses 1436, which fits every algorithm AWS
+# offers. AWS does not support path MTU discovery inside the tunnel, so the MSS is clamped.
+DEFAULT_MTU = 1436
+MTU_MAX = 1446
+MTU_MIN = 1280  # IPv6's minimum; nothing smaller is useful for a tunnel carrying a LAN
+TCP_IP4_HEADERS = 40  # IPv4 (20) + TCP (20) header bytes without options
+TCP_IP6_HEADERS = 60  # IPv6 (40) + TCP (20)
+PREFERRED = 200  # peers[].preference of the tunnel --prefer-tunnel names (the other: 100)
 
 
 class AwsImportError(ValueError):
@@ -295,15 +311,94 @@ def _connection_name(vpn: VpnConnection, t: Tunnel) -> str:
     return f"aws-{vpn.vpn_id}-tunnel-{t.number}"
 
 
-def vtibgp_yaml(vpn: VpnConnection, devices: Sequence[str], table: str | int) -> str:
+def dpd_timers(t: Tunnel) -> tuple[int, int]:
+    """(probe interval, give-up timeout) in seconds for our side's dead peer detection.
+
+    AWS's documented defaults (Site-to-Site VPN User Guide, "Tunnel options for your Site-to-Site
+    VPN connection"): on AWS's side the DPD timeout is 30 s and cannot be set lower, and the DPD
+    timeout action is Clear; the configuration AWS generates asks the customer gateway for DPD
+    every 10 s with 3 retries (ipsec/dead_peer_detection in the XML). AWS never initiates a
+    tunnel, so the customer gateway must send DPD, notice a dead endpoint and restart.
+
+    Taken literally (probe every 10 s, dead after 30 s more) a dead endpoint is noticed after up
+    to 40 s: later than BGP's hold time of 30 s, so BGP would fail over first and the updown
+    signal would come too late to matter. So ours probes every hold/6 s (5 s for 30 s; at least
+    every second, never less often than AWS's interval) and gives up after hold/2 s of
+    unanswered retransmissions (15 s): a dead endpoint is noticed within 2/3 of the hold time.
+    The 30 s floor is for AWS's side only: it decides when AWS clears, not when we restart. A
+    hold time of 0 (no hold timer): AWS's interval x retries."""
+    if t.hold_time == 0:
+        return t.dpd_interval, t.dpd_interval * t.dpd_retries
+    delay = max(1, min(t.dpd_interval, t.hold_time // 6))
+    return delay, max(1, t.hold_time // 2)
+
+
+def mss_clamp(vpn: VpnConnection, mtu: int) -> tuple[int, int]:
+    """(IPv4, IPv6) TCP MSS that fit a tunnel device of MTU `mtu`: MTU minus the IP and TCP
+    headers. If AWS's XML asks for less (ipsec/tcp_mss_adjustment, 1379 in its samples), that."""
+    v4, v6 = mtu - TCP_IP4_HEADERS, mtu - TCP_IP6_HEADERS
+    asked = [t.tcp_mss for t in vpn.tunnels if t.tcp_mss is not None]
+    if asked:
+        v4 = min(v4, *asked)
+        v6 = min(v6, v4 - (TCP_IP6_HEADERS - TCP_IP4_HEADERS))
+    return v4, v6
+
+
+def nftables_mss(vpn: VpnConnection, devices: Sequence[str], mtu: int) -> str:
+    """An nftables file (nft -f) clamping the TCP MSS of connections through the tunnels."""
+    v4, v6 = mss_clamp(vpn, mtu)
+    asked = vpn.tunnels[0].tcp_mss
+    names = ", ".join(f'"{d}"' for d in devices)
+    why = (f"# AWS's configuration asks for MSS {asked}, less than that: {v4} is used.\n"
+           if asked is not None and asked < mtu - TCP_IP4_HEADERS else "")
+    head = (
+        f"#!/usr/sbin/nft -f\n"
+        f"# TCP MSS clamping for AWS VPN connection {vpn.vpn_id}, written by `vtibgp aws-import`.\n"
+        "#\n"
+        "# Why: AWS does not do path MTU discovery inside its tunnels (at most MTU 1446 and MSS\n"
+        "# 1406 fit, depending on the algorithms), so a TCP segment that does not fit is\n"
+        "# fragmented or lost. The tunnel devices " + ", ".join(devices) + f" have MTU {mtu} (the\n"
+        "# updown sets it, VTIBGP_MTU in ipsec.conf's leftupdown=); a segment fits when its MSS\n"
+        f"# is at most MTU - 40 = {mtu - TCP_IP4_HEADERS} (IPv4 and TCP headers, 20 bytes each),"
+        f" MTU - 60 = {mtu - TCP_IP6_HEADERS}\n"
+        "# for IPv6 (40 + 20).\n"
+        + why +
+        "# The rules lower, never raise, the MSS option of SYN and SYN-ACK packets forwarded into\n"
+        "# a tunnel (our hosts' offer, so AWS's side sends small segments) and out of one (the\n"
+        "# far hosts' offer, so ours do). The gateway's own connections (BGP) take the MSS\n"
+        "# from the device MTU already. `vtibgp doctor` checks every tunnel device's clamp.\n"
+        "#\n"
+        "# Load with `nft -f nftables-mss.nft` (check first: `nft -c -f nftables-mss.nft`), or\n"
+        "# include it from /etc/nftables.conf. Loading again replaces the table, nothing else.\n"
+    )
+    syn = "tcp flags & (syn | rst) == syn"
+    rules = []
+    for proto, mss in (("ipv4", v4), ("ipv6", v6)):
+        for direction in ("oifname", "iifname"):
+            rules.append(f"        meta nfproto {proto} {direction} {{ {names} }} {syn} "
+                         f"tcp option maxseg size > {mss} tcp option maxseg size set {mss}")
+    body = [
+        "table inet vtibgp_mss",
+        "delete table inet vtibgp_mss",
+        "table inet vtibgp_mss {",
+        "    chain forward {",
+        "        type filter hook forward priority mangle; policy accept;",
+        *rules,
+        "    }",
+        "}",
+    ]
+    return head + "\n" + "\n".join(body) + "\n"
+
+
+def vtibgp_yaml(vpn: VpnConnection, devices: Sequence[str], table: str | int,
+                prefer_tunnel: int | None = None, announce: Sequence[str] = ()) -> str:
     family = "ipv4" if vpn.tunnels[0].inside.version == 4 else "ipv6"
     data: dict[str, Any] = {
         "kernel": {"table": table},
-        # equal preference: AWS raises MED on a tunnel under maintenance, and MED must decide
         "peers": [{
             "address": t.vgw_inside,
             "interface": dev,
-            "preference": 100,
+            "preference": PREFERRED if t.number == prefer_tunnel else 100,
             "families": [family],
             "description": f"aws {vpn.vpn_id} tunnel {t.number}",
             "vpn": vpn.vpn_id,
@@ -313,27 +408,42 @@ def vtibgp_yaml(vpn: VpnConnection, devices: Sequence[str], table: str | int) ->
         "tunnels": [{"connection": _connection_name(vpn, t), "device": dev}
                     for t, dev in zip(vpn.tunnels, devices, strict=True)],
     }
+    if announce:
+        # the return path: our networks, announced on both tunnels, AWS's return traffic
+        # steered to the tunnel vtibgp uses (README "The return path")
+        data["export"] = {"networks": list(announce), "steering": "symmetric",
+                          "local_as": vpn.tunnels[0].customer_asn}
+    if prefer_tunnel is None:
+        pref = ("# Both tunnels have preference 100. vtibgp compares preference before\n"
+                "# LOCAL_PREF, AS path and MED, and AWS steers with MED: during endpoint\n"
+                "# maintenance it announces a lower MED on the tunnel that stays in service.\n"
+                "# Equal preferences let that decide (`aws-import --prefer-tunnel N`: always\n"
+                "# prefer tunnel N).\n")
+    else:
+        pref = (f"# Tunnel {prefer_tunnel} has preference {PREFERRED} (--prefer-tunnel), "
+                "the other 100: it is\n"
+                "# used whenever it is up, whatever MED AWS announces (also during AWS's\n"
+                "# maintenance of its endpoint, when AWS lowers the other tunnel's MED).\n")
     head = (f"# vtibgp for AWS VPN connection {vpn.vpn_id}, written by `vtibgp aws-import`.\n"
             "# AWS sends at most 1,000 routes per VPN connection (max_prefix). Defaults apply\n"
-            "# to everything else; see config/vtibgp.yaml in vtibgp for all keys.\n")
+            "# to everything else; see config/vtibgp.yaml in vtibgp for all keys.\n" + pref)
     return head + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
 
 def ipsec_conf(vpn: VpnConnection, devices: Sequence[str], marks: Sequence[int],
-               updown: str) -> str:
+               updown: str, mtu: int = DEFAULT_MTU) -> str:
     t1 = vpn.tunnels[0]
     any_net = "0.0.0.0/0" if t1.inside.version == 4 else "::/0"
     ike_life = t1.ike_lifetime or 28800
     sa_life = t1.ipsec_lifetime or 3600
-    dead = t1.dpd_interval * t1.dpd_retries
+    delay, timeout = dpd_timers(t1)
     common = f"aws-{vpn.vpn_id}-common"
     out = [
         f"# libreswan: AWS VPN connection {vpn.vpn_id}, written by `vtibgp aws-import`.",
         "# Install as /etc/ipsec.d/aws-vpn.conf; check with",
         "#     ipsec addconn --checkconfig --config /etc/ipsec.d/aws-vpn.conf",
         "# Configure the same IKE/ESP algorithms on the VPN tunnel options in AWS.",
-        "" if t1.tcp_mss is None else
-        f"# AWS asks for TCP MSS {t1.tcp_mss} through the tunnels (clamp it on the gateway).",
+        "# TCP MSS: load nftables-mss.nft (AWS does no path MTU discovery in the tunnel).",
         "",
         f"conn {common}",
         "    type=tunnel",
@@ -343,11 +453,16 @@ def ipsec_conf(vpn: VpnConnection, devices: Sequence[str], marks: Sequence[int],
         "    esp=aes256-sha2_256;modp2048",
         f"    ikelifetime={ike_life}s",
         f"    salifetime={sa_life}s",
-        f"    # dead peer detection as AWS sets it: every {t1.dpd_interval} s, "
-        f"{t1.dpd_retries} retries",
-        f"    dpddelay={t1.dpd_interval}",
-        f"    dpdtimeout={dead}",
-        f"    retransmit-timeout={dead}s",
+        "    # Dead peer detection, faster than BGP's hold time "
+        f"({t1.hold_time} s) so that the updown",
+        "    # moves the routes before BGP would: a probe every "
+        f"{delay} s, the peer dead after {timeout} s",
+        f"    # of unanswered retransmissions, at most {delay + timeout} s in all. AWS's "
+        "side: DPD timeout",
+        "    # 30 s and action Clear by default, and it never initiates: ours must restart.",
+        f"    dpddelay={delay}",
+        f"    dpdtimeout={timeout}",
+        f"    retransmit-timeout={timeout}s",
         "    dpdaction=restart",
         "    left=%defaultroute",
         f"    leftid={t1.cgw_outside}",
@@ -355,7 +470,8 @@ def ipsec_conf(vpn: VpnConnection, devices: Sequence[str], marks: Sequence[int],
         f"    rightsubnet={any_net}",
         "    vti-routing=no",
         "    vti-shared=no",
-        f"    leftupdown={updown}",
+        f"    # the wrapper runs the stock updown, sets the device MTU {mtu}, tells vtibgp",
+        f'    leftupdown="VTIBGP_MTU={mtu} {updown}"',
     ]
     for t, dev, mark in zip(vpn.tunnels, devices, marks, strict=True):
         out += [
@@ -405,14 +521,19 @@ def import_vpn(xml_text: str | bytes, out_dir: str | Path, *, our_asn: int | Non
                devices: Sequence[str] = ("vti01", "vti02"), table: str | int = "main",
                marks: Sequence[int] = (100, 200), region: str | None = None,
                plugin_command: str = DEFAULT_PLUGIN, updown: str = DEFAULT_UPDOWN,
-               router_id: str | None = None, overwrite: bool = False) -> list[Path]:
+               router_id: str | None = None, overwrite: bool = False,
+               mtu: int = DEFAULT_MTU, prefer_tunnel: int | None = None,
+               announce: Sequence[str] = ()) -> list[Path]:
     """Validate the XML and write FILES into `out_dir` (created if missing); return the paths.
 
     `our_asn` overrides the customer gateway's ASN from the XML, `region` allows the
     region-specific refused ASNs elsewhere, `marks` are the per-tunnel XFRM marks (unique on the
     host), `plugin_command` the ExaBGP process line (its program must exist when ExaBGP reads
-    the config). Existing files in `out_dir` are an error unless `overwrite`. Raises
-    AwsImportError; nothing is written then."""
+    the config), `mtu` the tunnel devices' MTU (the MSS clamp follows from it),
+    `prefer_tunnel` (1 or 2) a tunnel to prefer whatever MED AWS sends (default: equal
+    preferences, AWS's MED decides), `announce` our networks to announce to AWS (export).
+    Existing files in `out_dir` are an error unless
+    `overwrite`. Raises AwsImportError; nothing is written then."""
     if len(devices) != 2 or len(set(devices)) != 2 or \
             any(not vconfig.DEVICE_RE.match(d) for d in devices):
         raise AwsImportError(f"devices: expected two different device names, got {devices!r}")
@@ -421,10 +542,25 @@ def import_vpn(xml_text: str | bytes, out_dir: str | Path, *, our_asn: int | Non
         raise AwsImportError(f"marks: expected two different marks 1..4294967295, got {marks!r}")
     if any(c.isspace() for c in updown) or not updown.startswith("/"):
         raise AwsImportError(f"updown: expected an absolute path without spaces, got {updown!r}")
+    if isinstance(mtu, bool) or not isinstance(mtu, int) or not MTU_MIN <= mtu <= MTU_MAX:
+        raise AwsImportError(f"mtu: expected {MTU_MIN} to {MTU_MAX} (AWS: at most {MTU_MAX} "
+                             f"inside a tunnel), got {mtu!r}")
+    if prefer_tunnel not in (None, 1, 2):
+        raise AwsImportError(f"prefer_tunnel: expected 1 or 2, got {prefer_tunnel!r}")
+    for prefix in announce:
+        try:
+            net = ipaddress.ip_network(prefix)
+        except ValueError:
+            raise AwsImportError(f"announce: expected a prefix of this gateway's networks "
+                                 f"such as 192.168.0.0/16 (no host bits set), got "
+                                 f"{prefix!r}") from None
+        if net.prefixlen == 0:
+            raise AwsImportError(f"announce: one of this gateway's own networks, not a "
+                                 f"default route, got {prefix!r}")
     vpn = parse_vpn(xml_text, our_asn=our_asn, region=region)
     t1 = vpn.tunnels[0]
 
-    yaml_text = vtibgp_yaml(vpn, devices, table)
+    yaml_text = vtibgp_yaml(vpn, devices, table, prefer_tunnel, announce)
     try:
         cfg = vconfig.parse(yaml.safe_load(yaml_text), "vtibgp.yaml")
     except vconfig.ConfigError as e:
@@ -446,9 +582,10 @@ def import_vpn(xml_text: str | bytes, out_dir: str | Path, *, our_asn: int | Non
     contents = {
         "vtibgp.yaml": (yaml_text, 0o644),
         "exabgp.conf": (exabgp_text, 0o644),
-        "ipsec.conf": (ipsec_conf(vpn, devices, marks, updown), 0o644),
+        "ipsec.conf": (ipsec_conf(vpn, devices, marks, updown, mtu), 0o644),
         "ipsec.secrets": (ipsec_secrets(vpn), 0o600),
         "sysctl.conf": (sysctl_conf(vpn, devices), 0o644),
+        "nftables-mss.nft": (nftables_mss(vpn, devices, mtu), 0o644),
     }
 
     out = Path(out_dir)
@@ -480,4 +617,5 @@ def import_vpn(xml_text: str | bytes, out_dir: str | Path, *, our_asn: int | Non
     return [out / n for n in FILES]
 
 
-__all__ = ["FILES", "AwsImportError", "Tunnel", "VpnConnection", "import_vpn", "parse_vpn"]
+__all__ = ["DEFAULT_MTU", "FILES", "AwsImportError", "Tunnel", "VpnConnection", "dpd_timers",
+           "import_vpn", "mss_clamp", "parse_vpn"]

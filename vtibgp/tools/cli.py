@@ -207,6 +207,7 @@ def cmd_install_hook(args: argparse.Namespace) -> int:
 
 
 def cmd_aws_import(args: argparse.Namespace) -> int:
+    from vtibgp.exabgp.render import ExabgpConfigError, plugin_command
     from vtibgp.tools.aws_import import AwsImportError, import_vpn
 
     try:
@@ -214,8 +215,12 @@ def cmd_aws_import(args: argparse.Namespace) -> int:
             xml = f.read()
         paths = import_vpn(xml, args.out, our_asn=args.our_asn, devices=tuple(args.devices),
                            table=int(args.table) if args.table.isdigit() else args.table,
-                           region=args.region, overwrite=args.force)
-    except (OSError, AwsImportError) as e:
+                           region=args.region, overwrite=args.force,
+                           plugin_command=plugin_command(args.vtibgp, args.config_path),
+                           updown=args.updown, marks=tuple(args.marks), mtu=args.mtu,
+                           prefer_tunnel=args.prefer_tunnel, router_id=args.router_id,
+                           announce=tuple(args.announce))
+    except (OSError, AwsImportError, ExabgpConfigError) as e:
         print(f"vtibgp: aws-import: {e}", file=sys.stderr)
         return 1
     print("\n".join(str(p) for p in paths))
@@ -223,13 +228,13 @@ def cmd_aws_import(args: argparse.Namespace) -> int:
 
 
 def cmd_exabgp_config(args: argparse.Namespace) -> int:
-    from vtibgp.exabgp.render import ExabgpConfigError, render
+    from vtibgp.exabgp.render import ExabgpConfigError, plugin_command, render
 
     cfg = _load(args.config)
     if cfg is None:
         return 1
-    command = f"{args.vtibgp} run --config {os.path.abspath(args.config)}"
     try:
+        command = plugin_command(args.vtibgp, args.config_path or os.path.abspath(args.config))
         print(render(cfg, plugin_command=command, local_as=args.local_as, peer_as=args.peer_as,
                      hold_time=args.hold_time, router_id=args.router_id), end="")
     except ExabgpConfigError as e:
@@ -244,7 +249,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if cfg is None:
         return 1
-    findings = run_checks(cfg, exabgp_conf=args.exabgp_conf)
+    from vtibgp.tools.doctor import IpsecFiles
+
+    files = IpsecFiles.under("/etc")
+    files = IpsecFiles(tuple(args.ipsec_conf or files.ipsec_conf),
+                       tuple(args.swanctl_conf or files.swanctl_conf),
+                       tuple(args.strongswan_conf or files.strongswan_conf))
+    findings = run_checks(cfg, exabgp_conf=args.exabgp_conf, ipsec_files=files)
     print(format(findings))
     return exit_status(findings)
 
@@ -297,31 +308,80 @@ def main(argv: list[str] | None = None) -> int:
     hook.add_argument("path", nargs="?", default=HOOK_PATH, help="where (default: %(default)s)")
     hook.set_defaults(func=cmd_install_hook)
 
-    imp = sub.add_parser("aws-import", help="write vtibgp, ExaBGP, libreswan and sysctl "
-                         "configs from AWS's VPN connection XML")
+    imp = sub.add_parser("aws-import", help="write vtibgp, ExaBGP, libreswan, sysctl and "
+                         "nftables (MSS clamp) configs from AWS's VPN connection XML")
     imp.add_argument("xml", help="the CustomerGatewayConfiguration XML")
     imp.add_argument("--out", required=True, help="directory to write into")
     imp.add_argument("--our-asn", type=int, help="override the customer gateway ASN")
     imp.add_argument("--region", help="AWS region (some ASNs are reserved per region)")
-    imp.add_argument("--devices", nargs=2, default=["vti01", "vti02"])
-    imp.add_argument("--table", default="main")
+    imp.add_argument("--devices", nargs=2, default=["vti01", "vti02"], metavar="DEV",
+                     help="tunnel device names for tunnels 1 and 2 (default: %(default)s); "
+                     "at most 15 characters each")
+    imp.add_argument("--table", default="main",
+                     help="kernel routing table for the BGP routes: main or a number "
+                     "(default: %(default)s)")
+    imp.add_argument("--marks", nargs=2, type=int, default=[100, 200], metavar="MARK",
+                     help="XFRM marks (the VTI keys) of tunnels 1 and 2, unique on this host "
+                     "(default: %(default)s)")
+    imp.add_argument("--mtu", type=int, default=1436,
+                     help="tunnel device MTU, 1280-1446; the TCP MSS clamp in "
+                     "nftables-mss.nft follows from it (default: %(default)s, AWS's sample)")
+    imp.add_argument("--prefer-tunnel", type=int, choices=[1, 2],
+                     help="give this tunnel a higher peers[].preference, so it is used "
+                     "whenever it is up even when AWS's MED points at the other (default: "
+                     "equal preferences, AWS's MED decides)")
+    imp.add_argument("--router-id", help="BGP router id (default: our first IPv4 inside "
+                     "address, or the outside one for IPv6-inside VPNs)")
+    imp.add_argument("--vtibgp", default="/usr/local/bin/vtibgp",
+                     help="the vtibgp command as ExaBGP will run it on the gateway "
+                     "(default: %(default)s)")
+    imp.add_argument("--config-path", default=DEFAULT_CONFIG,
+                     help="where the written vtibgp.yaml will be installed, for exabgp.conf's "
+                     "process line (default: %(default)s)")
+    imp.add_argument("--updown", default="/usr/local/libexec/vtibgp/vtibgp-updown.sh",
+                     help="the installed config/libreswan/vtibgp-updown.sh, for leftupdown= "
+                     "(default: %(default)s)")
+    imp.add_argument("--announce", action="append", default=[], metavar="PREFIX",
+                     help="one of the gateway's own networks to announce to AWS over both "
+                     "tunnels, steered so AWS returns through the tunnel vtibgp uses "
+                     "(export.networks; repeatable)")
     imp.add_argument("--force", action="store_true", help="overwrite existing files")
     imp.set_defaults(func=cmd_aws_import)
 
     exa = sub.add_parser("exabgp-config", help="render ExaBGP's config from vtibgp.yaml")
-    exa.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
-    exa.add_argument("--local-as", type=int, required=True)
-    exa.add_argument("--peer-as", type=int, default=defaults.AWS_ASN)
-    exa.add_argument("--hold-time", type=int, default=30)
-    exa.add_argument("--router-id")
-    exa.add_argument("--vtibgp", default="/usr/local/bin/vtibgp", help="path of the command")
+    exa.add_argument("config", nargs="?", default=DEFAULT_CONFIG,
+                     help="the vtibgp.yaml to render from (default: %(default)s)")
+    exa.add_argument("--local-as", type=int, required=True, help="our (customer gateway) ASN")
+    exa.add_argument("--peer-as", type=int, default=defaults.AWS_ASN,
+                     help="the peers' ASN (default: %(default)s, AWS's VGW default)")
+    exa.add_argument("--hold-time", type=int, default=30,
+                     help="BGP hold time in seconds, 0 or 3-65535 (default: %(default)s, AWS's)")
+    exa.add_argument("--router-id", help="BGP router id (default: the first IPv4 local "
+                     "address)")
+    exa.add_argument("--vtibgp", default="/usr/local/bin/vtibgp",
+                     help="the vtibgp command as ExaBGP will run it (default: %(default)s)")
+    exa.add_argument("--config-path", help="the vtibgp.yaml path the plugin will read, if not "
+                     "where CONFIG is now (default: CONFIG's absolute path)")
     exa.set_defaults(func=cmd_exabgp_config)
 
-    doc = sub.add_parser("doctor", help="check this gateway (devices, sysctls, MTU, ExaBGP "
-                         "config, privileges, metrics port); non-zero exit on any error")
-    doc.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    doc = sub.add_parser("doctor", help="check this gateway (devices, sysctls, MTU, TCP MSS "
+                         "clamp, IKE dead peer detection vs BGP hold time, preferences vs MED, "
+                         "ExaBGP config, privileges, metrics port); non-zero exit on any error")
+    doc.add_argument("--config", "-c", default=DEFAULT_CONFIG,
+                     help="the vtibgp.yaml to check against (default: %(default)s)")
     doc.add_argument("--exabgp-conf", default=None,
-                     help="ExaBGP config to compare with vtibgp.yaml's peers")
+                     help="ExaBGP config to compare with vtibgp.yaml's peers (also gives the "
+                     "BGP hold times; else AWS's 30 s is assumed)")
+    doc.add_argument("--ipsec-conf", action="append", metavar="FILE",
+                     help="libreswan ipsec.conf file or glob, repeatable (default: "
+                     "/etc/ipsec.conf, /etc/ipsec.d/*.conf)")
+    doc.add_argument("--swanctl-conf", action="append", metavar="FILE",
+                     help="strongSwan swanctl.conf file or glob, repeatable (default: "
+                     "/etc/swanctl/swanctl.conf, /etc/swanctl/conf.d/*.conf)")
+    doc.add_argument("--strongswan-conf", action="append", metavar="FILE",
+                     help="strongswan.conf file or glob for charon.retransmit_*, repeatable "
+                     "(default: /etc/strongswan.conf, /etc/strongswan.d/*.conf, "
+                     "/etc/strongswan.d/charon/*.conf)")
     doc.set_defaults(func=cmd_doctor)
 
     lab = sub.add_parser("lab", help="the lab in network namespaces (root)")

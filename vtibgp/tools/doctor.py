@@ -78,6 +78,15 @@ class Net(Protocol):
         """How many IPv4 + IPv6 routes of ``protocol`` are in ``table``."""
         ...
 
+    def nft_ruleset(self) -> object:
+        """``nft -j list ruleset``, parsed; raises :class:`NftUnavailable` when it cannot be
+        read (no nft, no privilege)."""
+        ...
+
+
+class NftUnavailable(RuntimeError):
+    """The nftables ruleset cannot be read; the text says why."""
+
 
 class IpNet:
     """:class:`Net` in this process's namespace: devices through the link reader, addresses
@@ -110,6 +119,23 @@ class IpNet:
     def route_count(self, table: int, protocol: int) -> int:
         return sum(len(self._json(f"-{v}", "route", "show", "table", str(table),
                                   "proto", str(protocol))) for v in (4, 6))
+
+    def nft_ruleset(self) -> object:
+        try:
+            res = subprocess.run(["nft", "-j", "list", "ruleset"], capture_output=True,
+                                 text=True, stdin=subprocess.DEVNULL, timeout=30)
+        except FileNotFoundError:
+            raise NftUnavailable("nft is not installed") from None
+        except (OSError, subprocess.SubprocessError) as e:
+            raise NftUnavailable(f"cannot run nft: {e}") from None
+        if res.returncode != 0:
+            raise NftUnavailable(f"`nft -j list ruleset` failed: "
+                                 f"{res.stderr.strip() or res.returncode}")
+        try:
+            data: object = json.loads(res.stdout)
+        except ValueError as e:
+            raise NftUnavailable(f"`nft -j list ruleset` printed no JSON: {e}") from None
+        return data
 
 
 # --------------------------------------------------------------------------- helpers
@@ -437,16 +463,497 @@ def check_probe(cfg: Config, proc_root: str) -> list[Finding]:
     return out
 
 
+# --------------------------------------------------------------------------- TCP MSS clamping
+
+TCP_IP4_HEADERS = 40  # IPv4 (20) + TCP (20): the largest MSS that fits is MTU - 40
+TCP_IP6_HEADERS = 60  # IPv6 (40) + TCP (20)
+_IF_KEYS = {"oifname": "out", "oif": "out", "iifname": "in", "iif": "in"}
+
+
+@dataclass(frozen=True, slots=True)
+class MssClamp:
+    """An nftables rule that sets the TCP MSS option (or an iptables TCPMSS target in the
+    ruleset, iptables-nft)."""
+
+    where: str  # "family table chain"
+    into: tuple[str, ...] | None  # oifname patterns it is limited to (None: every device)
+    out_of: tuple[str, ...] | None  # iifname patterns
+    ipv6: bool | None  # True: IPv6 packets only, False: IPv4 only, None: both
+    value: int | None  # None: not a fixed number (`rt mtu`, iptables' TCPMSS)
+    how: str  # what it sets, for the messages
+
+
+def _names(right: object) -> tuple[str, ...]:
+    if isinstance(right, str):
+        return (right,)
+    if isinstance(right, dict) and isinstance(right.get("set"), list):
+        return tuple(v for v in right["set"] if isinstance(v, str))
+    return ()
+
+
+def parse_mss_clamps(ruleset: object) -> list[MssClamp]:
+    """The rules of ``nft -j list ruleset`` output that set the TCP MSS."""
+    items = ruleset.get("nftables", []) if isinstance(ruleset, dict) else []
+    out: list[MssClamp] = []
+    for item in items if isinstance(items, list) else []:
+        rule = item.get("rule") if isinstance(item, dict) else None
+        if not isinstance(rule, dict) or not isinstance(rule.get("expr"), list):
+            continue
+        family = rule.get("family")
+        ipv6: bool | None = {"ip": False, "ip6": True}.get(str(family))
+        match: dict[str, tuple[str, ...]] = {}
+        value: int | None = None
+        how = ""
+        for e in rule["expr"]:
+            if not isinstance(e, dict):
+                continue
+            m = e.get("match")
+            if isinstance(m, dict) and isinstance(m.get("left"), dict):
+                key = m["left"].get("meta", {}).get("key") if isinstance(
+                    m["left"].get("meta"), dict) else None
+                if key in _IF_KEYS and m.get("op") in ("==", "in"):
+                    match[_IF_KEYS[key]] = _names(m.get("right"))
+                elif key == "nfproto" and m.get("op") in ("==", "in"):
+                    ipv6 = {"ipv4": False, "ipv6": True}.get(str(m.get("right")), ipv6)
+            mangle = e.get("mangle")
+            if isinstance(mangle, dict) and isinstance(mangle.get("key"), dict):
+                opt = mangle["key"].get("tcp option")
+                if isinstance(opt, dict) and opt.get("name") == "maxseg":
+                    v = mangle.get("value")
+                    if isinstance(v, int) and not isinstance(v, bool):
+                        value, how = v, f"MSS {v}"
+                    else:
+                        value, how = None, "MSS from the route MTU (rt mtu)"
+            xt = e.get("xt")
+            if isinstance(xt, dict) and xt.get("name") == "TCPMSS":
+                value, how = None, "MSS with iptables' TCPMSS (value not shown by nft)"
+        if how:
+            out.append(MssClamp(f"{family} {rule.get('table')} {rule.get('chain')}",
+                                match.get("out"), match.get("in"), ipv6, value, how))
+    return out
+
+
+def _applies(patterns: tuple[str, ...], dev: str) -> bool:
+    return any(p == dev or (p.endswith("*") and dev.startswith(p[:-1])) for p in patterns)
+
+
+def check_mss(devices: Sequence[str], links: dict[str, Link], net: Net) -> list[Finding]:
+    """Every tunnel device should have a TCP MSS clamp, both ways, that fits its MTU: AWS does
+    no path MTU discovery inside a tunnel (MTU at most 1446, MSS at most 1406)."""
+    if not devices:
+        return []
+    try:
+        clamps = parse_mss_clamps(net.nft_ruleset())
+    except NftUnavailable as e:
+        return [Finding("warn", "mss", "nftables", f"cannot check the TCP MSS clamp of "
+                        f"{', '.join(devices)}: {e}", "install nftables (the clamp "
+                        "`vtibgp aws-import` writes is nftables-mss.nft) and run doctor as "
+                        "root")]
+    out: list[Finding] = []
+    for dev in devices:
+        link = links.get(dev)
+        mtu = link.mtu if link is not None else None
+        # a rule without an interface match clamps everything; one that names oifnames
+        # clamps what goes into those devices, one that names iifnames what comes out
+        unbound = [c for c in clamps if c.into is None and c.out_of is None]
+        into = [*unbound, *(c for c in clamps if c.into is not None and _applies(c.into, dev))]
+        out_of = [*unbound, *(c for c in clamps
+                              if c.out_of is not None and _applies(c.out_of, dev))]
+        bad: dict[tuple[str, int, bool], tuple[MssClamp, int]] = {}
+        for c in (*into, *out_of):
+            if mtu is None or c.value is None:
+                continue
+            limit = mtu - (TCP_IP6_HEADERS if c.ipv6 else TCP_IP4_HEADERS)
+            if c.value > limit:  # one finding per chain and value, not per rule
+                bad.setdefault((c.where, c.value, bool(c.ipv6)), (c, limit))
+        for c, limit in bad.values():
+            out.append(Finding("warn", "mss", dev, f"{c.where} clamps the TCP MSS on {dev} "
+                               f"to {c.value}, above the {limit} its MTU {mtu} allows (MTU - "
+                               f"{TCP_IP6_HEADERS if c.ipv6 else TCP_IP4_HEADERS} for "
+                               f"IPv{6 if c.ipv6 else 4}): segments that size do not fit the "
+                               "tunnel, and AWS does no path MTU discovery",
+                               f"clamp to {limit} or less, or `tcp option maxseg size set rt "
+                               "mtu` (aws-import's nftables-mss.nft derives it from the MTU)"))
+        fix = (f"load nftables-mss.nft from `vtibgp aws-import` (nft -f), or clamp with nft "
+               f"on oifname and iifname {dev}: `tcp flags & (syn | rst) == syn tcp option "
+               "maxseg size set rt mtu`")
+        if not into and not out_of:
+            out.append(Finding("warn", "mss", dev, f"no TCP MSS clamp on {dev}: AWS does no "
+                               "path MTU discovery inside the tunnel, so TCP connections "
+                               "whose hosts offer a larger MSS (1460 on Ethernet, 8961 in a "
+                               f"VPC) lose segments that do not fit MTU {mtu or '?'}", fix))
+        elif not into or not out_of:
+            missing = "into" if not into else "out of"
+            out.append(Finding("warn", "mss", dev, f"the TCP MSS is clamped only for "
+                               f"connections {'out of' if not into else 'into'} {dev}, not "
+                               f"{missing} it: one direction's segments can be too large "
+                               "for the tunnel", fix))
+        elif not bad:
+            how = sorted({c.how for c in (*into, *out_of)})
+            out.append(Finding("ok", "mss", dev, f"TCP MSS clamped both ways on {dev} "
+                               f"({'; '.join(how)}; MTU {mtu or '?'})"))
+    return out
+
+
+# --------------------------------------------------------------------------- IKE liveness
+
+DEFAULT_HOLD_TIME = 30  # AWS's BGP hold time, and ExaBGP's default in our renderer
+# libreswan 4.x defaults: no DPD unless dpddelay is set; IKEv2 gives up on a peer after
+# retransmit-timeout (60 s) of unanswered retransmissions; dpdaction hold
+LIBRESWAN_RETRANSMIT_TIMEOUT = 60.0
+# strongSwan (charon) defaults: IKEv2 gives up after retransmit_tries retransmissions, the
+# n-th after retransmit_timeout * retransmit_base ** n seconds (165 s in all); IKEv1's DPD
+# timeout 150 s
+CHARON_RETRANSMIT = {"retransmit_timeout": 4.0, "retransmit_base": 1.8, "retransmit_tries": 5.0,
+                     "retransmit_limit": 0.0}
+STRONGSWAN_DPD_TIMEOUT = 150.0
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def _seconds(value: str | None) -> float | None:
+    """A libreswan/strongSwan duration ("30", "30s", "500ms", "2m", ...) in seconds."""
+    m = _DURATION.match((value or "").strip().lower())
+    return float(m.group(1)) * _UNITS[m.group(2)] if m else None
+
+
+def _strip_comment(line: str) -> str:
+    quoted = False
+    for i, c in enumerate(line):
+        if c == '"':
+            quoted = not quoted
+        elif c == "#" and not quoted:
+            return line[:i]
+    return line
+
+
+def parse_ipsec_conf(text: str) -> dict[str, dict[str, str]]:
+    """conn name -> its own keyword=value settings, from libreswan ipsec.conf text (`config
+    setup` and other sections are skipped; `also=` is resolved by :func:`libreswan_conn`)."""
+    conns: dict[str, dict[str, str]] = {}
+    current: dict[str, str] | None = None
+    for raw in text.splitlines():
+        line = _strip_comment(raw).rstrip()
+        if not line.strip():
+            continue
+        if not line[0].isspace():
+            words = line.split()
+            current = (conns.setdefault(words[1], {})
+                       if words[0] == "conn" and len(words) > 1 else None)
+            continue
+        key, sep, value = line.strip().partition("=")
+        if current is not None and sep:
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            current[key.strip()] = value
+    return conns
+
+
+def libreswan_conn(conns: dict[str, dict[str, str]], name: str) -> dict[str, str] | None:
+    """The settings of conn `name` with `conn %default` and its `also=` conns pulled in (its
+    own settings win), or None if there is no such conn."""
+    if name not in conns:
+        return None
+    out: dict[str, str] = dict(conns.get("%default", {}))
+    seen: set[str] = set()
+
+    def pull(n: str) -> None:
+        if n in seen or n not in conns:
+            return
+        seen.add(n)
+        for also in conns[n].get("also", "").split():
+            pull(also)
+        out.update({k: v for k, v in conns[n].items() if k != "also"})
+
+    pull(name)
+    return out
+
+
+_SETTINGS_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}=\n]|#[^\n]*|[^\s{}="#]+')
+
+
+def parse_settings(text: str) -> dict[str, object]:
+    """strongSwan's settings format (swanctl.conf, strongswan.conf): nested `name { ... }`
+    sections of `key = value` lines, several on a line allowed; as nested dicts. `include`
+    lines are skipped (give the included files too), `name : template` is read as `name`."""
+    tokens = [t for t in _SETTINGS_TOKEN.findall(text) if not t.startswith("#")]
+    root: dict[str, object] = {}
+    stack = [root]
+    i, n = 0, len(tokens)
+    while i < n:
+        t = tokens[i]
+        if t in ("\n", "=", "{"):
+            i += 1
+            continue
+        if t == "}":
+            if len(stack) > 1:
+                stack.pop()
+            i += 1
+            continue
+        j = i + 1
+        while j < n and tokens[j] not in ("{", "=", "\n", "}"):
+            j += 1  # `name : template {`, or `include FILE`
+        if j < n and tokens[j] == "{":
+            sec = stack[-1].get(t)
+            if not isinstance(sec, dict):
+                sec = stack[-1][t] = {}
+            stack.append(sec)
+            i = j + 1
+        elif j < n and tokens[j] == "=" and j == i + 1:
+            k, words = j + 1, []
+            while k < n and tokens[k] not in ("\n", "}", "{") and not (
+                    k + 1 < n and tokens[k + 1] == "="):
+                w = tokens[k]
+                words.append(w[1:-1] if len(w) >= 2 and w[0] == w[-1] == '"' else w)
+                k += 1
+            stack[-1][t] = " ".join(words)
+            i = k
+        else:
+            i = j
+    return root
+
+
+def _merge(into: dict[str, object], more: dict[str, object]) -> None:
+    for k, v in more.items():
+        old = into.get(k)
+        if isinstance(old, dict) and isinstance(v, dict):
+            _merge(old, v)
+        else:
+            into[k] = v
+
+
+def _files(paths: Sequence[str]) -> list[Path]:
+    """The given paths, each a file or a glob pattern; those that exist, in order."""
+    out: list[Path] = []
+    for p in paths:
+        if any(c in p for c in "*?["):
+            path = Path(p)
+            out += sorted(path.parent.glob(path.name))
+        elif Path(p).is_file():
+            out.append(Path(p))
+    return list(dict.fromkeys(out))
+
+
+@dataclass(frozen=True, slots=True)
+class Liveness:
+    """How one IPsec connection notices a dead peer."""
+
+    daemon: str  # "libreswan" / "strongSwan"
+    source: str  # the file
+    seconds: float | None  # worst case until the peer is declared dead; None: never
+    how: str  # the settings that give it, for the message
+    action: str  # dpdaction / dpd_action
+    action_ok: bool
+
+
+def _fmt(s: float) -> str:
+    return f"{s:g}"
+
+
+def libreswan_liveness(settings: dict[str, str], source: str) -> Liveness:
+    v1 = settings.get("ikev2", "").lower() in ("no", "never") or \
+        settings.get("keyexchange", "").lower() == "ikev1"
+    delay = _seconds(settings.get("dpddelay"))
+    action = settings.get("dpdaction", "hold").lower()
+    ok = action == "restart"
+    if not delay:
+        return Liveness("libreswan", source, None, "no dpddelay: dead peer detection is off",
+                        action, ok)
+    if v1:
+        timeout = _seconds(settings.get("dpdtimeout"))
+        if not timeout:
+            return Liveness("libreswan", source, None, f"IKEv1, dpddelay={_fmt(delay)} but no "
+                            "dpdtimeout: dead peer detection is off", action, ok)
+        return Liveness("libreswan", source, delay + timeout, f"IKEv1: dpddelay "
+                        f"{_fmt(delay)} s + dpdtimeout {_fmt(timeout)} s", action, ok)
+    rt = _seconds(settings.get("retransmit-timeout"))
+    default = "" if rt is not None else " (default)"
+    rt = LIBRESWAN_RETRANSMIT_TIMEOUT if rt is None else rt
+    return Liveness("libreswan", source, delay + rt, f"IKEv2: dpddelay {_fmt(delay)} s + "
+                    f"retransmit-timeout {_fmt(rt)} s{default}; dpdtimeout is not used",
+                    action, ok)
+
+
+def charon_retransmit_seconds(charon: dict[str, object]) -> tuple[float, str]:
+    """(seconds, description) until charon gives up on an unanswered IKEv2 request."""
+    vals: dict[str, float] = {}
+    for k, d in CHARON_RETRANSMIT.items():
+        raw = charon.get(k)
+        try:
+            vals[k] = float(raw) if isinstance(raw, str) else d
+        except ValueError:
+            vals[k] = d
+    t, base, tries, limit = (vals[k] for k in CHARON_RETRANSMIT)
+    total = sum(min(t * base ** i, limit) if limit > 0 else t * base ** i
+                for i in range(int(tries) + 1))
+    return total, (f"retransmissions {_fmt(round(total, 1))} s (charon.retransmit_timeout "
+                   f"{_fmt(t)}, _base {_fmt(base)}, _tries {int(tries)})")
+
+
+def strongswan_liveness(conn: dict[str, object], child: dict[str, object], source: str,
+                        charon: dict[str, object]) -> Liveness:
+    def get(d: dict[str, object], k: str) -> str | None:
+        v = d.get(k)
+        return v if isinstance(v, str) else None
+
+    delay = _seconds(get(conn, "dpd_delay"))
+    action = (get(child, "dpd_action") or "clear").lower()
+    ok = action in ("restart", "trap")
+    if not delay:
+        return Liveness("strongSwan", source, None, "no dpd_delay: dead peer detection is off",
+                        action, ok)
+    if get(conn, "version") == "1":
+        timeout = _seconds(get(conn, "dpd_timeout")) or STRONGSWAN_DPD_TIMEOUT
+        return Liveness("strongSwan", source, delay + timeout, f"IKEv1: dpd_delay "
+                        f"{_fmt(delay)} s + dpd_timeout {_fmt(timeout)} s", action, ok)
+    total, how = charon_retransmit_seconds(charon)
+    return Liveness("strongSwan", source, delay + total, f"IKEv2: dpd_delay {_fmt(delay)} s + "
+                    f"{how}; dpd_timeout is not used", action, ok)
+
+
+@dataclass(frozen=True, slots=True)
+class IpsecFiles:
+    """Where doctor looks for the IPsec daemons' configuration (files or glob patterns)."""
+
+    ipsec_conf: tuple[str, ...]
+    swanctl_conf: tuple[str, ...]
+    strongswan_conf: tuple[str, ...]
+
+    @classmethod
+    def under(cls, etc_root: str) -> IpsecFiles:
+        e = etc_root.rstrip("/")
+        return cls((f"{e}/ipsec.conf", f"{e}/ipsec.d/*.conf"),
+                   (f"{e}/swanctl/swanctl.conf", f"{e}/swanctl/conf.d/*.conf"),
+                   (f"{e}/strongswan.conf", f"{e}/strongswan.d/*.conf",
+                    f"{e}/strongswan.d/charon/*.conf"))
+
+
+def find_liveness(files: IpsecFiles) -> dict[str, Liveness]:
+    """connection name (as the updown call names it) -> how it notices a dead peer, from every
+    libreswan conn and strongSwan CHILD_SA (and connection) in the files."""
+    out: dict[str, Liveness] = {}
+    conns: dict[str, dict[str, str]] = {}
+    where: dict[str, str] = {}
+    for f in _files(files.ipsec_conf):
+        parsed = parse_ipsec_conf(_read(f) or "")
+        for name, settings in parsed.items():
+            conns.setdefault(name, {}).update(settings)
+            where.setdefault(name, str(f))
+    for name in conns:
+        resolved = libreswan_conn(conns, name)
+        if resolved is not None and name != "%default":
+            out[name] = libreswan_liveness(resolved, where[name])
+    strongswan: dict[str, object] = {}
+    for f in _files(files.strongswan_conf):
+        _merge(strongswan, parse_settings(_read(f) or ""))
+    charon = strongswan.get("charon")
+    charon = charon if isinstance(charon, dict) else {}
+    for f in _files(files.swanctl_conf):
+        connections = parse_settings(_read(f) or "").get("connections")
+        for cname, conn in (connections.items() if isinstance(connections, dict) else ()):
+            if not isinstance(conn, dict):
+                continue
+            children = conn.get("children")
+            kids = [(k, v) for k, v in (children.items() if isinstance(children, dict) else ())
+                    if isinstance(v, dict)]
+            for kname, child in kids:
+                out[kname] = strongswan_liveness(conn, child, str(f), charon)
+            if cname not in out:
+                out[cname] = strongswan_liveness(conn, kids[0][1] if kids else {}, str(f),
+                                                 charon)
+    return out
+
+
+def _hold_times(exabgp_text: str | None) -> dict[str, int]:
+    """neighbor address -> hold-time, from ExaBGP config text (templates followed)."""
+    if exabgp_text is None:
+        return {}
+    out: dict[str, int] = {}
+    for addr, n in parse_exabgp_neighbors(exabgp_text).items():
+        hold = n.get("hold")
+        if isinstance(hold, str) and hold.isdigit():
+            out[addr] = int(hold)
+    return out
+
+
+def check_ike_liveness(cfg: Config, files: IpsecFiles,
+                       exabgp_text: str | None = None) -> list[Finding]:
+    """Does each tunnel's IPsec daemon notice a dead peer before BGP's hold timer expires? If
+    not, BGP fails over first and the updown call comes too late to matter."""
+    if not cfg.tunnels:
+        return [Finding("ok", "ike-liveness", "tunnels", "no tunnels: in the config, so no "
+                        "IPsec connection to compare with BGP's hold time")]
+    found = find_liveness(files)
+    if not found:
+        looked = ", ".join((*files.ipsec_conf, *files.swanctl_conf))
+        return [Finding("warn", "ike-liveness", "tunnels", f"no libreswan or strongSwan "
+                        f"connection found in {looked}: dead peer detection not checked",
+                        "give the files with --ipsec-conf / --swanctl-conf")]
+    holds = _hold_times(exabgp_text)
+    probe = cfg.probe_enabled and any(p.probe for p in cfg.peers)
+    out: list[Finding] = []
+    for t in cfg.tunnels:
+        live = found.get(t.connection)
+        subject = t.connection
+        if live is None:
+            out.append(Finding("warn", "ike-liveness", subject, f"tunnels: names connection "
+                               f"{t.connection}, which no IPsec configuration file defines",
+                               "correct tunnels[].connection (libreswan: the conn name; "
+                               "strongSwan: the CHILD_SA name), or give the file with "
+                               "--ipsec-conf / --swanctl-conf"))
+            continue
+        peers = [p for p in cfg.peers if t.device is not None and p.interface == t.device]
+        hold_of = {p.address: holds.get(p.address) for p in peers}
+        known = [h for h in hold_of.values() if h]
+        hold = min(known) if known else DEFAULT_HOLD_TIME
+        hold_how = (f"BGP hold time {hold} s" if known else
+                    f"BGP hold time {hold} s (assumed: AWS's; give --exabgp-conf)")
+        dev = t.device or "its device"
+        still = ("vtibgp's probe still sees a silent tunnel within interval x multiplier"
+                 if probe else "vtibgp's probe would see it within interval x multiplier: "
+                 "enable it (probe.enabled, peers[].probe)")
+        fix = ("libreswan: dpddelay=5 and retransmit-timeout=15s (IKEv2) for a 30 s hold time; "
+               "strongSwan: dpd_delay = 5s and shorter charon.retransmit_* (strongswan.conf); "
+               "`vtibgp aws-import` writes such values")
+        if live.seconds is None:
+            out.append(Finding("warn", "ike-liveness", subject, f"{live.daemon} "
+                               f"({live.source}): {live.how}, so a dead peer is noticed only "
+                               f"when a rekey fails; the {hold_how} on {dev} decides alone and "
+                               f"the updown signal never helps ({still})", fix))
+        elif live.seconds > hold:
+            out.append(Finding("warn", "ike-liveness", subject, f"{live.daemon} notices a "
+                               f"dead peer after up to {_fmt(round(live.seconds, 1))} s "
+                               f"({live.how}; {live.source}), later than the {hold_how} on "
+                               f"{dev}: BGP fails over first, so the updown signal is useless "
+                               f"for a dead peer ({still})", fix))
+        else:
+            out.append(Finding("ok", "ike-liveness", subject, f"{live.daemon} notices a dead "
+                               f"peer within {_fmt(round(live.seconds, 1))} s ({live.how}), "
+                               f"before the {hold_how} on {dev}"))
+        if live.seconds is not None and not live.action_ok:
+            what = "dpdaction" if live.daemon == "libreswan" else "dpd_action"
+            out.append(Finding("warn", "dpd-action", subject, f"{what}={live.action}: when "
+                               f"{live.daemon} declares the AWS endpoint dead it does not bring "
+                               "the tunnel back, and AWS never initiates: the tunnel stays down"
+                               + (" (libreswan 5 ignores dpdaction and restarts)"
+                                  if live.daemon == "libreswan" else ""),
+                               f"{what}=restart"))
+    return out
+
+
 _NEIGHBOR = re.compile(r"\bneighbor\s+([\w.:-]+)\s*\{")
 _INHERIT = re.compile(r"\binherit\s+([^;]+);")
 _LOCAL = re.compile(r"\blocal-address\s+([^;\s]+)\s*;")
+_HOLD = re.compile(r"\bhold-time\s+(\d+)\s*;")
 _PROCESSES = re.compile(r"\bprocesses\s*\[([^\]]*)\]")
 _PROCESS = re.compile(r"\bprocess\s+([\w.-]+)\s*\{")
 
 
 def parse_exabgp_neighbors(text: str) -> dict[str, dict[str, object]]:
-    """neighbor address -> {'local': local-address or None, 'processes': [names]}, from
-    ExaBGP config text (comments stripped; each block up to its matching brace)."""
+    """neighbor address -> {'local': local-address or None, 'processes': [names], 'hold':
+    hold-time or None}, from ExaBGP config text (comments stripped; each block up to its
+    matching brace)."""
     text = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
     out: dict[str, dict[str, object]] = {}
     templates: dict[str, dict[str, object]] = {}
@@ -459,8 +966,10 @@ def parse_exabgp_neighbors(text: str) -> dict[str, dict[str, object]]:
         block = text[m.end():i]
         local = _LOCAL.search(block)
         procs = [p for pm in _PROCESSES.finditer(block) for p in pm.group(1).split()]
+        hold = _HOLD.search(block)
         entry: dict[str, object] = {"local": local.group(1) if local else None,
-                                    "processes": procs}
+                                    "processes": procs,
+                                    "hold": hold.group(1) if hold else None}
         try:
             addr = str(ipaddress.ip_address(m.group(1)))
         except ValueError:
@@ -474,8 +983,9 @@ def parse_exabgp_neighbors(text: str) -> dict[str, dict[str, object]]:
             tpl = templates.get(name)
             if tpl is None:
                 continue
-            if entry["local"] is None:
-                entry["local"] = tpl["local"]
+            for key in ("local", "hold"):
+                if entry[key] is None:
+                    entry[key] = tpl[key]
             entry["processes"] = [*tpl["processes"], *entry["processes"]]  # type: ignore[misc]
     return out
 
@@ -537,12 +1047,46 @@ def check_exabgp(cfg: Config, path: str, addrs: dict[str, list[Iface]]) -> list[
     return out
 
 
+def check_preferences(cfg: Config) -> list[Finding]:
+    """The tunnels of one VPN connection (peers[].vpn) should have equal preferences: vtibgp
+    compares preference before LOCAL_PREF, AS path and MED, and the cloud steers with MED (AWS
+    announces a lower MED on the tunnel that stays in service while it maintains the other
+    endpoint), so an unequal preference overrides that."""
+    by_vpn: dict[str, list[tuple[str, int]]] = {}
+    for p in cfg.peers:
+        if p.vpn:
+            by_vpn.setdefault(p.vpn, []).append((p.address, p.preference))
+    out: list[Finding] = []
+    for vpn, peers in by_vpn.items():
+        prefs = {pref for _a, pref in peers}
+        listed = ", ".join(f"{a} {pref}" for a, pref in peers)
+        if len(peers) < 2:
+            continue
+        if len(prefs) > 1:
+            top = max(prefs)
+            best = ", ".join(a for a, pref in peers if pref == top)
+            out.append(Finding("warn", "preference", vpn, f"the tunnels of VPN connection "
+                               f"{vpn} have unequal preferences ({listed}): vtibgp compares "
+                               "preference before LOCAL_PREF, AS path and MED, so the cloud's "
+                               f"MED steering cannot move traffic off {best} (AWS lowers the "
+                               "MED of the tunnel that stays in service while it maintains the "
+                               "other endpoint)", "give both tunnels the same peers[]."
+                               "preference; or leave it, if you want that tunnel whenever it is "
+                               "up"))
+        else:
+            out.append(Finding("ok", "preference", vpn, f"the tunnels of VPN connection {vpn} "
+                               f"have equal preferences ({listed}): the cloud's MED decides"))
+    return out
+
+
 # --------------------------------------------------------------------------- entry points
 
 
 def run_checks(cfg: Config, *, exabgp_conf: str | None = None, proc_root: str = "/proc",
-               etc_root: str = "/etc", net: Net | None = None) -> list[Finding]:
-    """All the checks, in the calling process's network namespace."""
+               etc_root: str = "/etc", net: Net | None = None,
+               ipsec_files: IpsecFiles | None = None) -> list[Finding]:
+    """All the checks, in the calling process's network namespace. `ipsec_files`: where the
+    libreswan/strongSwan configuration is (default: their standard paths under `etc_root`)."""
     net = net or IpNet()
     links = net.links()
     addrs = net.addresses()
@@ -552,10 +1096,14 @@ def run_checks(cfg: Config, *, exabgp_conf: str | None = None, proc_root: str = 
     for dev in devices:
         out += check_sysctls(dev, proc_root)
         out += check_mtu(dev, links.get(dev))
+    out += check_mss(devices, links, net)
     out += check_protocol(cfg, net, proc_root, etc_root)
     out += check_metrics_port(cfg.metrics_listen)
     out += check_capabilities(proc_root)
     out += check_probe(cfg, proc_root)
+    exabgp_text = _read(Path(exabgp_conf)) if exabgp_conf is not None else None
+    out += check_ike_liveness(cfg, ipsec_files or IpsecFiles.under(etc_root), exabgp_text)
+    out += check_preferences(cfg)
     if exabgp_conf is not None:
         out += check_exabgp(cfg, exabgp_conf, addrs)
     return out
@@ -578,5 +1126,6 @@ def exit_status(findings: Iterable[Finding]) -> int:
     return 1 if any(f.level == "error" for f in findings) else 0
 
 
-__all__ = ["Finding", "IpNet", "Net", "exit_status", "format", "parse_exabgp_neighbors",
+__all__ = ["Finding", "IpNet", "IpsecFiles", "Net", "NftUnavailable", "exit_status", "format",
+           "parse_exabgp_neighbors", "parse_ipsec_conf", "parse_mss_clamps", "parse_settings",
            "run_checks"]
