@@ -63,6 +63,8 @@ def test_the_vgws_return_path_follows_the_forward_path(
     peers = status_peers(tmp_path)
     assert peers[harness.TUNNELS[1].aws_v4]["exported"] == {"preferred": 1, "less_preferred": 0}
     assert peers[harness.TUNNELS[2].aws_v4]["exported"] == {"preferred": 0, "less_preferred": 1}
+    text = vtibgp("status", "--socket", str(tmp_path / "ctl.sock")).stdout
+    assert "1 preferred" in text and "1 less pref." in text
     if signal == "link":
         topology.carrier_off(1)
     elif signal == "blackhole":

@@ -131,11 +131,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"vtibgp {st['version']}  ExaBGP API {st['exabgp_api'] or '-'}  table {st['table']}  "
           f"proto {st['protocol']}  {'synced' if st['synced'] else 'start-up sync pending'}  "
           f"{r['prefixes']} prefixes, {r['total']} routes ({r['best']} best)")
-    rows = [["Peer", "State", "Since", "Device", "Usable", "Paths", "Best", "Backup", "Info"]]
+    rows = [["Peer", "State", "Since", "Device", "Usable", "Paths", "Best", "Backup",
+             "Announced", "Info"]]
     for p in st["peers"]:
+        told = p.get("exported") or {}
+        announced = ("-" if not any(told.values()) else
+                     f"{told['preferred']} preferred" if told.get("preferred") else
+                     f"{told.get('less_preferred', 0)} less pref.")
         rows.append([p["peer"], p["state"], _when(p["since"]), p["device"] or "-",
                      "yes" if p["device_usable"] else "no", str(p["paths"]), str(p["best"]),
-                     str(p["backup"]),
+                     str(p["backup"]), announced,
                      p["description"] or ("" if p["configured"] else "(not configured)")])
     print(_table(rows))
     rows = [["Device", "Usable", "Since", "Reason", "Probe", "RTT", "Best", "Backup"]]
