@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -103,3 +104,60 @@ def test_a_respawned_daemon_leaves_the_announcements_alone(
                      what="the new daemon's sync")
     assert bird_peer.return_tunnel(OURS) == 1
     assert attrs() == before  # the same routes, attributes and best (re-announced alike)
+
+
+def count_vpc_traffic(topology: harness.Topology, vpc: str) -> None:
+    """nftables counters in the gateway: packets from the VPC host in through each tunnel
+    device, and to it out through each (the probe's and BGP's own packets are not counted)."""
+    rules = "".join(f"""
+    counter in_{d} {{}}
+    counter out_{d} {{}}""" for d in ("vti01", "vti02"))
+    chains = "".join(f"""
+      iifname "{d}" ip saddr {vpc} counter name in_{d}""" for d in ("vti01", "vti02"))
+    outs = "".join(f"""
+      oifname "{d}" ip daddr {vpc} counter name out_{d}""" for d in ("vti01", "vti02"))
+    script = f"""table inet test-dataplane {{{rules}
+  chain input {{ type filter hook input priority 0; policy accept;{chains}
+  }}
+  chain output {{ type filter hook output priority 0; policy accept;{outs}
+  }}
+}}"""
+    subprocess.run(["ip", "netns", "exec", topology.gw, "nft", "-f", "-"], input=script,
+                   text=True, check=True, capture_output=True, timeout=10)
+
+
+def vpc_counters(topology: harness.Topology) -> dict[str, int]:
+    out = subprocess.run(["ip", "netns", "exec", topology.gw, "nft", "-j", "list", "counters"],
+                         check=True, capture_output=True, text=True, timeout=10).stdout
+    return {c["counter"]["name"]: c["counter"]["packets"]
+            for c in json.loads(out)["nftables"] if "counter" in c}
+
+
+def test_a_ping_from_the_vpc_and_its_reply_cross_the_same_tunnel(
+    topology: harness.Topology, bird_peer: harness.BirdPeer, gateway: harness.ExaBGPGateway,
+) -> None:
+    """Data plane: a VPC host pings an on-premises address. BIRD's best route for our
+    network (the VGW's return path, in its kernel) carries the request; vtibgp's route to the
+    VPC carries the reply. Both go through the same tunnel, before and after a failover."""
+    onprem, vpc = "192.168.50.1", "10.100.0.1"
+    topology.ip("gw", "address", "add", f"{onprem}/32", "dev", "lo")
+    topology.ip("aws", "address", "add", f"{vpc}/32", "dev", "lo")
+    count_vpc_traffic(topology, vpc)
+    tun = {n: topology.tunnels[n].aws_dev for n in (1, 2)}
+
+    def ping() -> dict[str, int]:
+        before = vpc_counters(topology)
+        subprocess.run(["ip", "netns", "exec", topology.aws, "ping", "-q", "-c", "5", "-i",
+                        "0.05", "-W", "1", "-I", vpc, onprem], check=True,
+                       capture_output=True, timeout=20)
+        return {k: n - before[k] for k, n in vpc_counters(topology).items()}
+
+    def aws_route() -> str:
+        return topology.ip("aws", "route", "get", onprem, "from", vpc)
+
+    gateway.wait_for(lambda: tun[1] in aws_route(), 10, what="the VGW's route via tunnel 1")
+    assert ping() == {"in_vti01": 5, "out_vti01": 5, "in_vti02": 0, "out_vti02": 0}
+    topology.carrier_off(1)
+    follows(gateway, topology, bird_peer, ["vti02"], 2)
+    gateway.wait_for(lambda: tun[2] in aws_route(), 10, what="the VGW's route via tunnel 2")
+    assert ping() == {"in_vti01": 0, "out_vti01": 0, "in_vti02": 5, "out_vti02": 5}

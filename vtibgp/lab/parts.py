@@ -859,6 +859,12 @@ class BirdPeer(_Daemon):
                 lines.append(
                     f"protocol pipe return_t{n}v{fam} {{ table t{n}v{fam}; peer table "
                     f"vgw{fam}; import none; export where source = RTS_BGP; }}")
+        # ... and into the VGW namespace's kernel, so that its traffic to the gateway's
+        # networks takes that tunnel (the return path of a data-plane test)
+        lines.append("protocol kernel return_k4 { ipv4 { table vgw4; import none; "
+                     "export all; }; }")
+        lines.append("protocol kernel return_k6 { ipv6 { table vgw6; import none; "
+                     "export all; }; }")
         lines.append(f'include "{self.routes_path}";')
         for n in self.tunnels:
             t = self.topology.tunnels[n]
