@@ -737,7 +737,12 @@ class Daemon:
     # ------------------------------------------------------------------ kernel
 
     def _perform(self, d: Decision) -> None:
-        """Carry out a decision: its route ops into the kernel, then its other effects."""
+        """Carry out a decision: its route ops into the kernel, then its other effects. The
+        changes of our announcements go to ExaBGP first: they are a few lines, and the cloud's
+        return path should not wait for 10,000 route writes (the traffic already moved with
+        the flush of the tunnel's nexthop objects, where there was one)."""
+        self._export(d)
+        d.exports = []
         later = self._apply(d.ops)
         d.ops = []
         self._report(d)
