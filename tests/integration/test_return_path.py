@@ -25,7 +25,10 @@ PROBE = {"interval": 0.1, "multiplier": 3, "up_after": 3}
 
 @pytest.fixture
 def gateway(topology: harness.Topology, bird_peer: harness.BirdPeer,
-            exabgp_gateway: GatewayFactory, tmp_path: Path) -> harness.ExaBGPGateway:
+            exabgp_gateway: GatewayFactory, tmp_path: Path,
+            request: pytest.FixtureRequest) -> harness.ExaBGPGateway:
+    exabgp = (request.getfixturevalue("exabgp_binary")
+              if "exabgp_binary" in request.fixturenames else None)
     bird_peer.set_prepend(2, 2)  # tunnel 2 is the backup for the forward path
     bird_peer.announce(V4)
     cfg = write_config(tmp_path / "v.yaml", tunnel={"hold_down": 1.0}, probe=PROBE,
@@ -34,7 +37,7 @@ def gateway(topology: harness.Topology, bird_peer: harness.BirdPeer,
     for p in data["peers"]:
         p["vpn"] = "vpn-lab"  # both tunnels of one VPN connection: steered together
     cfg.write_text(yaml.safe_dump(data))
-    gw = exabgp_gateway(plugin(cfg))
+    gw = exabgp_gateway(plugin(cfg), exabgp=exabgp)
     wait_fib(gw, topology, expect(V4, "vti01", "vti02"))
     gw.wait_for(lambda: bird_peer.return_tunnel(OURS) == 1, 20, what="return via tunnel 1")
     return gw
@@ -86,8 +89,8 @@ def test_the_vgws_return_path_follows_the_forward_path(
 
 
 def test_a_respawned_daemon_leaves_the_announcements_alone(
-    topology: harness.Topology, bird_peer: harness.BirdPeer, gateway: harness.ExaBGPGateway,
-    tmp_path: Path,
+    exabgp_binary: str, topology: harness.Topology, bird_peer: harness.BirdPeer,
+    gateway: harness.ExaBGPGateway, tmp_path: Path,
 ) -> None:
     """ExaBGP keeps announcing what a dead process told it; the respawned daemon says
     nothing until its view is complete, then the same again: no flap of the return path."""
