@@ -258,13 +258,17 @@ def _prefixes(ctx: _Ctx, path: str, v: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(_prefix(ctx, f"{path}[{i}]", p) for i, p in enumerate(v)))
 
 
-def _protected(ctx: _Ctx, path: str, v: Any) -> tuple[str, ...]:
-    nets = _prefixes(ctx, path, v)
+def _no_default(ctx: _Ctx, path: str, nets: tuple[str, ...], allowed: str) -> tuple[str, ...]:
+    """`nets`, unless one of them is a /0 (then the error says what is `allowed`)."""
     for i, p in enumerate(nets):
         if p.endswith("/0"):
-            raise ctx.fail(f"{path}[{i}]", "a network narrower than /0 (a protected /0 would "
-                           "refuse every route)", p)
+            raise ctx.fail(f"{path}[{i}]", allowed, p)
     return nets
+
+
+def _protected(ctx: _Ctx, path: str, v: Any) -> tuple[str, ...]:
+    return _no_default(ctx, path, _prefixes(ctx, path, v), "a network narrower than /0 (a "
+                       "protected /0 would refuse every route)")
 
 
 def _martians(ctx: _Ctx, path: str, v: Any) -> tuple[Martian, ...]:
@@ -433,12 +437,8 @@ def _policy(ctx: _Ctx, data: Any, peers: tuple[PeerConfig, ...],
 
 
 def _networks(ctx: _Ctx, path: str, v: Any) -> tuple[str, ...]:
-    nets = _prefixes(ctx, path, v)
-    for i, p in enumerate(nets):
-        if p.endswith("/0"):
-            raise ctx.fail(f"{path}[{i}]", "one of this gateway's own networks, not a default "
-                           "route", p)
-    return nets
+    return _no_default(ctx, path, _prefixes(ctx, path, v), "one of this gateway's own "
+                       "networks, not a default route")
 
 
 def _med(ctx: _Ctx, path: str, v: Any) -> int | None:

@@ -62,7 +62,7 @@ from vtibgp.core.policy import MaxPrefix, MaxPrefixEvent, Policy, PolicySettings
 from vtibgp.core.probe import ProbeWatch
 from vtibgp.core.rib import AdjRibIn
 from vtibgp.core.settings import CoreSettings, PeerSettings
-from vtibgp.core.tunnels import TunnelSignals
+from vtibgp.core.tunnels import IPSEC, LINK, PROBE, TunnelSignals
 
 REJECT_SAMPLES = 100  # refused prefixes kept for the shell to log, per event
 ATTRS_INTERN = 65536  # distinct attribute sets shared between prefixes
@@ -167,7 +167,7 @@ class Core:
 
     def path_count(self, peer: PeerAddr) -> int:
         """Prefixes held from `peer` (after policy)."""
-        return len(self.rib.get(peer, ()))
+        return self.adj.count(peer)
 
     def prefix_limit(self, peer: PeerAddr) -> int:
         """The peer's max-prefix limit, 0 if it has none."""
@@ -229,7 +229,7 @@ class Core:
             if dev is None or not self.known(peer) or not t.usable(("peer", peer)):
                 continue
             scope = ("device", dev)
-            if t.signals_down(scope) == ["probe"] and not t.held(scope):
+            if t.only_down_by(scope, PROBE) and not t.held(scope):
                 out.add(peer)
         return frozenset(out)
 
@@ -321,14 +321,14 @@ class Core:
                 return []
             case DeviceState():
                 self._probes_dirty = self.probe is not None  # no probe while the link is down
-                return self._signal(("device", event.device), "link", event.usable,
+                return self._signal(("device", event.device), LINK, event.usable,
                                     event.reason, event.at)
             case IpsecState():
                 scopes = [("peer", p) for p in event.peers] if event.peers else (
                     [("device", event.device)] if event.device else [])
                 ops = []
                 for scope in scopes:
-                    ops += self._signal(scope, "ipsec", event.up, event.reason, event.at)
+                    ops += self._signal(scope, IPSEC, event.up, event.reason, event.at)
                 return ops
             case Tick():
                 self._export_now |= self._export_soon
@@ -336,7 +336,7 @@ class Core:
             case ProbeReply():
                 if self.probe is not None and self.probe.reply(event.device, event.rtt,
                                                                event.at):
-                    return self._signal(("device", event.device), "probe", True,
+                    return self._signal(("device", event.device), PROBE, True,
                                         f"{self.probe.settings.up_after} echo replies in a "
                                         "row", event.at)
                 return []
@@ -441,7 +441,7 @@ class Core:
             if self.probe is not None:
                 for dev in list(self.probe.targets()):
                     if self.probe.stop(dev):
-                        ops += self._signal(("device", dev), "probe", True, "probe turned off",
+                        ops += self._signal(("device", dev), PROBE, True, "probe turned off",
                                             self.now)
                 self.probe = None
                 self._out.probes = {}
@@ -596,10 +596,10 @@ class Core:
         """One signal about a tunnel. Down takes its routes away at once (their paths stay
         held); up returns them when every signal is up and the hold-down has passed."""
         t = self.tunnels
-        probe_only = t.signals_down(scope) == ["probe"]
+        probe_only = t.only_down_by(scope, PROBE)
         change = t.signal(scope, signal, up, reason, at)
         if change is None:
-            if self._kept_memo or probe_only != (t.signals_down(scope) == ["probe"]):
+            if self._kept_memo or probe_only != t.only_down_by(scope, PROBE):
                 # no change of usability, but of whether the probe alone holds it down,
                 # which decides what stays when every path of a prefix is down
                 self._invalidate()
@@ -627,7 +627,7 @@ class Core:
             ops += self._recompute(self._affected(change.scope))
         if self.probe is not None:
             for dev, why in self.probe.expire(seen):
-                ops += self._signal(("device", dev), "probe", False, why, now)
+                ops += self._signal(("device", dev), PROBE, False, why, now)
             self._out.warnings += [text for _, text in self.probe.silent(now)]
         return ops
 
@@ -642,7 +642,7 @@ class Core:
             dev = self.device_of(peer)
             if target is None or dev is None or dev in targets:
                 continue
-            if not self.tunnels.says_down(("device", dev), "link"):
+            if not self.tunnels.says_down(("device", dev), LINK):
                 targets[dev] = target
         return targets
 
@@ -659,7 +659,7 @@ class Core:
         ops: list[RouteOp] = []
         for dev, target in have.items():
             if want.get(dev) != target and self.probe.stop(dev):
-                ops += self._signal(("device", dev), "probe", True, "no longer probed",
+                ops += self._signal(("device", dev), PROBE, True, "no longer probed",
                                     self.now)
         for dev, target in want.items():
             self.probe.start(dev, target, self.now)

@@ -80,22 +80,22 @@ class ProbeWatch:
             return True
         return False
 
-    def expire(self, now: float) -> list[tuple[str, str]]:
-        """The devices whose probe says down as of `now`, with why (once each)."""
-        out = []
-        detect = self.settings.detect
-        for dev, w in self.watches.items():
-            if not w.down and w.last_reply is not None and now - w.last_reply >= detect:
-                w.down, w.run = True, 0
-                out.append((dev, f"no echo reply from {w.target} for "
-                                 f"{now - w.last_reply:.2f} s (detect time {detect:g} s)"))
-        return out
-
     def due(self, now: float) -> list[str]:
         """The devices `expire(now)` would say down (without saying it)."""
         detect = self.settings.detect
         return [dev for dev, w in self.watches.items()
                 if not w.down and w.last_reply is not None and now - w.last_reply >= detect]
+
+    def expire(self, now: float) -> list[tuple[str, str]]:
+        """The devices whose probe says down as of `now`, with why (once each)."""
+        out = []
+        for dev in self.due(now):
+            w = self.watches[dev]
+            w.down, w.run = True, 0
+            assert w.last_reply is not None  # (due: answered before)
+            out.append((dev, f"no echo reply from {w.target} for {now - w.last_reply:.2f} s "
+                             f"(detect time {self.settings.detect:g} s)"))
+        return out
 
     def silent(self, now: float) -> list[tuple[str, str]]:
         """Targets that never answered for a while, warned about once each: (device, text)."""

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from vtibgp.core.decision import Scope, TunnelChange
 
+LINK, IPSEC, PROBE = "link", "ipsec", "probe"
+SIGNALS = (LINK, IPSEC, PROBE)  # every signal (vtibgp_tunnel_signal_up's `signal` values)
+
 
 class TunnelSignals:
     def __init__(self, hold_down: float = 0.0) -> None:
@@ -37,6 +40,10 @@ class TunnelSignals:
 
     def says_down(self, scope: Scope, signal: str) -> bool:
         return signal in self.down.get(scope, ())
+
+    def only_down_by(self, scope: Scope, signal: str) -> bool:
+        """Whether `signal` and no other says `scope` is down."""
+        return self.down.get(scope, {}).keys() == {signal}
 
     def held(self, scope: Scope) -> bool:
         """Whether `scope` came up and waits out its hold-down."""

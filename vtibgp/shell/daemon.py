@@ -267,7 +267,13 @@ class Daemon:
         """From now on the core's probe targets go to `prober` (the ones decided so far at
         once)."""
         self.prober = prober
-        prober.set_targets({dev: ProbeTarget(dev, t) for dev, t in self.probe_targets.items()})
+        self._probe_now()
+
+    def _probe_now(self) -> None:
+        """Give the prober the targets the core decided last."""
+        if self.prober is not None:
+            self.prober.set_targets({dev: ProbeTarget(dev, t)
+                                     for dev, t in self.probe_targets.items()})
 
     def start_state(self, ev: DeviceState) -> None:
         """A tunnel device's state as the link monitor found it before the loop runs."""
@@ -757,8 +763,7 @@ class Daemon:
             self.probe_targets = d.probes
             log.info("probing %s", ", ".join(f"{dev} -> {t}" for dev, t in sorted(
                 d.probes.items())) or "no tunnel")
-            if self.prober is not None:
-                self.attach_prober(self.prober)
+            self._probe_now()
         self._export(d)
         if d.resets and self.commands is not None:
             for peer, subcode in d.resets:

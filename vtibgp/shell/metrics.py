@@ -12,6 +12,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
 from vtibgp import __version__
+from vtibgp.core.tunnels import SIGNALS
 
 log = logging.getLogger("vtibgp.shell.metrics")
 
@@ -22,7 +23,7 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 # label set is created at start from these, so that rate() sees the first increment.
 OP_RESULTS = ("ok", "conflict", "error")  # vtibgp_kernel_route_operations_total{result}
 ROLES = ("best", "backup")  # vtibgp_tunnel_routes, vtibgp_peer_routes, vtibgp_kernel_routes
-TUNNEL_SIGNALS = ("link", "ipsec", "probe")  # vtibgp_tunnel_signal_up{signal}
+TUNNEL_SIGNALS = SIGNALS  # vtibgp_tunnel_signal_up{signal}: the core's tunnel signals
 
 BUILD = Info(
     "vtibgp_build", "vtibgp version and the ExaBGP JSON API version seen", registry=REGISTRY
