@@ -17,7 +17,7 @@ if (($# == 0)); then
 fi
 # building a lab installs what is missing; the other commands only need what is there
 if [[ "$1" == up || "$1" == demo || ! -x .venv/bin/vtibgp ]]; then
-    apt_install bird2 iproute2 nftables
+    apt_install bird2 iproute2 nftables strongswan-charon strongswan-swanctl libcharon-extra-plugins
     make_venv
 fi
 exec "$PWD/.venv/bin/vtibgp" lab "$@"

@@ -49,3 +49,24 @@ make_venv42() {
         .venv42/bin/python -m pip install -q 'exabgp==4.2.21' </dev/null
     fi
 }
+
+# libreswan's config parser without libreswan installed: Debian's libreswan conflicts with
+# strongSwan (charon, which the IPsec lab runs), so its package is unpacked, not installed, and
+# only `addconn --checkconfig` is used from it (the tests check generated ipsec.conf files).
+LIBRESWAN_DIR=/opt/vtibgp/libreswan
+libreswan_checker() {
+    if [[ -x /usr/libexec/ipsec/addconn || -x "$LIBRESWAN_DIR/usr/libexec/ipsec/addconn" ]]; then
+        echo "libreswan addconn: there"
+        return 0
+    fi
+    apt_install libunbound8 libevent-2.1-7
+    local tmp
+    tmp=$(mktemp -d)
+    chmod 755 "$tmp"  # (apt downloads as its own user)
+    (cd "$tmp" && apt-get download -qq libreswan </dev/null >/dev/null)
+    mkdir -p "$LIBRESWAN_DIR"
+    dpkg-deb -x "$tmp"/libreswan_*.deb "$LIBRESWAN_DIR"
+    rm -rf "$tmp"
+    "$LIBRESWAN_DIR/usr/libexec/ipsec/addconn" --help >/dev/null 2>&1 || true
+    echo "libreswan addconn: unpacked in $LIBRESWAN_DIR"
+}
