@@ -24,6 +24,11 @@
 #                        sample configuration uses; AWS allows at most 1446 and does no path MTU
 #                        discovery; libreswan itself leaves the kernel's default, 1480 on a
 #                        1500-byte uplink). Empty: leave the MTU alone.
+#   VTIBGP_DEVICE        the tunnel device (default: $VTI_IFACE). XFRM interfaces
+#                        (ipsec-interface=N, device ipsecN) have no VTI_IFACE: `aws-import
+#                        --device xfrm` names the device in each conn's leftupdown=.
+#   VTIBGP_ADDRESS       ADDRESS/LEN put on the device on up-client (XFRM interfaces:
+#                        libreswan 4 sets no address on them; VTIs get leftvti= instead)
 
 stock=${VTIBGP_STOCK_UPDOWN:-ipsec _updown}
 hook=/usr/local/libexec/vtibgp/updown-hook
@@ -34,6 +39,7 @@ else
 fi
 socket=${VTIBGP_SOCKET:-/run/vtibgp/vtibgp.sock}
 mtu=${VTIBGP_MTU-1436}
+dev=${VTIBGP_DEVICE:-${VTI_IFACE:-}}
 
 # word splitting of $stock is wanted: it is a command with its arguments
 # shellcheck disable=SC2086
@@ -42,9 +48,12 @@ status=$?
 
 case "${PLUTO_VERB:-}" in
     up-client|up-host|up-client-v6|up-host-v6)
-        if [ -n "$mtu" ] && [ -n "${VTI_IFACE:-}" ] && \
-                ! ip link set dev "$VTI_IFACE" mtu "$mtu"; then
-            echo "vtibgp-updown: cannot set MTU $mtu on $VTI_IFACE" >&2
+        if [ -n "$mtu" ] && [ -n "$dev" ] && ! ip link set dev "$dev" mtu "$mtu"; then
+            echo "vtibgp-updown: cannot set MTU $mtu on $dev" >&2
+        fi
+        if [ -n "${VTIBGP_ADDRESS:-}" ] && [ -n "$dev" ] && \
+                ! ip addr replace "$VTIBGP_ADDRESS" dev "$dev"; then
+            echo "vtibgp-updown: cannot put $VTIBGP_ADDRESS on $dev" >&2
         fi
         ;;
 esac
@@ -52,9 +61,12 @@ esac
 case "${PLUTO_VERB:-}" in
     up-client|down-client|up-host|down-host|up-client-v6|down-client-v6|up-host-v6|down-host-v6)
         # only these start Python: prepare-*, route-*, unroute-* say nothing about the tunnel
-        if ! "$vtibgp" updown --socket "$socket" --strict; then
+        # with VTIBGP_DEVICE set, --device names it (else vtibgp takes VTI_IFACE or its
+        # tunnels: map of the connection name)
+        if ! "$vtibgp" updown --socket "$socket" --strict \
+                ${VTIBGP_DEVICE:+--device "$VTIBGP_DEVICE"}; then
             echo "vtibgp-updown: vtibgp was not told: $PLUTO_VERB ${PLUTO_CONNECTION:-?}" \
-                 "(${VTI_IFACE:-no VTI_IFACE}); its routes follow the BGP session only" >&2
+                 "(${dev:-no device}); its routes follow the BGP session only" >&2
         fi
         ;;
 esac

@@ -60,6 +60,10 @@ DEFAULT_PLUGIN = plugin_command()
 DEFAULT_UPDOWN = "/usr/local/libexec/vtibgp/vtibgp-updown.sh"
 FILES = ("vtibgp.yaml", "exabgp.conf", "ipsec.conf", "ipsec.secrets", "sysctl.conf",
          "nftables-mss.nft")
+# the IKE daemon's files per `ike` (import_vpn); the others are the same for both
+IKE_FILES = {"libreswan": ("ipsec.conf", "ipsec.secrets"),
+             "strongswan": ("swanctl.conf", "strongswan-vtibgp.conf")}
+
 # Tunnel MTU. AWS's best-practice page allows at most 1446 inside a tunnel (MSS 1406), less with
 # some algorithms; its generic sample configuration uses 1436, which fits every algorithm AWS
 # offers. AWS does not support path MTU discovery inside the tunnel, so the MSS is clamped.
@@ -69,6 +73,8 @@ MTU_MIN = 1280  # IPv6's minimum; nothing smaller is useful for a tunnel carryin
 TCP_IP4_HEADERS = 40  # IPv4 (20) + TCP (20) header bytes without options
 TCP_IP6_HEADERS = 60  # IPv6 (40) + TCP (20)
 PREFERRED = 200  # peers[].preference of the tunnel --prefer-tunnel names (the other: 100)
+DEVICE_KINDS = ("vti", "xfrm")  # tunnel devices: VTI (marks) or XFRM interfaces (if_id)
+XFRM_DEVICES = ("ipsec1", "ipsec2")  # default devices for device "xfrm" (libreswan's ipsecN)
 
 
 class AwsImportError(ValueError):
@@ -98,6 +104,23 @@ class Tunnel:
 class VpnConnection:
     vpn_id: str
     tunnels: tuple[Tunnel, Tunnel]
+    # which cloud (the name prefix of the IPsec connections, `vtibgp CLOUD-import`); the other
+    # importers (azure_import, gcp_import) fill these, AWS's are the defaults
+    cloud: str = "aws"
+    ike_proposal: str = "aes256-sha2_256;modp2048"  # libreswan ike=
+    esp_proposal: str = "aes256-sha2_256;modp2048"  # libreswan esp=
+    max_prefix: int = 1000  # AWS: at most 1,000 routes per VPN connection
+    yaml_note: str = ""  # comment lines for vtibgp.yaml instead of AWS's (MED, preferences)
+
+
+CLOUD_SHORT = {"aws": "AWS", "azure": "Azure", "gcp": "Google Cloud"}
+CLOUD_NAMES = {"aws": "AWS VPN connection", "azure": "Azure VPN connection",
+               "gcp": "Google Cloud HA VPN"}
+
+
+def label(vpn: VpnConnection) -> str:
+    """E.g. "AWS VPN connection vpn-0123... (`vtibgp aws-import`)", for file headers."""
+    return f"{CLOUD_NAMES.get(vpn.cloud, vpn.cloud)} {vpn.vpn_id} (`vtibgp {vpn.cloud}-import`)"
 
 
 # ------------------------------------------------------------------ reading the XML
@@ -167,42 +190,56 @@ def _outside(elem: ET.Element, rel: str, base: str) -> str:
 
 def _inside(t: ET.Element, base: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network,
                                                str, str]:
-    cbase, vbase = f"{base}/customer_gateway", f"{base}/vpn_gateway"
-    ours = _ip(t, "customer_gateway/tunnel_inside_address/ip_address", base)
-    theirs = _ip(t, "vpn_gateway/tunnel_inside_address/ip_address", base)
-    cidr_path = "customer_gateway/tunnel_inside_address/network_cidr"
+    """The inside CIDR, our address and the VGW's. IPv4: `tunnel_inside_address`
+    (ip_address, network_mask, network_cidr). IPv6 (transit gateway VPNs,
+    TunnelInsideIpVersion ipv6): `tunnel_inside_ipv6_address` (ip_address, prefix_length), or
+    an IPv6 ip_address in `tunnel_inside_address` with network_cidr 126."""
+    v4_elem, v6_elem = "tunnel_inside_address", "tunnel_inside_ipv6_address"
+    has_v6 = t.find(f"customer_gateway/{v6_elem}") is not None
+    if has_v6 and t.find(f"customer_gateway/{v4_elem}") is not None:
+        raise AwsImportError(f"{base}/customer_gateway: both {v4_elem} and {v6_elem}; a tunnel "
+                             "has one inside IP version (AWS's TunnelInsideIpVersion: ipv4 or "
+                             "ipv6), so keep the one the connection was created with")
+    elem, len_tag = (v6_elem, "prefix_length") if has_v6 else (v4_elem, "network_cidr")
+    cbase, vbase = f"{base}/customer_gateway/{elem}", f"{base}/vpn_gateway/{elem}"
+    ours = _ip(t, f"customer_gateway/{elem}/ip_address", base)
+    theirs = _ip(t, f"vpn_gateway/{elem}/ip_address", base)
+    if has_v6 and ours.version != 6:
+        raise AwsImportError(f"{cbase}/ip_address: expected an IPv6 address, got {ours}")
     want = 30 if ours.version == 4 else 126
-    length = _int(t, cidr_path, base, 0, 128, required=False)
-    if length is None:
-        length = want
-    if length != want:
-        raise AwsImportError(f"{base}/{cidr_path}: expected {want} (AWS inside CIDRs are "
-                             f"/{want} for IPv{ours.version}), got {length}")
-    mask = _text(t, "customer_gateway/tunnel_inside_address/network_mask", base,
-                 required=False)
+    for side in ("customer_gateway", "vpn_gateway"):
+        cidr_path = f"{side}/{elem}/{len_tag}"
+        length = _int(t, cidr_path, base, 0, 128, required=False)
+        if length is not None and length != want:
+            raise AwsImportError(f"{base}/{cidr_path}: expected {want} (AWS inside CIDRs are "
+                                 f"/{want} for IPv{ours.version}"
+                                 + (", from fd00::/8" if want == 126 else "")
+                                 + f"), got {length}")
+    mask = _text(t, f"customer_gateway/{elem}/network_mask", base, required=False)
     if ours.version == 4 and mask is not None and mask != "255.255.255.252":
-        raise AwsImportError(f"{cbase}/tunnel_inside_address/network_mask: expected "
-                             f"255.255.255.252, got {mask!r}")
-    net = ipaddress.ip_network(f"{ours}/{length}", strict=False)
+        raise AwsImportError(f"{cbase}/network_mask: expected 255.255.255.252, got {mask!r}")
+    net = ipaddress.ip_network(f"{ours}/{want}", strict=False)
     if isinstance(net, ipaddress.IPv4Network):
         if not net.subnet_of(V4_LINK_LOCAL):
-            raise AwsImportError(f"{cbase}/tunnel_inside_address/ip_address: expected an "
-                                 f"address in 169.254.0.0/16, got {ours}")
+            raise AwsImportError(f"{cbase}/ip_address: expected an address in 169.254.0.0/16, "
+                                 f"got {ours}")
         for r in RESERVED_INSIDE:
             if net == r:
-                raise AwsImportError(f"{cbase}/tunnel_inside_address/ip_address: {net} is "
-                                     "reserved by AWS (169.254.0.0/30 to 169.254.5.0/30 and "
+                raise AwsImportError(f"{cbase}/ip_address: {net} is reserved by AWS "
+                                     "(169.254.0.0/30 to 169.254.5.0/30 and "
                                      "169.254.169.252/30 cannot be inside CIDRs)")
     elif not net.subnet_of(V6_INSIDE):
-        raise AwsImportError(f"{cbase}/tunnel_inside_address/ip_address: expected an address "
-                             f"in fd00::/8, got {ours}")
+        raise AwsImportError(f"{cbase}/ip_address: expected an address in fd00::/8 (AWS's "
+                             f"IPv6 inside CIDRs are /126s of the ULA range fd00::/8), "
+                             f"got {ours}")
     first, second = net.network_address + 1, net.network_address + 2
     if theirs != first:
-        raise AwsImportError(f"{vbase}/tunnel_inside_address/ip_address: expected {first} "
-                             f"(the first usable address of {net}), got {theirs}")
+        raise AwsImportError(f"{vbase}/ip_address: expected {first} (the first usable "
+                             f"address of {net}), got {theirs}")
     if ours != second:
-        raise AwsImportError(f"{cbase}/tunnel_inside_address/ip_address: expected {second} "
-                             f"(the second usable address of {net}), got {ours}")
+        raise AwsImportError(f"{cbase}/ip_address: expected {second} (the second usable "
+                             f"address of {net}; host bits beyond it are not AWS's), "
+                             f"got {ours}")
     return net, str(ours), str(theirs)
 
 
@@ -307,8 +344,18 @@ def parse_vpn(xml_text: str | bytes, *, our_asn: int | None = None,
 # ------------------------------------------------------------------ the files
 
 
-def _connection_name(vpn: VpnConnection, t: Tunnel) -> str:
-    return f"aws-{vpn.vpn_id}-tunnel-{t.number}"
+def connection_name(vpn: VpnConnection, t: Tunnel) -> str:
+    """The IPsec connection name of tunnel `t` (libreswan conn, strongSwan connection and
+    CHILD_SA): what the updown passes as PLUTO_CONNECTION, and vtibgp.yaml's tunnels: key."""
+    return f"{vpn.cloud}-{vpn.vpn_id}-tunnel-{t.number}"
+
+
+_connection_name = connection_name
+
+
+def lifetimes(t: Tunnel) -> tuple[int, int]:
+    """(IKE, IPsec) SA lifetimes in seconds: the XML's, else AWS's defaults (8 h and 1 h)."""
+    return t.ike_lifetime or 28800, t.ipsec_lifetime or 3600
 
 
 def dpd_timers(t: Tunnel) -> tuple[int, int]:
@@ -353,10 +400,12 @@ def nftables_mss(vpn: VpnConnection, devices: Sequence[str], mtu: int) -> str:
            if asked is not None and asked < mtu - TCP_IP4_HEADERS else "")
     head = (
         f"#!/usr/sbin/nft -f\n"
-        f"# TCP MSS clamping for AWS VPN connection {vpn.vpn_id}, written by `vtibgp aws-import`.\n"
+        f"# TCP MSS clamping for {label(vpn)}.\n"
         "#\n"
-        "# Why: AWS does not do path MTU discovery inside its tunnels (at most MTU 1446 and MSS\n"
-        "# 1406 fit, depending on the algorithms), so a TCP segment that does not fit is\n"
+        + ("# Why: AWS does not do path MTU discovery inside its tunnels (at most MTU 1446 and"
+           " MSS\n# 1406 fit, depending on the algorithms), so a TCP segment that does not fit is\n"
+           if vpn.cloud == "aws" else
+           "# Why: a TCP segment larger than the tunnel MTU allows is\n") +
         "# fragmented or lost. The tunnel devices " + ", ".join(devices) + f" have MTU {mtu} (the\n"
         "# updown sets it, VTIBGP_MTU in ipsec.conf's leftupdown=); a segment fits when its MSS\n"
         f"# is at most MTU - 40 = {mtu - TCP_IP4_HEADERS} (IPv4 and TCP headers, 20 bytes each),"
@@ -364,8 +413,8 @@ def nftables_mss(vpn: VpnConnection, devices: Sequence[str], mtu: int) -> str:
         "# for IPv6 (40 + 20).\n"
         + why +
         "# The rules lower, never raise, the MSS option of SYN and SYN-ACK packets forwarded into\n"
-        "# a tunnel (our hosts' offer, so AWS's side sends small segments) and out of one (the\n"
-        "# far hosts' offer, so ours do). The gateway's own connections (BGP) take the MSS\n"
+        "# a tunnel (our hosts' offer, so the cloud's side sends small segments) and out of one\n"
+        "# (the far hosts' offer, so ours do). The gateway's own connections (BGP) take the MSS\n"
         "# from the device MTU already. `vtibgp doctor` checks every tunnel device's clamp.\n"
         "#\n"
         "# Load with `nft -f nftables-mss.nft` (check first: `nft -c -f nftables-mss.nft`), or\n"
@@ -400,10 +449,10 @@ def vtibgp_yaml(vpn: VpnConnection, devices: Sequence[str], table: str | int,
             "interface": dev,
             "preference": PREFERRED if t.number == prefer_tunnel else 100,
             "families": [family],
-            "description": f"aws {vpn.vpn_id} tunnel {t.number}",
+            "description": f"{vpn.cloud} {vpn.vpn_id} tunnel {t.number}",
             "vpn": vpn.vpn_id,
             "outside": t.vgw_outside,
-            "max_prefix": {"limit": 1000, "warn_at": 0.8, "action": "stop"},
+            "max_prefix": {"limit": vpn.max_prefix, "warn_at": 0.8, "action": "stop"},
         } for t, dev in zip(vpn.tunnels, devices, strict=True)],
         "tunnels": [{"connection": _connection_name(vpn, t), "device": dev}
                     for t, dev in zip(vpn.tunnels, devices, strict=True)],
@@ -424,42 +473,71 @@ def vtibgp_yaml(vpn: VpnConnection, devices: Sequence[str], table: str | int,
                 "the other 100: it is\n"
                 "# used whenever it is up, whatever MED AWS announces (also during AWS's\n"
                 "# maintenance of its endpoint, when AWS lowers the other tunnel's MED).\n")
-    head = (f"# vtibgp for AWS VPN connection {vpn.vpn_id}, written by `vtibgp aws-import`.\n"
+    if vpn.yaml_note:  # another cloud: its own words on routes, MED and preferences
+        pref = vpn.yaml_note
+    head = (f"# vtibgp for {label(vpn)}.\n" + ("" if vpn.yaml_note else
             "# AWS sends at most 1,000 routes per VPN connection (max_prefix). Defaults apply\n"
-            "# to everything else; see config/vtibgp.yaml in vtibgp for all keys.\n" + pref)
+            "# to everything else; see config/vtibgp.yaml in vtibgp for all keys.\n") + pref)
     return head + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
 
+def xfrm_interface_ids(devices: Sequence[str]) -> tuple[int, ...]:
+    """libreswan's `ipsec-interface=N` numbers for XFRM interface devices named ipsecN.
+
+    libreswan names the XFRM interface of `ipsec-interface=N` ipsecN, with XFRM if_id N, and
+    creates, ups and deletes it itself; so with --device xfrm the device names say the
+    numbers. 0 is refused: libreswan maps ipsec0 to if_id 16384 (KLIPS migration)."""
+    ids = []
+    for dev in devices:
+        m = re.fullmatch(r"ipsec([1-9][0-9]{0,9})", dev)
+        if m is None or not 1 <= int(m.group(1)) <= 0xFFFFFFFF or int(m.group(1)) == 16384:
+            raise AwsImportError(f"devices: with device xfrm libreswan names each XFRM "
+                                 f"interface ipsecN after its ipsec-interface=N (N 1 to "
+                                 f"4294967295, not 16384, no leading zero), got {dev!r}")
+        ids.append(int(m.group(1)))
+    return tuple(ids)
+
+
 def ipsec_conf(vpn: VpnConnection, devices: Sequence[str], marks: Sequence[int],
-               updown: str, mtu: int = DEFAULT_MTU) -> str:
+               updown: str, mtu: int = DEFAULT_MTU, *, device: str = "vti") -> str:
+    """libreswan's conns for both tunnels. `device` "vti": VTI devices selected by `marks`
+    (mark=, vti-interface=, leftvti= puts the inside address on); "xfrm": XFRM interfaces
+    (`ipsec-interface=N` for devices ipsecN, no marks), whose inside address and MTU the
+    updown wrapper sets (VTIBGP_DEVICE, VTIBGP_ADDRESS): libreswan 4 has no working
+    interface-ip= yet."""
+    if device not in DEVICE_KINDS:
+        raise AwsImportError(f"device: expected one of {', '.join(DEVICE_KINDS)}, "
+                             f"got {device!r}")
+    xfrm_ids = xfrm_interface_ids(devices) if device == "xfrm" else ()
     t1 = vpn.tunnels[0]
     any_net = "0.0.0.0/0" if t1.inside.version == 4 else "::/0"
-    ike_life = t1.ike_lifetime or 28800
-    sa_life = t1.ipsec_lifetime or 3600
+    ike_life, sa_life = lifetimes(t1)
     delay, timeout = dpd_timers(t1)
-    common = f"aws-{vpn.vpn_id}-common"
+    common = f"{vpn.cloud}-{vpn.vpn_id}-common"
     out = [
-        f"# libreswan: AWS VPN connection {vpn.vpn_id}, written by `vtibgp aws-import`.",
+        f"# libreswan: {label(vpn)}.",
         "# Install as /etc/ipsec.d/aws-vpn.conf; check with",
         "#     ipsec addconn --checkconfig --config /etc/ipsec.d/aws-vpn.conf",
-        "# Configure the same IKE/ESP algorithms on the VPN tunnel options in AWS.",
-        "# TCP MSS: load nftables-mss.nft (AWS does no path MTU discovery in the tunnel).",
+        f"# Configure the same IKE/ESP algorithms on the VPN tunnel options in "
+        f"{CLOUD_SHORT.get(vpn.cloud, vpn.cloud)}.",
+        "# TCP MSS: load nftables-mss.nft (clamped to what the tunnel MTU allows).",
         "",
         f"conn {common}",
         "    type=tunnel",
         "    authby=secret",
         "    ikev2=yes",
-        "    ike=aes256-sha2_256;modp2048",
-        "    esp=aes256-sha2_256;modp2048",
+        f"    ike={vpn.ike_proposal}",
+        f"    esp={vpn.esp_proposal}",
         f"    ikelifetime={ike_life}s",
         f"    salifetime={sa_life}s",
         "    # Dead peer detection, faster than BGP's hold time "
         f"({t1.hold_time} s) so that the updown",
         "    # moves the routes before BGP would: a probe every "
         f"{delay} s, the peer dead after {timeout} s",
-        f"    # of unanswered retransmissions, at most {delay + timeout} s in all. AWS's "
-        "side: DPD timeout",
-        "    # 30 s and action Clear by default, and it never initiates: ours must restart.",
+        f"    # of unanswered retransmissions, at most {delay + timeout} s in all."
+        + (" AWS's side: DPD timeout" if vpn.cloud == "aws" else ""),
+        *(["    # 30 s and action Clear by default, and it never initiates: ours must restart."]
+          if vpn.cloud == "aws" else []),
         f"    dpddelay={delay}",
         f"    dpdtimeout={timeout}",
         f"    retransmit-timeout={timeout}s",
@@ -468,34 +546,53 @@ def ipsec_conf(vpn: VpnConnection, devices: Sequence[str], marks: Sequence[int],
         f"    leftid={t1.cgw_outside}",
         f"    leftsubnet={any_net}",
         f"    rightsubnet={any_net}",
-        "    vti-routing=no",
-        "    vti-shared=no",
-        f"    # the wrapper runs the stock updown, sets the device MTU {mtu}, tells vtibgp",
-        f'    leftupdown="VTIBGP_MTU={mtu} {updown}"',
     ]
-    for t, dev, mark in zip(vpn.tunnels, devices, marks, strict=True):
+    if device == "vti":
+        out += [
+            "    vti-routing=no",
+            "    vti-shared=no",
+            f"    # the wrapper runs the stock updown, sets the device MTU {mtu}, tells vtibgp",
+            f'    leftupdown="VTIBGP_MTU={mtu} {updown}"',
+        ]
+    else:
+        out += [
+            "    # XFRM interfaces: equal 0/0 selectors make libreswan's updown add no routes"
+            " (vtibgp",
+            "    # routes into the devices); each tunnel's leftupdown names its device and"
+            " address.",
+        ]
+    for i, (t, dev, mark) in enumerate(zip(vpn.tunnels, devices, marks, strict=True)):
         out += [
             "",
             f"conn {_connection_name(vpn, t)}",
             f"    also={common}",
             f"    right={t.vgw_outside}",
             f"    rightid={t.vgw_outside}",
-            f"    mark={mark}/0xffffffff",
-            f"    vti-interface={dev}",
-            f"    leftvti={t.cgw_inside}/{t.inside.prefixlen}",
-            "    auto=start",
         ]
+        if device == "vti":
+            out += [f"    mark={mark}/0xffffffff",
+                    f"    vti-interface={dev}",
+                    f"    leftvti={t.cgw_inside}/{t.inside.prefixlen}"]
+        else:
+            addr = f"{t.cgw_inside}/{t.inside.prefixlen}"
+            out += [f"    # XFRM interface {dev}, if_id {xfrm_ids[i]}: libreswan creates it",
+                    f"    ipsec-interface={xfrm_ids[i]}",
+                    f"    # the wrapper runs the stock updown, puts {addr} and MTU {mtu} on"
+                    f" {dev}, tells vtibgp",
+                    f'    leftupdown="VTIBGP_MTU={mtu} VTIBGP_DEVICE={dev} '
+                    f'VTIBGP_ADDRESS={addr} {updown}"']
+        out.append("    auto=start")
     return "\n".join(out) + "\n"
 
 
 def ipsec_secrets(vpn: VpnConnection) -> str:
-    lines = [f"# pre-shared keys of AWS VPN connection {vpn.vpn_id}: root, mode 0600"]
+    lines = [f"# pre-shared keys of {label(vpn)}: root, mode 0600"]
     lines += [f'{t.cgw_outside} {t.vgw_outside} : PSK "{t.psk}"' for t in vpn.tunnels]
     return "\n".join(lines) + "\n"
 
 
 def sysctl_conf(vpn: VpnConnection, devices: Sequence[str]) -> str:
-    out = [f"# tunnel devices of AWS VPN connection {vpn.vpn_id}: /etc/sysctl.d/90-vtibgp.conf",
+    out = [f"# tunnel devices of {label(vpn)}: /etc/sysctl.d/90-vtibgp.conf",
            "# disable_xfrm must stay 0: 1 turns off IPsec on the device.",
            "net.ipv4.ip_forward = 1",
            "net.ipv4.conf.all.rp_filter = 2",
@@ -510,6 +607,12 @@ def sysctl_conf(vpn: VpnConnection, devices: Sequence[str]) -> str:
     return "\n".join(out) + "\n"
 
 
+def files(ike: str = "libreswan") -> tuple[str, ...]:
+    """The names import_vpn writes for IKE daemon `ike` (FILES for libreswan)."""
+    common = tuple(n for n in FILES if n not in IKE_FILES["libreswan"])
+    return FILES if ike == "libreswan" else common + IKE_FILES[ike]
+
+
 def _write(directory: Path, name: str, text: str, mode: int) -> None:
     fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -517,14 +620,19 @@ def _write(directory: Path, name: str, text: str, mode: int) -> None:
         f.write(text)
 
 
-def import_vpn(xml_text: str | bytes, out_dir: str | Path, *, our_asn: int | None = None,
-               devices: Sequence[str] = ("vti01", "vti02"), table: str | int = "main",
+def import_vpn(xml_text: str | bytes | VpnConnection, out_dir: str | Path, *,
+               our_asn: int | None = None, devices: Sequence[str] | None = None,
+               table: str | int = "main",
                marks: Sequence[int] = (100, 200), region: str | None = None,
                plugin_command: str = DEFAULT_PLUGIN, updown: str = DEFAULT_UPDOWN,
                router_id: str | None = None, overwrite: bool = False,
                mtu: int = DEFAULT_MTU, prefer_tunnel: int | None = None,
-               announce: Sequence[str] = ()) -> list[Path]:
-    """Validate the XML and write FILES into `out_dir` (created if missing); return the paths.
+               announce: Sequence[str] = (), ike: str = "libreswan",
+               device: str = "vti") -> list[Path]:
+    """Validate the XML and write files(ike) into `out_dir` (created if missing); return the
+    paths. `ike` "libreswan" (ipsec.conf, ipsec.secrets) or "strongswan" (swanctl.conf with
+    the keys, mode 0600, and strongswan-vtibgp.conf; vtibgp.tools.swanctl); with strongSwan
+    the default `updown` is swanctl.DEFAULT_UPDOWN (config/strongswan/strongswan-updown.sh).
 
     `our_asn` overrides the customer gateway's ASN from the XML, `region` allows the
     region-specific refused ASNs elsewhere, `marks` are the per-tunnel XFRM marks (unique on the
@@ -532,8 +640,21 @@ def import_vpn(xml_text: str | bytes, out_dir: str | Path, *, our_asn: int | Non
     the config), `mtu` the tunnel devices' MTU (the MSS clamp follows from it),
     `prefer_tunnel` (1 or 2) a tunnel to prefer whatever MED AWS sends (default: equal
     preferences, AWS's MED decides), `announce` our networks to announce to AWS (export).
-    Existing files in `out_dir` are an error unless
+    `device` "vti" (VTI devices, marks) or "xfrm" (XFRM interfaces: libreswan's
+    `ipsec-interface=N` for devices ipsecN, strongSwan's if_id); `devices` default vti01,
+    vti02 (vti) or ipsec1, ipsec2 (xfrm). Existing files in `out_dir` are an error unless
     `overwrite`. Raises AwsImportError; nothing is written then."""
+    if ike not in IKE_FILES:
+        raise AwsImportError(f"ike: expected one of {', '.join(IKE_FILES)}, got {ike!r}")
+    names = files(ike)
+    if device not in DEVICE_KINDS:
+        raise AwsImportError(f"device: expected one of {', '.join(DEVICE_KINDS)}, "
+                             f"got {device!r}")
+    if devices is None:
+        devices = XFRM_DEVICES if device == "xfrm" else ("vti01", "vti02")
+    if ike == "strongswan" and updown == DEFAULT_UPDOWN:
+        from vtibgp.tools import swanctl
+        updown = swanctl.DEFAULT_UPDOWN
     if len(devices) != 2 or len(set(devices)) != 2 or \
             any(not vconfig.DEVICE_RE.match(d) for d in devices):
         raise AwsImportError(f"devices: expected two different device names, got {devices!r}")
@@ -557,7 +678,8 @@ def import_vpn(xml_text: str | bytes, out_dir: str | Path, *, our_asn: int | Non
         if net.prefixlen == 0:
             raise AwsImportError(f"announce: one of this gateway's own networks, not a "
                                  f"default route, got {prefix!r}")
-    vpn = parse_vpn(xml_text, our_asn=our_asn, region=region)
+    vpn = xml_text if isinstance(xml_text, VpnConnection) else \
+        parse_vpn(xml_text, our_asn=our_asn, region=region)  # azure_import, gcp_import: parsed
     t1 = vpn.tunnels[0]
 
     yaml_text = vtibgp_yaml(vpn, devices, table, prefer_tunnel, announce)
@@ -575,24 +697,30 @@ def import_vpn(xml_text: str | bytes, out_dir: str | Path, *, our_asn: int | Non
                                             description=f"{vpn.vpn_id} tunnel {t.number} "
                                                         f"({dev})")
                       for t, dev in zip(vpn.tunnels, devices, strict=True)},
-            header=f"ExaBGP for AWS VPN connection {vpn.vpn_id}, written by "
-                   "`vtibgp aws-import`.")
+            header=f"ExaBGP for {label(vpn)}.")
     except ExabgpConfigError as e:
         raise AwsImportError(f"exabgp.conf: {e}") from None
     contents = {
         "vtibgp.yaml": (yaml_text, 0o644),
         "exabgp.conf": (exabgp_text, 0o644),
-        "ipsec.conf": (ipsec_conf(vpn, devices, marks, updown, mtu), 0o644),
-        "ipsec.secrets": (ipsec_secrets(vpn), 0o600),
         "sysctl.conf": (sysctl_conf(vpn, devices), 0o644),
         "nftables-mss.nft": (nftables_mss(vpn, devices, mtu), 0o644),
     }
+    if ike == "strongswan":
+        from vtibgp.tools import swanctl
+        contents["swanctl.conf"] = (swanctl.swanctl_conf(vpn, devices, marks, updown,
+                                                         mtu=mtu, device=device), 0o600)
+        contents["strongswan-vtibgp.conf"] = (swanctl.strongswan_conf(vpn), 0o644)
+    else:
+        contents["ipsec.conf"] = (ipsec_conf(vpn, devices, marks, updown, mtu,
+                                             device=device), 0o644)
+        contents["ipsec.secrets"] = (ipsec_secrets(vpn), 0o600)
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise AwsImportError(f"{out}: exists and is not a directory")
     if out.is_dir() and not overwrite:
-        present = [n for n in FILES if (out / n).exists() or (out / n).is_symlink()]
+        present = [n for n in names if (out / n).exists() or (out / n).is_symlink()]
         if present:
             raise AwsImportError(f"{out}: would overwrite {', '.join(present)} (use overwrite)")
     parent = out.resolve().parent
@@ -607,15 +735,16 @@ def import_vpn(xml_text: str | bytes, out_dir: str | Path, *, our_asn: int | Non
             os.chmod(tmp, 0o755)  # the secrets file itself is 0600
             os.rename(tmp, out)
         else:
-            for name in FILES:
+            for name in names:
                 os.replace(tmp / name, out / name)
     except OSError as e:
         raise AwsImportError(f"{out}: cannot write: {e.strerror or e}") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return [out / n for n in FILES]
+    return [out / n for n in names]
 
 
-__all__ = ["DEFAULT_MTU", "FILES", "AwsImportError", "Tunnel", "VpnConnection", "dpd_timers",
-           "import_vpn", "mss_clamp", "parse_vpn"]
+__all__ = ["DEFAULT_MTU", "FILES", "IKE_FILES", "AwsImportError", "Tunnel", "VpnConnection",
+           "connection_name", "dpd_timers", "files", "import_vpn", "lifetimes", "mss_clamp",
+           "parse_vpn"]

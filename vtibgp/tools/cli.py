@@ -211,25 +211,65 @@ def cmd_install_hook(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_aws_import(args: argparse.Namespace) -> int:
+def _run_import(args: argparse.Namespace, command: str, read: Any, **kw: Any) -> int:
+    """Write the gateway files from what `read()` returns (AWS's XML text or a parsed
+    VpnConnection), with the options _import_options added; print the paths written."""
     from vtibgp.exabgp.render import ExabgpConfigError, plugin_command
     from vtibgp.tools.aws_import import AwsImportError, import_vpn
 
     try:
-        with open(args.xml, encoding="utf-8") as f:
-            xml = f.read()
-        paths = import_vpn(xml, args.out, our_asn=args.our_asn, devices=tuple(args.devices),
+        devices = tuple(args.devices) if args.devices else None
+        paths = import_vpn(read(), args.out, devices=devices, device=args.device,
                            table=int(args.table) if args.table.isdigit() else args.table,
-                           region=args.region, overwrite=args.force,
+                           overwrite=args.force,
                            plugin_command=plugin_command(args.vtibgp, args.config_path),
                            updown=args.updown, marks=tuple(args.marks), mtu=args.mtu,
                            prefer_tunnel=args.prefer_tunnel, router_id=args.router_id,
-                           announce=tuple(args.announce))
+                           announce=tuple(args.announce), ike=args.ike, **kw)
     except (OSError, AwsImportError, ExabgpConfigError) as e:
-        print(f"vtibgp: aws-import: {e}", file=sys.stderr)
+        print(f"vtibgp: {command}: {e}", file=sys.stderr)
         return 1
     print("\n".join(str(p) for p in paths))
     return 0
+
+
+def cmd_aws_import(args: argparse.Namespace) -> int:
+    def read() -> str:
+        with open(args.xml, encoding="utf-8") as f:
+            return f.read()
+
+    return _run_import(args, "aws-import", read, our_asn=args.our_asn, region=args.region)
+
+
+def cmd_azure_import(args: argparse.Namespace) -> int:
+    from vtibgp.tools.aws_import import VpnConnection
+    from vtibgp.tools.azure_import import load_json, parse_azure, read_psk_file
+
+    def read() -> VpnConnection:
+        gname, gateway = load_json(args.gateway)
+        cname, connection = load_json(args.connection)
+        psks = read_psk_file(args.psk_file, 2) if args.psk_file else None
+        return parse_azure(gateway, connection, our_asn=args.our_asn,
+                           our_outside=args.our_outside, psks=psks, gateway_name=gname,
+                           connection_name=cname, name=args.name)
+
+    return _run_import(args, "azure-import", read)
+
+
+def cmd_gcp_import(args: argparse.Namespace) -> int:
+    from vtibgp.tools.aws_import import VpnConnection
+    from vtibgp.tools.azure_import import load_json, read_psk_file
+    from vtibgp.tools.gcp_import import parse_gcp
+
+    def read() -> VpnConnection:
+        rname, router = load_json(args.router)
+        tunnels = [load_json(t) for t in args.tunnel]
+        gname, gateway = load_json(args.gateway)
+        return parse_gcp(router, [d for _, d in tunnels], gateway,
+                         psks=read_psk_file(args.psk_file, 2), router_name=rname,
+                         tunnel_names=[n for n, _ in tunnels], gateway_name=gname)
+
+    return _run_import(args, "gcp-import", read)
 
 
 def cmd_exabgp_config(args: argparse.Namespace) -> int:
@@ -269,6 +309,55 @@ def cmd_lab(args: argparse.Namespace) -> int:
     from vtibgp.lab.cli import dispatch
 
     return dispatch(args)
+
+
+def _import_options(imp: argparse.ArgumentParser, cloud: str, mtu: int, mtu_why: str) -> None:
+    """The options aws-import, azure-import and gcp-import share (the writers are the same)."""
+    imp.add_argument("--out", required=True, help="directory to write into")
+    imp.add_argument("--device", choices=["vti", "xfrm"], default="vti",
+                     help="tunnel device kind: vti (VTI devices selected by --marks) or xfrm "
+                     "(XFRM interfaces: libreswan's ipsec-interface=N makes device ipsecN, "
+                     "no marks; kernel 4.19 or later) (default: %(default)s)")
+    imp.add_argument("--devices", nargs=2, metavar="DEV",
+                     help="tunnel device names for tunnels 1 and 2, at most 15 characters "
+                     "each (default: vti01 vti02; with --device xfrm ipsec1 ipsec2, and "
+                     "libreswan needs ipsecN names)")
+    imp.add_argument("--table", default="main",
+                     help="kernel routing table for the BGP routes: main or a number "
+                     "(default: %(default)s)")
+    imp.add_argument("--marks", nargs=2, type=int, default=[100, 200], metavar="MARK",
+                     help="XFRM marks (the VTI keys) of tunnels 1 and 2, unique on this host "
+                     "(default: %(default)s; not used by libreswan with --device xfrm, whose "
+                     "ipsecN device names give the interface ids)")
+    imp.add_argument("--mtu", type=int, default=mtu,
+                     help="tunnel device MTU, 1280-1446; the TCP MSS clamp in "
+                     f"nftables-mss.nft follows from it (default: %(default)s, {mtu_why})")
+    imp.add_argument("--prefer-tunnel", type=int, choices=[1, 2],
+                     help="give this tunnel a higher peers[].preference, so it is used "
+                     f"whenever it is up even when {cloud}'s MED points at the other "
+                     "(default: equal preferences, the MED decides)")
+    imp.add_argument("--router-id", help="BGP router id (default: our first IPv4 inside "
+                     "address, or the outside one for IPv6-inside VPNs)")
+    imp.add_argument("--vtibgp", default="/usr/local/bin/vtibgp",
+                     help="the vtibgp command as ExaBGP will run it on the gateway "
+                     "(default: %(default)s)")
+    imp.add_argument("--config-path", default=DEFAULT_CONFIG,
+                     help="where the written vtibgp.yaml will be installed, for exabgp.conf's "
+                     "process line (default: %(default)s)")
+    imp.add_argument("--ike", choices=["libreswan", "strongswan"], default="libreswan",
+                     help="the IKE daemon to write for: libreswan (ipsec.conf, ipsec.secrets) "
+                     "or strongswan (swanctl.conf with the keys, mode 0600, and "
+                     "strongswan-vtibgp.conf for /etc/strongswan.d/) (default: %(default)s)")
+    imp.add_argument("--updown", default="/usr/local/libexec/vtibgp/vtibgp-updown.sh",
+                     help="the installed updown wrapper: config/libreswan/vtibgp-updown.sh "
+                     "for leftupdown= (default: %(default)s), with --ike strongswan "
+                     "config/strongswan/strongswan-updown.sh for updown= (default: "
+                     "/usr/local/libexec/vtibgp/strongswan-updown.sh)")
+    imp.add_argument("--announce", action="append", default=[], metavar="PREFIX",
+                     help=f"one of the gateway's own networks to announce to {cloud} over "
+                     f"both tunnels, steered so {cloud} returns through the tunnel vtibgp uses "
+                     "(export.networks; repeatable)")
+    imp.add_argument("--force", action="store_true", help="overwrite existing files")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -316,42 +405,46 @@ def main(argv: list[str] | None = None) -> int:
     imp = sub.add_parser("aws-import", help="write vtibgp, ExaBGP, libreswan, sysctl and "
                          "nftables (MSS clamp) configs from AWS's VPN connection XML")
     imp.add_argument("xml", help="the CustomerGatewayConfiguration XML")
-    imp.add_argument("--out", required=True, help="directory to write into")
     imp.add_argument("--our-asn", type=int, help="override the customer gateway ASN")
     imp.add_argument("--region", help="AWS region (some ASNs are reserved per region)")
-    imp.add_argument("--devices", nargs=2, default=["vti01", "vti02"], metavar="DEV",
-                     help="tunnel device names for tunnels 1 and 2 (default: %(default)s); "
-                     "at most 15 characters each")
-    imp.add_argument("--table", default="main",
-                     help="kernel routing table for the BGP routes: main or a number "
-                     "(default: %(default)s)")
-    imp.add_argument("--marks", nargs=2, type=int, default=[100, 200], metavar="MARK",
-                     help="XFRM marks (the VTI keys) of tunnels 1 and 2, unique on this host "
-                     "(default: %(default)s)")
-    imp.add_argument("--mtu", type=int, default=1436,
-                     help="tunnel device MTU, 1280-1446; the TCP MSS clamp in "
-                     "nftables-mss.nft follows from it (default: %(default)s, AWS's sample)")
-    imp.add_argument("--prefer-tunnel", type=int, choices=[1, 2],
-                     help="give this tunnel a higher peers[].preference, so it is used "
-                     "whenever it is up even when AWS's MED points at the other (default: "
-                     "equal preferences, AWS's MED decides)")
-    imp.add_argument("--router-id", help="BGP router id (default: our first IPv4 inside "
-                     "address, or the outside one for IPv6-inside VPNs)")
-    imp.add_argument("--vtibgp", default="/usr/local/bin/vtibgp",
-                     help="the vtibgp command as ExaBGP will run it on the gateway "
-                     "(default: %(default)s)")
-    imp.add_argument("--config-path", default=DEFAULT_CONFIG,
-                     help="where the written vtibgp.yaml will be installed, for exabgp.conf's "
-                     "process line (default: %(default)s)")
-    imp.add_argument("--updown", default="/usr/local/libexec/vtibgp/vtibgp-updown.sh",
-                     help="the installed config/libreswan/vtibgp-updown.sh, for leftupdown= "
-                     "(default: %(default)s)")
-    imp.add_argument("--announce", action="append", default=[], metavar="PREFIX",
-                     help="one of the gateway's own networks to announce to AWS over both "
-                     "tunnels, steered so AWS returns through the tunnel vtibgp uses "
-                     "(export.networks; repeatable)")
-    imp.add_argument("--force", action="store_true", help="overwrite existing files")
+    _import_options(imp, "AWS", 1436, "AWS's sample")
     imp.set_defaults(func=cmd_aws_import)
+
+    az = sub.add_parser("azure-import", help="the same files from the JSON of an Azure "
+                        "active-active VPN gateway and its connection (az ... show)")
+    az.add_argument("gateway", help="`az network vnet-gateway show -g RG -n GW` output "
+                    "(bgpSettings: ASN, per-instance APIPA BGP and tunnel IP addresses)")
+    az.add_argument("connection", help="`az network vpn-connection show -g RG -n CONN` "
+                    "output (enableBgp, connectionProtocol, ipsecPolicies, dpdTimeoutSeconds, "
+                    "gatewayCustomBgpIpAddresses)")
+    az.add_argument("--our-asn", type=int, required=True,
+                    help="this gateway's ASN (the local network gateway's BGP ASN)")
+    az.add_argument("--our-outside", required=True, metavar="IP",
+                    help="this gateway's public IPv4 address (the local network gateway's IP "
+                    "address; leftid and the keys' selector)")
+    az.add_argument("--psk-file", metavar="FILE",
+                    help="the connection's shared key (Azure's JSON does not show it): one "
+                    "line, or one per tunnel; the file must be mode 0600 or stricter")
+    az.add_argument("--name", help="the name the IPsec connections are called after "
+                    "(default: the connection's name; letters, digits and -)")
+    _import_options(az, "Azure", 1400, "Azure's recommended MTU")
+    az.set_defaults(func=cmd_azure_import)
+
+    gcp = sub.add_parser("gcp-import", help="the same files from the JSON of a Google Cloud "
+                         "HA VPN: Cloud Router, its two tunnels and the HA VPN gateway")
+    gcp.add_argument("router", help="`gcloud compute routers describe ROUTER --format=json` "
+                     "output (bgp.asn, interfaces, bgpPeers)")
+    gcp.add_argument("--tunnel", action="append", required=True, metavar="FILE",
+                     help="`gcloud compute vpn-tunnels describe TUNNEL --format=json` output; "
+                     "twice, tunnel 1 then tunnel 2")
+    gcp.add_argument("--gateway", required=True, metavar="FILE",
+                     help="`gcloud compute vpn-gateways describe GATEWAY --format=json` output "
+                     "(Google's public IP of each interface)")
+    gcp.add_argument("--psk-file", required=True, metavar="FILE",
+                     help="the tunnels' shared secrets (gcloud shows only a hash): one line "
+                     "per tunnel in --tunnel order, or one for both; mode 0600 or stricter")
+    _import_options(gcp, "Google Cloud", 1436, "as for AWS")
+    gcp.set_defaults(func=cmd_gcp_import)
 
     exa = sub.add_parser("exabgp-config", help="render ExaBGP's config from vtibgp.yaml")
     exa.add_argument("config", nargs="?", default=DEFAULT_CONFIG,
@@ -396,6 +489,10 @@ def main(argv: list[str] | None = None) -> int:
     lab_up.add_argument("--no-host-link", action="store_true",
                         help="no management veth from the host into the gateway namespace "
                         "(the metrics are then reachable only inside it)")
+    lab_up.add_argument("--ipsec", choices=["veth", "strongswan"], default="veth",
+                        help="the tunnels: veth pairs standing in for them (default, fast), "
+                        "or real IPsec, strongSwan's charon with kernel-libipsec at both "
+                        "ends (TUN devices ipsec0/ipsec1; --signal ipsec, ike)")
     lab_sub.add_parser("status", help="the running lab's tunnels, routes and vtibgp status")
     lab_fail = lab_sub.add_parser("fail", help="take a tunnel down and show the failover")
     lab_fail.add_argument("tunnel", help="1 or 2 (or vti01, vti02)")
@@ -404,7 +501,10 @@ def main(argv: list[str] | None = None) -> int:
                           help="link: the VGW end goes down, the tunnel device loses carrier "
                           "(default); bgp: the VGW closes the BGP session; both; blackhole: "
                           "nftables at the VGW drops all the tunnel's traffic, carrier and "
-                          "BGP untouched (only vtibgp's probe sees it at once)")
+                          "BGP untouched (only vtibgp's probe sees it at once; in the "
+                          "--ipsec strongswan lab: its ESP only); ipsec (--ipsec strongswan "
+                          "lab): its IKE and ESP dropped, DPD then down-client; ike: swanctl "
+                          "--terminate")
     lab_restore = lab_sub.add_parser("restore", help="bring a failed tunnel back")
     lab_restore.add_argument("tunnel", help="1 or 2 (or vti01, vti02)")
     lab_sub.add_parser("down", help="remove every namespace, process and file of the lab")

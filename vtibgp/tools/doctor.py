@@ -211,11 +211,22 @@ def _devices(cfg: Config, addrs: dict[str, list[Iface]]) -> tuple[list[str], lis
     return list(dict.fromkeys(devices)), out
 
 
-def check_sysctls(dev: str, proc_root: str) -> list[Finding]:
-    """disable_xfrm, disable_policy, rp_filter, forwarding of one device."""
+def is_tun(dev: str, proc_root: str) -> bool:
+    """Whether `dev` is a TUN device (sysfs beside `proc_root` has its tun_flags): a tunnel
+    whose IPsec runs in userspace (strongSwan's kernel-libipsec, `ipsecN`), not in XFRM."""
+    return (Path(proc_root).parent / "sys/class/net" / dev / "tun_flags").exists()
+
+
+def check_sysctls(dev: str, proc_root: str, *, tun: bool = False) -> list[Finding]:
+    """disable_xfrm, disable_policy (not on a TUN device: `tun`), rp_filter, forwarding of
+    one device."""
     conf = Path(proc_root) / "sys/net/ipv4/conf"
     d = conf / dev
     out: list[Finding] = []
+    if tun:
+        out.append(Finding("ok", "device", dev, f"{dev} is a TUN device: IPsec in userspace "
+                           "(strongSwan kernel-libipsec), no kernel XFRM on it, so "
+                           "disable_xfrm and disable_policy do not apply"))
 
     def val(key: str) -> int | None:
         v = _read_int(d / key)
@@ -224,7 +235,7 @@ def check_sysctls(dev: str, proc_root: str) -> list[Finding]:
                                "run doctor as root in the gateway's network namespace"))
         return v
 
-    xfrm = val("disable_xfrm")
+    xfrm = None if tun else val("disable_xfrm")
     if xfrm is not None:
         if xfrm != 0:
             out.append(Finding("error", "disable_xfrm", dev, f"disable_xfrm={xfrm}: the kernel "
@@ -233,7 +244,7 @@ def check_sysctls(dev: str, proc_root: str) -> list[Finding]:
                                "=0 (and remove it from sysctl.d)"))
         else:
             out.append(Finding("ok", "disable_xfrm", dev, "disable_xfrm=0"))
-    pol = val("disable_policy")
+    pol = None if tun else val("disable_policy")
     if pol is not None:
         if pol != 1:
             out.append(Finding("error", "disable_policy", dev, f"disable_policy={pol}: "
@@ -1094,7 +1105,7 @@ def run_checks(cfg: Config, *, exabgp_conf: str | None = None, proc_root: str = 
         addrs.setdefault(name, [])
     devices, out = _devices(cfg, addrs)
     for dev in devices:
-        out += check_sysctls(dev, proc_root)
+        out += check_sysctls(dev, proc_root, tun=is_tun(dev, proc_root))
         out += check_mtu(dev, links.get(dev))
     out += check_mss(devices, links, net)
     out += check_protocol(cfg, net, proc_root, etc_root)
