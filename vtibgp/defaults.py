@@ -13,4 +13,5 @@ METRICS_PORT = 10179
 METRICS_LISTEN = f"{METRICS_HOST}:{METRICS_PORT}"
 CONTROL_SOCKET = "/run/vtibgp/vtibgp.sock"
 AWS_ASN = 64512  # the VGW's default Amazon-side ASN
-LAB_SIGNALS = ("link", "bgp", "both", "blackhole")  # how `vtibgp lab fail` can fail a tunnel
+# how `vtibgp lab fail` can fail a tunnel; ipsec and ike only in `lab up --ipsec strongswan`
+LAB_SIGNALS = ("link", "bgp", "both", "blackhole", "ipsec", "ike")

@@ -15,6 +15,11 @@ Two ways to run it:
   maker has exited. Every command holds a lock on the state directory, so two at once queue.
 * ``lab demo``: build, show the failover and the return, remove, all in one run (harness
   namespaces with a random tag: it runs beside a lab that is up).
+
+``lab up --ipsec strongswan`` builds the lasting lab with real IPsec tunnels instead
+(:mod:`vtibgp.lab.ipsec`: charon with kernel-libipsec at both ends, TUN devices ipsec0/ipsec1);
+the state file then also names the four charons, and ``fail`` takes ``--signal ipsec``
+(IKE and ESP dropped: DPD), ``ike`` (swanctl --terminate), ``blackhole`` (ESP only) or ``bgp``.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from typing import Any
 import yaml
 
 from vtibgp import defaults
+from vtibgp.lab import ipsec
 from vtibgp.lab import parts as lab
 
 VPC = ["10.0.0.0/16", "10.1.0.0/16", "10.2.0.0/24", "fd10:100::/56"]
@@ -247,6 +253,12 @@ class _Lab:
     topo: lab.Topology
     bird: lab.BirdPeer
     gw: lab.ExaBGPGateway
+    ipsec: ipsec.IpsecLab | None = None  # `up --ipsec strongswan`: the charons
+
+    @property
+    def vpc(self) -> list[str]:
+        """The VGW's prefixes (IPv4 only over the IPsec lab's 0.0.0.0/0 tunnels)."""
+        return [p for p in VPC if ":" not in p] if self.ipsec is not None else VPC
 
     @property
     def failed(self) -> dict[int, str]:
@@ -257,6 +269,8 @@ class _Lab:
             self.state["bird"] = {**self.bird.record(), "snapshot": self.bird.snapshot()}
         if self.gw.pid is not None:
             self.state["exabgp"] = self.gw.record()
+        if self.ipsec is not None:
+            self.state["charons"] = self.ipsec.records()
         _write_state(self.state)
 
     def problems(self) -> list[str]:
@@ -270,13 +284,24 @@ class _Lab:
             out.append("BIRD is not running")
         if not self.gw.running():
             out.append("ExaBGP is not running")
+        if self.ipsec is not None:
+            out += [f"{c!r} is not running" for c in self.ipsec.charons() if not c.running()]
         return out
 
 
 def _make(state: dict[str, Any]) -> _Lab:
     """The lab's objects for ``state``, created the same way by every command (so that
     BIRD's config is always generated from the same arguments)."""
-    topo = lab.Topology(tag="lab", names=(NS_GW, NS_AWS))
+    topo: lab.Topology
+    strongswan: ipsec.IpsecLab | None = None
+    if state.get("ipsec") == "strongswan":
+        topo = ipsec.IpsecTopology(tag="lab", names=(NS_GW, NS_AWS))
+        strongswan = ipsec.IpsecLab(topo, STATE_DIR / "ipsec", STATE_DIR / "vtibgp.sock")
+        strongswan.adopt(state.get("charons", {}))
+        strongswan.dropped = {int(n): how for n, how in state.get("failed", {}).items()
+                              if how in ("ipsec", "blackhole")}
+    else:
+        topo = lab.Topology(tag="lab", names=(NS_GW, NS_AWS))
     bird = lab.BirdPeer(topo, STATE_DIR / "bird", prepend=PREPEND,
                         socket=STATE_DIR / "bird.ctl")
     cfg = STATE_DIR / "vtibgp.yaml"
@@ -287,7 +312,7 @@ def _make(state: dict[str, Any]) -> _Lab:
         bird.load_snapshot(state["bird"]["snapshot"])
     if "exabgp" in state:
         gw.adopt(state["exabgp"])
-    return _Lab(state, topo, bird, gw)
+    return _Lab(state, topo, bird, gw, strongswan)
 
 
 def _existing() -> _Lab | None:
@@ -339,16 +364,18 @@ def _teardown(found: _Lab) -> list[str]:
     return removed
 
 
-def _expected(failed: Mapping[int, str]) -> dict[str, int]:
+def _expected(failed: Mapping[int, str],
+              tunnels: Mapping[int, lab.Tunnel] = lab.TUNNELS) -> dict[str, int]:
     """Device -> metric of the lab's routes when ``failed`` tunnels are down: the working
     tunnels in order of preference (1 before the prepended 2) at 100, 101."""
-    up = [n for n in sorted(lab.TUNNELS) if n not in failed]
-    return {lab.TUNNELS[n].gw_dev: 100 + i for i, n in enumerate(up)}
+    up = [n for n in sorted(tunnels) if n not in failed]
+    return {tunnels[n].gw_dev: 100 + i for i, n in enumerate(up)}
 
 
-def _routes_are(topo: lab.Topology, want: Mapping[str, int]) -> bool:
+def _routes_are(topo: lab.Topology, want: Mapping[str, int],
+                prefixes: list[str] = VPC) -> bool:
     """Every lab prefix is routed through exactly the devices and metrics of ``want``."""
-    got: dict[str, set[tuple[str, int]]] = {p: set() for p in VPC}
+    got: dict[str, set[tuple[str, int]]] = {p: set() for p in prefixes}
     for fam in (4, 6):
         for r in topo.routes("gw", proto="bgp", family=fam):
             if r.get("dst") in got:
@@ -372,8 +399,8 @@ def _took(t0: float) -> str:
 def _wait_routes(found: _Lab, timeout: float, mover: str = "") -> dict[str, int]:
     """Wait until the gateway's routes are those of the failed tunnels; ``mover`` says what
     is expected to move them (for the messages)."""
-    want = _expected(found.failed)
-    found.gw.wait_for(lambda: _routes_are(found.topo, want), timeout,
+    want = _expected(found.failed, found.topo.tunnels)
+    found.gw.wait_for(lambda: _routes_are(found.topo, want, found.vpc), timeout,
                       what=f"the gateway's routes: {_describe(want)}{mover}")
     return want
 
@@ -391,7 +418,7 @@ def _print_tunnels(found: _Lab) -> None:
     except lab.HarnessError as e:
         print(f"(cannot read the VGW's nftables blackhole: {e})")
         blackholed = set()
-    for n, t in lab.TUNNELS.items():
+    for n, t in found.topo.tunnels.items():
         try:
             bgp = found.bird.session_state(n)
         except lab.HarnessError as e:
@@ -402,6 +429,14 @@ def _print_tunnels(found: _Lab) -> None:
             mark += f"; BLACKHOLED: nftables drops all IP traffic on the VGW's {t.aws_dev}"
         elif how == "blackhole":
             mark += f" (but no nftables rule drops {t.aws_dev}'s traffic: `lab restore {n}`)"
+        if found.ipsec is not None:
+            sa = found.ipsec.sa_state(n)
+            dropped = {"ipsec": "; its UDP 500/4500 DROPPED on the outer link",
+                       "blackhole": "; its ESP DROPPED on the outer link (IKE passes)"}
+            mark = mark.split("; BLACKHOLED")[0].split(" (but no")[0]
+            mark += dropped.get(found.ipsec.dropped.get(n, ""), "")
+            mark += (f"; IPsec (swanctl --list-sas): IKE {sa[0]}, CHILD {sa[1] or 'none'}"
+                     if sa else "; IPsec (swanctl --list-sas): no SA")
         print(f"tunnel {n}: {t.gw_dev} {t.gw_v4}/{t.plen_v4} <-> VGW {t.aws_v4}  "
               f"{mark}; BGP at the VGW: {bgp}")
 
@@ -409,7 +444,7 @@ def _print_tunnels(found: _Lab) -> None:
 def _print_overview(found: _Lab) -> None:
     _say(f"tunnels (gateway namespace {NS_GW}, AWS VGW namespace {NS_AWS})")
     _print_tunnels(found)
-    _say(f"routes in {NS_GW}: {_describe(_expected(found.failed))}")
+    _say(f"routes in {NS_GW}: {_describe(_expected(found.failed, found.topo.tunnels))}")
     _show_routes(found.topo)
     _say("vtibgp status")
     _print_vtibgp_status()
@@ -432,7 +467,8 @@ def _print_hints(found: _Lab) -> None:
     dash = str(dashboard) if dashboard.exists() else "grafana/vtibgp-dashboard.json (repository)"
     rows = [
         ("status", f"{me} lab status"),
-        ("failover", f"{me} lab fail 1    (then: {me} lab restore 1; tunnel 1 or 2)"),
+        ("failover", f"{me} lab fail 1{' --signal ipsec' if found.ipsec else ''}    "
+                     f"(then: {me} lab restore 1; tunnel 1 or 2)"),
         ("silent failure", f"{me} lab fail 1 --signal blackhole    (only the probe sees it)"),
         ("remove it all", f"{me} lab down"),
         ("logs", f"{found.gw.log_path} (ExaBGP and vtibgp), {found.bird.log_path}"),
@@ -473,12 +509,14 @@ def _check_host_net() -> None:
                                f"--no-host-link`")
 
 
-def _build(host_link: bool) -> _Lab:
+def _build(host_link: bool, mode: str = "veth") -> _Lab:
     listen = f"{GW_MGMT}:{METRICS_PORT}" if host_link else METRICS
     state: dict[str, Any] = {
         "version": 1, "namespaces": [NS_GW, NS_AWS], "host_link": host_link,
         "metrics": listen, "failed": {}, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if mode == "strongswan":
+        state["ipsec"] = mode
     if host_link:
         _check_host_net()
     _write_state(state)  # first: whatever happens next, `down` knows this is the lab's
@@ -489,15 +527,27 @@ def _build(host_link: bool) -> _Lab:
         if host_link:
             found.topo.add_host_link(HOST_DEV, GW_MGMT_DEV, f"{HOST_MGMT}/{MGMT_NET.prefixlen}",
                                      f"{GW_MGMT}/{MGMT_NET.prefixlen}")
+        if found.ipsec is not None:
+            print("strongSwan: one charon per tunnel and side (kernel-libipsec, TUN devices "
+                  "ipsec0/ipsec1), the gateway's swanctl.conf as `aws-import --ike "
+                  f"strongswan` writes it: {found.ipsec.gw[1].swanctl_path}")
+            found.ipsec.start()
+            found.save()
+            found.ipsec.wait_established()
         found.bird.start()
         found.save()
-        found.bird.announce(VPC)
+        found.bird.announce(found.vpc)
         found.save()
-        _write_config(STATE_DIR / "vtibgp.yaml", STATE_DIR / "vtibgp.sock", listen,
-                      vpn="vtibgp-lab")
+        if found.ipsec is not None:
+            (STATE_DIR / "vtibgp.yaml").write_text(ipsec.gateway_config(
+                found.ipsec, STATE_DIR / "vtibgp.sock", metrics={"listen": listen},
+                startup={"grace_time": 10}))
+        else:
+            _write_config(STATE_DIR / "vtibgp.yaml", STATE_DIR / "vtibgp.sock", listen,
+                          vpn="vtibgp-lab")
         (STATE_DIR / "prometheus.yml").write_text(_prometheus_config(listen))
         print(f"BIRD 2 as the VGW (AS {lab.AWS_ASN}, hold time {found.bird.hold_time} s), "
-              f"announcing {', '.join(VPC)} on both tunnels, tunnel 2 prepended "
+              f"announcing {', '.join(found.vpc)} on both tunnels, tunnel 2 prepended "
               f"{PREPEND[2]} times; ExaBGP (AS {lab.GW_ASN}) with vtibgp on the gateway")
         found.gw.start()
         found.save()
@@ -509,15 +559,18 @@ def _build(host_link: bool) -> _Lab:
     return found
 
 
-def up(host_link: bool = True) -> int:
+def up(host_link: bool = True, mode: str = "veth") -> int:
     _preflight()
+    if mode == "strongswan" and (why := ipsec.available()) is not None:
+        raise LabError(f"--ipsec strongswan: {why}", 2)
     with _locked():
         found = _existing()
         if found is not None:
             problems = found.problems()
             if not problems:
                 had = bool(found.state.get("host_link"))
-                print(f"the lab is already up (since {found.state.get('started', '?')})")
+                print(f"the lab is already up (since {found.state.get('started', '?')}, "
+                      f"tunnels: {found.state.get('ipsec', 'veth')})")
                 if had != host_link:
                     print(f"(it was built {'with' if had else 'without'} the host link: "
                           f"`lab down` first to change that)")
@@ -527,7 +580,7 @@ def up(host_link: bool = True) -> int:
             print(f"the lab is partly up ({'; '.join(problems)}): removing it and building "
                   f"it again")
             _teardown(found)
-        found = _build(host_link)
+        found = _build(host_link, mode)
         _print_overview(found)
         _print_hints(found)
     return 0
@@ -545,7 +598,7 @@ def status() -> int:
 def tunnel_number(text: str) -> int:
     """"1", "2", "vti01" or "vti02" -> the tunnel number; LabError (status 2) otherwise."""
     for n, t in lab.TUNNELS.items():
-        if text.strip() in (str(n), t.gw_dev):
+        if text.strip() in (str(n), t.gw_dev, ipsec.tun_name(n)):
             return n
     names = " and ".join(f"{n} ({t.gw_dev})" for n, t in lab.TUNNELS.items())
     raise LabError(f"no tunnel {text!r}: the lab has tunnels {names}", 2)
@@ -566,6 +619,11 @@ def fail(tunnel: str, signal: str = "link") -> int:
     _preflight()
     with _locked():
         found = _require_up()
+        if found.ipsec is not None:
+            return _fail_ipsec(found, n, signal)
+        if signal in ("ipsec", "ike"):
+            raise LabError(f"--signal {signal} needs real IPsec tunnels: this lab's are veth "
+                           f"pairs (`lab down`, then `lab up --ipsec strongswan`)", 2)
         dev = lab.TUNNELS[n].gw_dev
         t0 = time.monotonic()
         timeout, mover = FAIL_TIMEOUT, ""
@@ -609,6 +667,8 @@ def restore(tunnel: str) -> int:
     _preflight()
     with _locked():
         found = _require_up()
+        if found.ipsec is not None:
+            return _restore_ipsec(found, n)
         t0 = time.monotonic()
         how = found.state.get("failed", {}).pop(str(n), None)
         if how is None:
@@ -624,6 +684,66 @@ def restore(tunnel: str) -> int:
         print(f"{_describe(want)}: {_took(t0)} after the change (vtibgp's tunnel hold-down "
               f"is 2 s; a session that went down is set up again first)")
         _print_overview(found)
+    return 0
+
+
+def _fail_ipsec(found: _Lab, n: int, signal: str) -> int:
+    """``fail`` in the strongSwan lab: ``ipsec`` drops the tunnel's UDP 500/4500 on the outer
+    link (DPD gives up, charon runs down-client); ``ike`` is ``swanctl --terminate``;
+    ``blackhole`` drops its ESP only (IKE and DPD pass: only the probe sees it); ``bgp``
+    as in the veth lab."""
+    assert found.ipsec is not None
+    if signal not in ipsec.SIGNALS:
+        raise LabError(f"--signal {signal}: the IPsec lab's tunnel devices are charon's TUNs "
+                       f"(no carrier to take away); use one of {', '.join(ipsec.SIGNALS)}", 2)
+    dev = found.topo.tunnels[n].gw_dev
+    t0 = time.monotonic()
+    if n in found.failed:
+        print(f"tunnel {n} is already failed ({found.failed[n]}); "
+              f"`{_self_command()} lab restore {n}` brings it back")
+    else:
+        found.state.setdefault("failed", {})[str(n)] = signal
+        found.save()
+        if signal == "ipsec":
+            _say(f"tunnel {n} fails silently: its IKE and ESP (UDP 500/4500) are dropped on "
+                 f"the outer link; charon's DPD gives up and runs down-client (or vtibgp's "
+                 f"probe sees it first)")
+            found.ipsec.drop(n, "ipsec")
+        elif signal == "blackhole":
+            _say(f"tunnel {n} goes black: its ESP is dropped on the outer link, IKE and DPD "
+                 f"still pass (no updown: only vtibgp's probe of {dev} sees it)")
+            found.ipsec.drop(n, "blackhole")
+        elif signal == "ike":
+            _say(f"tunnel {n} is closed: swanctl --terminate at the gateway (down-client)")
+            found.ipsec.terminate(n)
+        else:
+            _say(f"tunnel {n} fails: the VGW closes its BGP session (Cease)")
+            found.bird.disable_session(n)
+        found.save()
+    timeout = FAIL_TIMEOUT + (found.bird.hold_time if signal == "blackhole" else 0)
+    want = _wait_routes(found, timeout)
+    print(f"{_describe(want)}: {_took(t0)} after the change")
+    _print_overview(found)
+    return 0
+
+
+def _restore_ipsec(found: _Lab, n: int) -> int:
+    """``restore`` in the strongSwan lab: no drop, the SA initiated, the session enabled."""
+    assert found.ipsec is not None
+    t0 = time.monotonic()
+    how = found.state.get("failed", {}).pop(str(n), None)
+    _say(f"tunnel {n} restored (it failed by {how})" if how else
+         f"tunnel {n} is not failed (checking that it is up)")
+    found.ipsec.drop(n, None)
+    if n in found.bird.disabled:
+        found.bird.enable_session(n)
+    if found.ipsec.sa_state(n) is None:  # closed (ike); after a drop charon retries itself
+        found.ipsec.initiate(n)
+    found.save()
+    want = _wait_routes(found, RESTORE_TIMEOUT)
+    print(f"{_describe(want)}: {_took(t0)} after the change (the SA is set up again, then "
+          f"vtibgp's tunnel hold-down of 2 s)")
+    _print_overview(found)
     return 0
 
 
@@ -644,7 +764,8 @@ def dispatch(args: argparse.Namespace) -> int:
     try:
         match args.lab_command:
             case "up":
-                return up(host_link=not args.no_host_link)
+                return up(host_link=not args.no_host_link,
+                          mode=getattr(args, "ipsec", "veth"))
             case "status":
                 return status()
             case "fail":
