@@ -53,7 +53,8 @@ def make_core(ecmp: bool = False, max_paths: int = 4, **peers: PeerSettings) -> 
     return Core(CoreSettings(metric=100, max_paths=max_paths, ecmp=ecmp, peers=pols))
 
 
-def attrs(nh: str, path: tuple[int, ...] = (64512,), med: int = 0, **kw: object) -> PathAttrs:
+def attrs(nh: str, path: tuple[int, ...] = (64512,), med: int | None = 0,
+          **kw: object) -> PathAttrs:
     return PathAttrs(next_hop=nh, as_path=path, med=med, **kw)  # type: ignore[arg-type]
 
 
@@ -955,3 +956,16 @@ def test_merged_decisions_keep_every_effect_in_order() -> None:
     assert merged.ops == one.ops + two.ops
     assert [c.scope for c in merged.tunnels] == [("device", "vti01"), ("device", "vti02")]
     assert merged.effects() and not Decision(ops=one.ops).effects()
+
+
+def test_a_missing_med_compares_as_zero_or_as_the_worst() -> None:
+    """RFC 4271: a path without a MED compares as 0, so it beats one with MED 50; with
+    policy.med_missing_as_worst (FRR's missing-as-worst) it loses to it."""
+    from vtibgp.core.policy import PolicySettings
+
+    for worst, best in ((False, "vti01"), (True, "vti02")):
+        core = Core(CoreSettings(metric=100, policy=PolicySettings(med_missing_as_worst=worst),
+                                 peers={P1: PeerSettings("vti01"), P2: PeerSettings("vti02")}))
+        k = Kernel()
+        feed(core, k, ann(P1, "10.0.0.0/16", med=None), ann(P2, "10.0.0.0/16", med=50))
+        assert k.routes[("10.0.0.0/16", 100)].nexthops[0].device == best, worst

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vtibgp.config.schema import parse
+from vtibgp.config.schema import ConfigError, parse
 from vtibgp.exabgp import render as render_mod
 from vtibgp.exabgp.render import (
     ExabgpConfigError,
@@ -129,7 +129,8 @@ def test_api_block_is_rendered_by_one_function(tmp_path: Path,
     in both, and no other api block is left (a second copy of it anywhere would fail this)."""
     calls: list[tuple[str, str]] = []
 
-    def fake(process: str = render_mod.PROCESS_NAME, extra: str = "") -> str:
+    def fake(process: str = render_mod.PROCESS_NAME, extra: str = "", *,
+             receive: bool = True) -> str:
         calls.append((process, extra))
         return f"    api {{ processes [ {process} ]; }}  # fake {extra}"
 
@@ -244,3 +245,40 @@ def test_aws_import_names_the_users_paths(tmp_path: Path,
                      "etc/vtibgp.yaml"]) == 1
     assert "config_path: expected an absolute path" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def test_lan_peers_are_rendered_without_reading_their_routes(tmp_path: Path) -> None:
+    c = parse({"peers": [{"address": "169.254.10.1"}], "export": {"lan_peers": [
+        {"address": "192.168.1.1", "peer_as": 65010, "local_address": "192.168.1.2",
+         "description": "LAN router"},
+        {"address": "fd00:1::1", "peer_as": 65000, "local_address": "fd00:1::2"}]}},
+        "test.yaml")
+    text = render(c, plugin_command=PLUGIN, local_as=65000)
+    lan = text[text.index("neighbor 192.168.1.1 {"):]
+    assert "local-address 192.168.1.2;" in lan and "peer-as 65010;" in lan
+    assert 'description "LAN router";' in lan and "hold-time 90;" in lan
+    v4, v6 = lan.split("neighbor fd00:1::1 {")
+    assert "family { ipv4 unicast; }" in v4 and "family { ipv6 unicast; }" in v6
+    # its state changes come to vtibgp, its UPDATEs do not (they are not used)
+    assert lan.count("neighbor-changes;") == 2 and "receive" not in lan
+    assert text.count("receive { parsed; update; notification; }") == 1  # the cloud peer's
+    conf = tmp_path / "exabgp.conf"
+    conf.write_text(text)
+    r = exabgp_validate(conf)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(("lan", "match"), [
+    ({"address": "192.168.1.1", "peer_as": 65010}, "missing required key 'local_address'"),
+    ({"address": "192.168.1.1", "peer_as": 65010, "local_address": "fd00::2"},
+     "an address of the peer's family"),
+    ({"address": "169.254.10.1", "peer_as": 65010, "local_address": "169.254.10.2"},
+     "not one of the cloud peers"),
+    ({"address": "192.168.1.1", "peer_as": 65010, "local_address": "192.168.1.2",
+      "hold": 3}, "unknown key; allowed here: address, peer_as"),
+])
+def test_lan_peer_errors(lan: dict[str, object], match: str) -> None:
+    with pytest.raises(ConfigError, match=match) as e:
+        parse({"peers": [{"address": "169.254.10.1"}], "export": {"lan_peers": [lan]}},
+              "test.yaml")
+    assert "test.yaml: export.lan_peers[0]" in str(e.value)

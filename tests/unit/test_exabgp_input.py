@@ -74,7 +74,7 @@ def attrs(
     origin: int = 0,
     as_path: tuple[int, ...] = (64512,),
     as_set: tuple[int, ...] = (),
-    med: int = 0,
+    med: int | None = None,
     local_pref: int | None = None,
 ) -> PathAttrs:
     return PathAttrs(next_hop, origin, as_path, as_set, med, local_pref)
@@ -144,7 +144,7 @@ def test_announce_attributes(version: str) -> None:
     by_prefix = {a.prefixes[0]: a for a in events_of(parsed(version, "receiver"), Announce)}
     assert by_prefix["10.1.0.0/16"].attrs == attrs(as_path=(64512, 64999), med=100)
     assert by_prefix["10.3.0.0/24"].attrs == attrs(origin=1, as_path=(64512, 65100, 65101), med=7)
-    assert by_prefix["192.168.50.7/32"].attrs == attrs(med=0)  # no MED attribute: 0
+    assert by_prefix["192.168.50.7/32"].attrs == attrs(med=None)  # no MED attribute: missing
     assert by_prefix["192.168.50.7/32"].attrs.local_pref is None  # eBGP: absent
     v6 = by_prefix["2001:db8:1::/48"]
     assert v6.family == "ipv6 unicast"

@@ -45,6 +45,7 @@ KERNEL_PARTS = {
     "acks": {_K + "codec", _K + "netlink"},
     "linkstate": {_K + "codec", _K + "netlink", "vtibgp.core.model"},
     "links": {_K + "linkstate", "vtibgp.core.model"},
+    "reachability": set(),
     "nexthops": {_K + "codec", _K + "nexthop_codec", _K + "netlink", _K + "linkstate",
                  "vtibgp.core.model"},
     "routedump": {_K + "codec", _K + "netlink", _K + "linkstate", "vtibgp.core.model"},

@@ -60,6 +60,19 @@ class TunnelConfig:
     teardown: bool = False  # on IPsec down, reset the BGP session (resync on return)
 
 
+@dataclass(frozen=True, slots=True)
+class LanPeerConfig:
+    """A BGP peer on the LAN side (`export.lan_peers`): a LAN router or another gateway. It is
+    told the cloud's prefixes that have a usable tunnel (next-hop self); what it sends is not
+    used."""
+
+    address: str
+    peer_as: int
+    local_address: str  # our address on the LAN, the session's source
+    description: str = ""
+    hold_time: int = 90
+
+
 FALLBACKS = ("none", "unreachable", "blackhole")
 WHEN_ALL_DOWN = ("auto", "keep", "withdraw")  # probe.when_all_down
 
@@ -105,6 +118,13 @@ class Config:
     export_backup_med: int | None = 200
     export_backup_prepend: int = 1
     export_local_as: int | None = None
+    # the LAN side: peers told the cloud's prefixes while a tunnel carries them, with this
+    # MED and this many extra copies of our AS (a standby gateway's are worse)
+    export_lan_peers: tuple[LanPeerConfig, ...] = ()
+    export_lan_med: int | None = None
+    export_lan_prepend: int = 0
+    # networks announced only while the kernel has a route to them that is not ours
+    export_reachable_only: bool = False
     nexthop_objects: str = "auto"  # "auto" (where the kernel has them), "on" or "off"
     peers: tuple[PeerConfig, ...] = field(default_factory=tuple)
     tunnels: tuple[TunnelConfig, ...] = field(default_factory=tuple)
@@ -360,7 +380,8 @@ _PEER_POLICY: dict[str, Any] = {
     "max_as_path_length": _int_range(1, 1000),
     "protected": _protected,
 }
-_POLICY: dict[str, Any] = {"martians": _martians, **_PEER_POLICY}
+_POLICY: dict[str, Any] = {"martians": _martians, **_PEER_POLICY,
+                           "med_missing_as_worst": _boolean}
 
 
 def _policy_fields(values: dict[str, Any]) -> dict[str, Any]:
@@ -447,6 +468,39 @@ def _med(ctx: _Ctx, path: str, v: Any) -> int | None:
     return _int_range(0, 0xFFFFFFFF)(ctx, path, v)
 
 
+def _hold_time(ctx: _Ctx, path: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not (v == 0 or 3 <= v <= 65535):
+        raise ctx.fail(path, "expected a BGP hold time in seconds: 0 or 3 to 65535", v)
+    return v
+
+
+_LAN_PEER: dict[str, Any] = {
+    "address": _address,
+    "peer_as": _int_range(1, 0xFFFFFFFF),
+    "local_address": _address,
+    "description": _text,
+    "hold_time": _hold_time,
+}
+
+
+def _lan_peers(ctx: _Ctx, path: str, v: Any) -> tuple[LanPeerConfig, ...]:
+    out = []
+    for i, item in enumerate(_items(ctx, path, v, _LAN_PEER, "address")):
+        where = f"{path}[{i}]"
+        for key in ("peer_as", "local_address"):
+            if key not in item:
+                raise ctx.fail(where, f"missing required key '{key}'", item)
+        if ipaddress.ip_address(item["address"]).version != \
+                ipaddress.ip_address(item["local_address"]).version:
+            raise ctx.fail(f"{where}.local_address", "an address of the peer's family",
+                           item["local_address"])
+        if item["address"] == item["local_address"]:
+            raise ctx.fail(f"{where}.local_address", "our own address, not the peer's",
+                           item["local_address"])
+        out.append(LanPeerConfig(**item))
+    return tuple(out)
+
+
 # key -> (Config field, check). Sections are nested dicts in YAML, flat fields here.
 _TOP: dict[str, Any] = {
     "log_level": ("log_level", _choice(*LOG_LEVELS)),
@@ -486,6 +540,10 @@ _TOP: dict[str, Any] = {
         "backup_med": ("export_backup_med", _med),
         "backup_prepend": ("export_backup_prepend", _int_range(0, 10)),
         "local_as": ("export_local_as", _int_range(1, 0xFFFFFFFF)),
+        "reachable_only": ("export_reachable_only", _boolean),
+        "lan_peers": ("export_lan_peers", _lan_peers),
+        "lan_med": ("export_lan_med", _med),
+        "lan_prepend": ("export_lan_prepend", _int_range(0, 10)),
     },
     "probe": {
         "enabled": ("probe_enabled", _boolean),
@@ -655,6 +713,10 @@ def parse(data: Any, source: str = "<config>") -> Config:
     if (cfg.metrics_tls_cert is None) != (cfg.metrics_tls_key is None):
         raise ctx.fail("metrics.tls_cert" if cfg.metrics_tls_cert is None else "metrics.tls_key",
                        "tls_cert and tls_key together (or neither)", None)
+    for i, lp in enumerate(cfg.export_lan_peers):
+        if cfg.peer(lp.address) is not None:
+            raise ctx.fail(f"export.lan_peers[{i}].address", "a LAN-side peer, not one of the "
+                           "cloud peers under peers:", lp.address)
     if not cfg.peers and not cfg.accept_unconfigured_peers:
         raise ctx.fail("peers", "at least one peer (or accept_unconfigured_peers: true)", [])
     return cfg
@@ -674,4 +736,5 @@ def load(path: str | Path) -> Config:
     return parse(data, str(p))
 
 
-__all__ = ["FAMILIES", "Config", "ConfigError", "PeerConfig", "TunnelConfig", "load", "parse"]
+__all__ = ["FAMILIES", "Config", "ConfigError", "LanPeerConfig", "PeerConfig", "TunnelConfig",
+           "load", "parse"]

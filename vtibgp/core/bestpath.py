@@ -28,6 +28,13 @@ from vtibgp.core.settings import CoreSettings, PeerSettings
 SHAPE_CACHE = 4096  # distinct (family, candidate paths) combinations remembered
 INTERN_CACHE = 4096  # distinct shapes and nexthop sets shared between prefixes
 Candidates = list[tuple[PeerAddr, PathAttrs]]
+MED_WORST = 0xFFFFFFFF
+
+
+def _missing_med(settings: CoreSettings) -> int:
+    """What a path without a MED compares as: 0, or the worst (missing-as-worst)."""
+    pol = settings.policy
+    return MED_WORST if pol is not None and pol.med_missing_as_worst else 0
 
 
 class BestPath:
@@ -37,6 +44,7 @@ class BestPath:
         self.peers = peers
         self.device_of = device_of
         self._order_cache: dict[PeerAddr, tuple[int, int]] = {}
+        self.missing_med = _missing_med(settings)
         self._shapes: dict[tuple[object, ...], tuple[tuple[PathAttrs, ...], Shape]] = {}
         # One object per distinct shape and nexthops value, so that comparing what is
         # installed with what is wanted is mostly an identity test.
@@ -45,6 +53,7 @@ class BestPath:
 
     def configure(self, settings: CoreSettings, peers: Mapping[PeerAddr, PeerSettings]) -> None:
         self.settings, self.peers = settings, peers
+        self.missing_med = _missing_med(settings)
         self.forget()
 
     def forget(self) -> None:
@@ -100,7 +109,7 @@ class BestPath:
             -(a.local_pref if a.local_pref is not None else DEFAULT_LOCAL_PREF),
             a.as_path_len,
             a.origin,
-            a.med,
+            a.med if a.med is not None else self.missing_med,
             order,
         )
 

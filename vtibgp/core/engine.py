@@ -23,8 +23,9 @@ from operator import attrgetter
 
 from vtibgp.core.bestpath import BestPath
 from vtibgp.core.decision import Decision, HeldBack, LimitCrossed, Scope
-from vtibgp.core.export import Announcement, ExportChange, best_of, groups, plan
+from vtibgp.core.export import Announcement, ExportChange, ExportSettings, best_of, groups, plan
 from vtibgp.core.installed import Installed, KernelState, Shape, Steps
+from vtibgp.core.lan import LanFeed
 from vtibgp.core.model import (
     Announce,
     DeviceState,
@@ -37,6 +38,7 @@ from vtibgp.core.model import (
     KernelFlushed,
     KernelRoute,
     KernelRoutesFound,
+    NetworksReachable,
     NextHop,
     NotificationReceived,
     OpKind,
@@ -108,6 +110,12 @@ class Core:
         self._export_now = False
         self._export_soon = False
         self.local_as = settings.export.local_as if settings.export else None
+        # with export.reachable_only: the networks the kernel has another route to (None:
+        # not known yet, so none is announced)
+        self.reachable: frozenset[Prefix] | None = None
+        lan = settings.export.lan if settings.export else None
+        self.lan = LanFeed(lan) if lan is not None else None
+        self.lan_sessions: dict[PeerAddr, str] = {}  # the LAN peers' session states
 
     # ---------------------------------------------------------------- queries
 
@@ -280,6 +288,9 @@ class Core:
             ops += self._sync_probes()
         if self._export_now or out.tunnels:
             self._sync_exports()
+        if self.lan is not None and self.in_kernel.synced and \
+                not isinstance(event, Announce | Withdraw):
+            out.exports += self.lan.sync(self.adj.prefixes, self._carried, self.local_as)
         lost = self.in_kernel.lost
         if lost and not isinstance(event, KernelFlushed):
             # the event behind the kernel's flush is in: what the flush took away that is
@@ -292,6 +303,14 @@ class Core:
 
     def _handle(self, event: Event) -> list[RouteOp]:
         match event:
+            case Announce() if self._lan_peer(event.peer):
+                return []  # what the LAN sends is not ours to install
+            case Withdraw() if self._lan_peer(event.peer):
+                return []
+            case PeerState() if self._lan_peer(event.peer):
+                self.lan_sessions[event.peer] = event.state
+                self._learn_local_as(event.local_as)
+                return []
             case Announce():
                 self._export_soon = True
                 ops: list[RouteOp] = self._announce(event)
@@ -308,9 +327,7 @@ class Core:
                 self._export_soon = True
                 return self._withdraw(event)
             case PeerState():
-                if event.local_as is not None and self.settings.export is not None \
-                        and self.settings.export.local_as is None:
-                    self.local_as = event.local_as
+                self._learn_local_as(event.local_as)
                 self._export_now = True
                 return self._peer_state(event)
             case EndOfRib():
@@ -365,6 +382,11 @@ class Core:
                 return self._reconfigure(event.settings)
             case OutsideLearned():
                 return self._learn_outside(event.peer, event.addresses)
+            case NetworksReachable():
+                if event.networks != self.reachable:
+                    self.reachable = event.networks
+                    self._export_now = True
+                return []
             case Stopping():
                 if not event.withdraw:
                     return []
@@ -373,6 +395,18 @@ class Core:
             case NotificationReceived() | ExabgpShutdown():
                 return []
         raise TypeError(f"not an event: {event!r}")  # pragma: no cover
+
+    def _lan_peer(self, peer: PeerAddr) -> bool:
+        return self.lan is not None and any(p == peer for p, _ in self.lan.settings.peers)
+
+    def _learn_local_as(self, local_as: int | None) -> None:
+        ex = self.settings.export
+        if local_as is not None and ex is not None and ex.local_as is None:
+            self.local_as = local_as
+
+    def _carried(self, prefix: Prefix) -> bool:
+        """Whether a usable tunnel carries a path of `prefix` (told to the LAN peers)."""
+        return bool(self._candidates(prefix))
 
     def _learn_outside(self, peer: PeerAddr, found: tuple[str, ...]) -> list[RouteOp]:
         """The IPsec daemon told us the tunnel's outside endpoint (PLUTO_PEER): from now on
@@ -411,6 +445,7 @@ class Core:
         if settings.export is not None and settings.export.local_as is not None:
             self.local_as = settings.export.local_as
         self._export_now = True
+        self._reconfigure_lan(settings)
         self._set_policy(settings.policy)
         if self.import_policy is not None:
             for peer, found in self.outside.items():
@@ -693,7 +728,7 @@ class Core:
                     preferred = cands
                 for peer, ann in plan(ex, group, preferred, self.local_as,
                                       self._unheard_med(group)).items():
-                    want[peer] = dict.fromkeys(ex.networks, ann)
+                    want[peer] = dict.fromkeys(self._networks(ex), ann)
                     if self.usable(peer) and self.sessions.get(peer) == "up":
                         self._heard[peer] = ann
                     elif self.sessions.get(peer) != "up":
@@ -714,6 +749,14 @@ class Core:
             else:
                 self.exported.pop(peer, None)
 
+    def _networks(self, ex: ExportSettings) -> tuple[Prefix, ...]:
+        """Our networks to announce: all, or with `reachable_only` those the kernel has a
+        route to that is not ours (none before the shell has looked)."""
+        if not ex.reachable_only:
+            return ex.networks
+        reachable = self.reachable or frozenset()
+        return tuple(n for n in ex.networks if n in reachable)
+
     def _unheard_med(self, group: list[PeerAddr]) -> int | None:
         """The lowest MED the cloud still holds from a peer of `group` whose session is up
         but whose tunnel is not usable (it does not hear our changes)."""
@@ -729,6 +772,27 @@ class Core:
         for peer, anns in sorted(self.exported.items()):
             self._out.exports.append(ExportChange(peer, tuple(anns), None))
         self.exported.clear()
+        if self.lan is not None:
+            self._out.exports += self.lan.withdraw_all()
+
+    def _reconfigure_lan(self, settings: CoreSettings) -> None:
+        """New LAN peers: a peer no longer configured is told to withdraw everything (its
+        session ends when ExaBGP is reloaded with the new config), a new one all of it."""
+        lan = settings.export.lan if settings.export is not None else None
+        if self.lan is None:
+            self.lan = LanFeed(lan) if lan is not None else None
+            return
+        kept = dict(lan.peers) if lan is not None else {}
+        gone = [p for p, _ in self.lan.settings.peers if p not in kept]
+        self._out.exports += [ExportChange(p, told, None) for p in gone
+                              if (told := self.lan.of_family(p))]
+        if lan is None:
+            self.lan = None
+            return
+        fresh = [p for p, _ in lan.peers if p not in dict(self.lan.settings.peers)]
+        self.lan.configure(lan)
+        if fresh:
+            self.lan.told.clear()  # (re-announced to every peer alike: the same set to each)
 
     def next_timer(self) -> float | None:
         """When the core next needs a Tick without any input (a hold-down ending, a probe's
@@ -761,6 +825,9 @@ class Core:
         identities of their paths; and the ops between two shapes are worked out once.
         `held`: a (peer, path) that every one of `prefixes` holds (just announced), so that
         the peer's table is not looked up again."""
+        if self.lan is not None:  # what the LAN is told of them may change too
+            prefixes = list(prefixes)
+            self.lan.touch(prefixes)
         ops: list[RouteOp] = []
         add = ops.append
         ks = self.in_kernel

@@ -18,8 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from vtibgp.core.model import PeerAddr, Prefix
+
+if TYPE_CHECKING:  # (the LAN side builds on the announcements here)
+    from vtibgp.core.lan import LanSettings
 
 STEERINGS = ("symmetric", "ecmp", "none")
 SAMPLE = 64  # prefixes per peer looked at to find the connection's best tunnel
@@ -33,6 +37,8 @@ class ExportSettings:
     backup_med: int | None = 200  # the others'
     backup_prepend: int = 1  # extra copies of the local AS on the others' AS path
     local_as: int | None = None  # None: learned from the sessions (ExaBGP's state messages)
+    reachable_only: bool = False  # only the networks the kernel has another route to
+    lan: LanSettings | None = None  # the LAN side's peers (core/lan.py)
 
 
 @dataclass(frozen=True, slots=True)

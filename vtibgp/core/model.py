@@ -32,7 +32,9 @@ class PathAttrs:
     origin: int = 0  # 0 igp, 1 egp, 2 incomplete
     as_path: tuple[int, ...] = ()  # AS_SEQUENCE segments, flattened in order
     as_set: tuple[int, ...] = ()  # AS_SET members (counts as one hop, RFC 4271 9.1.2.2)
-    med: int = 0  # missing MED compares as 0 (RFC 4271 default)
+    # None: the UPDATE had no MED; it compares as 0 (RFC 4271's default), or as the worst with
+    # policy.med_missing_as_worst (FRR's `bgp bestpath med missing-as-worst`)
+    med: int | None = None
     local_pref: int | None = None  # absent on eBGP
 
     @property
@@ -218,6 +220,14 @@ class Stopping:
     withdraw: bool
 
 
+@dataclass(frozen=True, slots=True)
+class NetworksReachable:
+    """Which of our networks (export.networks) the kernel has a route to that is not ours:
+    with `export.reachable_only`, only these are announced."""
+
+    networks: frozenset[Prefix]
+
+
 Event = (
     PeerState
     | Announce
@@ -239,6 +249,7 @@ Event = (
     | OutsideLearned
     | Reconcile
     | Stopping
+    | NetworksReachable
 )
 
 

@@ -169,6 +169,7 @@ class PolicySettings:
     max_as_path_length: int = 64
     prefix_list: tuple[PrefixRule, ...] = ()
     protected: tuple[Prefix, ...] = ()
+    med_missing_as_worst: bool = False  # a path without a MED ranks as if its MED were 2^32-1
     peers: Mapping[PeerAddr, PeerPolicySettings] = field(default_factory=dict)
 
     def for_peer(self, peer: PeerAddr) -> PolicySettings:

@@ -89,4 +89,4 @@ def best_own(paths: Mapping[int, PathAttrs]) -> PathAttrs:
     same tunnel as the others would."""
     return min(paths.items(), key=lambda kv: (
         -(kv[1].local_pref if kv[1].local_pref is not None else DEFAULT_LOCAL_PREF),
-        kv[1].as_path_len, kv[1].origin, kv[1].med, kv[0]))[1]
+        kv[1].as_path_len, kv[1].origin, kv[1].med or 0, kv[0]))[1]

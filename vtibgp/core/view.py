@@ -72,6 +72,16 @@ def device_view(core: Core, device: str) -> dict[str, Any]:
             "probe": core.probe_state(device)}
 
 
+def lan_view(core: Core) -> dict[PeerAddr, dict[str, Any]]:
+    """Each LAN-side peer: its session state (None: no state message yet) and how many of
+    the cloud's prefixes it is told."""
+    if core.lan is None:
+        return {}
+    counts = core.lan.counts()
+    return {peer: {"state": core.lan_sessions.get(peer), "announced": counts[peer]}
+            for peer, _ in core.lan.settings.peers}
+
+
 def peers_seen(core: Core) -> set[PeerAddr]:
     """Every peer a state message or a path came from."""
     return {*core.sessions, *core.rib}

@@ -370,7 +370,8 @@ def _as_path_50(segments: dict[str, Any]) -> tuple[list[int], list[int]]:
     return sequence, as_set
 
 
-def _json_attrs(attribute: object) -> tuple[int, tuple[int, ...], tuple[int, ...], int, int | None]:
+def _json_attrs(attribute: object) -> tuple[int, tuple[int, ...], tuple[int, ...], int | None,
+                                           int | None]:
     """(origin, as_path, as_set, med, local_pref) from an update's "attribute" object, either
     API version. Raises _BadLine(REASON_ATTRIBUTE) if they cannot be read."""
     if attribute is None:
@@ -395,8 +396,8 @@ def _json_attrs(attribute: object) -> tuple[int, tuple[int, ...], tuple[int, ...
         extra = attribute.get("as-set")
         as_set = [] if extra is None else _asn_list(extra, "as-set")
 
-    med = attribute.get("med", 0)
-    if not _is_u32(med):
+    med = attribute.get("med")
+    if med is not None and not _is_u32(med):
         raise _BadLine(REASON_ATTRIBUTE, f"med is not a 32-bit number: {_short(med)}")
     local_pref = attribute.get("local-preference")
     if local_pref is not None and not _is_u32(local_pref):
@@ -514,7 +515,7 @@ def _announces(
     """The announcements of an update into `out`; those that cannot be used (RFC 7606
     treat-as-withdraw: attributes that cannot be read, no usable next-hop) into `withdrawn`,
     as withdrawals of their prefixes."""
-    values: tuple[int, tuple[int, ...], tuple[int, ...], int, int | None] | None = None
+    values: tuple[int, tuple[int, ...], tuple[int, ...], int | None, int | None] | None = None
     bad_attrs: _BadLine | None = None
     for name, by_next_hop in announce.items():
         family = _family(name)
@@ -874,7 +875,7 @@ def parse_adj_rib_line(text: str, *, api_version: str | None = None) -> Announce
         index += 2
     next_hop: str | None = None
     origin: int | None = None
-    med = 0
+    med: int | None = None
     local_pref: int | None = None
     path: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
     depth = 0

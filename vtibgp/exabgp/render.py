@@ -101,17 +101,19 @@ def render_process(run: str, *, name: str = PROCESS_NAME) -> str:
     return "\n".join([f"process {name} {{", f"    run {run};", "    encoder json;", "}"])
 
 
-def render_api(process: str = PROCESS_NAME, extra: str = "") -> str:
+def render_api(process: str = PROCESS_NAME, extra: str = "", *, receive: bool = True) -> str:
     """A neighbor's `api { ... }` block, indented for inside `neighbor ... { }` (no trailing
     newline): `process` gets the session's state changes and parsed updates and
     notifications. `extra` is more api configuration (e.g. `send { parsed; update; }`),
-    written as given, one statement a line."""
+    written as given, one statement a line. `receive=False`: the state changes only (a
+    LAN-side peer, whose routes are not used)."""
     lines = [
         "    api {",
         f"        processes [ {process} ];",
         "        neighbor-changes;",
-        "        receive { parsed; update; notification; }",
     ]
+    if receive:
+        lines.append("        receive { parsed; update; notification; }")
     lines += [f"        {line.strip()}" for line in extra.splitlines() if line.strip()]
     lines.append("    }")
     return "\n".join(lines)
@@ -120,7 +122,7 @@ def render_api(process: str = PROCESS_NAME, extra: str = "") -> str:
 def render_neighbor(peer: str, *, router_id: str, local_address: str, local_as: int,
                     peer_as: int, hold_time: int, families: Sequence[str],
                     process: str = PROCESS_NAME, description: str = "",
-                    extra_api: str = "") -> str:
+                    extra_api: str = "", receive: bool = True) -> str:
     """One `neighbor <peer> { ... }` stanza (no trailing newline), its api block from
     :func:`render_api`. `families` as in vtibgp.yaml, e.g. `("ipv4 unicast",)`. The values are
     written as given: :func:`render` checks them first."""
@@ -135,7 +137,7 @@ def render_neighbor(peer: str, *, router_id: str, local_address: str, local_as: 
         f"    hold-time {hold_time};",
         "    capability { route-refresh; }",
         "    family { " + " ".join(f"{f};" for f in families) + " }",
-        render_api(process, extra_api),
+        render_api(process, extra_api, receive=receive),
         "}",
     ]
     return "\n".join(lines)
@@ -232,11 +234,20 @@ def render(cfg: Config, *, plugin_command: str, local_as: int,
         render_process(plugin_command.strip()),
         "",
     ]
-    out.append("\n\n".join(
+    stanzas = [
         render_neighbor(n.peer, router_id=str(rid), local_address=n.local_address,
                         local_as=local_as, peer_as=n.peer_as, hold_time=n.hold_time,
                         families=n.families, description=n.description)
-        for n in neighbors))
+        for n in neighbors]
+    # the LAN side (export.lan_peers): told the cloud's prefixes, their own routes not read
+    stanzas += [
+        render_neighbor(lp.address, router_id=str(rid), local_address=lp.local_address,
+                        local_as=local_as, peer_as=lp.peer_as, hold_time=lp.hold_time,
+                        families=("ipv6 unicast" if ":" in lp.address else "ipv4 unicast",),
+                        description=_text(f"export.lan_peers ({lp.address}): description",
+                                          lp.description or "LAN side"), receive=False)
+        for lp in cfg.export_lan_peers]
+    out.append("\n\n".join(stanzas))
     return "\n".join(out) + "\n"
 
 

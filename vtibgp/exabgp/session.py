@@ -27,6 +27,9 @@ from vtibgp.core.export import ExportChange
 from vtibgp.core.model import Announce, Event, Family, PeerState, ResyncDone, Withdraw
 from vtibgp.exabgp.parse import AdjRibReader, LineKind, answer_line, parse_line
 
+# prefixes per announce/withdraw command (the LAN side's are the cloud's table; ExaBGP packs
+# each command's prefixes into as few UPDATEs as fit)
+EXPORT_CHUNK: Final = 500
 RESYNC_QUIET: Final = 0.5  # seconds without stray answer lines before the resync is asked
 # `show neighbor summary`: the FSM states ExaBGP prints (lower case), and what `status` calls
 # them (the words of ExaBGP's `state` messages)
@@ -189,20 +192,22 @@ class ExabgpSession:
         self._queue(_Pending(command, _ignore_line, _ignore_end))
 
     def export(self, change: ExportChange) -> None:
-        """Announce (next-hop self) or withdraw some of our networks to one peer, in one
-        command, so in one UPDATE. An `error` answer comes back as a warning note."""
-        nlri = " ".join(change.prefixes)
+        """Announce (next-hop self) or withdraw some prefixes to one peer: one command per
+        EXPORT_CHUNK prefixes (a few networks: one command, so one UPDATE). An `error`
+        answer comes back as a warning note."""
         ann = change.announcement
         if ann is None:
-            command = f"neighbor {change.peer} withdraw attributes next-hop self nlri {nlri}"
+            head = f"neighbor {change.peer} withdraw attributes next-hop self nlri"
         else:
             attrs = "next-hop self"
             if ann.med is not None:
                 attrs += f" med {ann.med}"
             if ann.as_path:
                 attrs += f" as-path [ {' '.join(map(str, ann.as_path))} ]"
-            command = f"neighbor {change.peer} announce attributes {attrs} nlri {nlri}"
-        self._queue(_Pending(command, _ignore_line, _refused(command)))
+            head = f"neighbor {change.peer} announce attributes {attrs} nlri"
+        for i in range(0, len(change.prefixes), EXPORT_CHUNK):
+            command = f"{head} {' '.join(change.prefixes[i:i + EXPORT_CHUNK])}"
+            self._queue(_Pending(command, _ignore_line, _refused(command)))
 
     def teardown(self, peer: str, subcode: int) -> None:
         """Reset the BGP session with `peer` (a Cease with `subcode`)."""

@@ -17,6 +17,12 @@ IPsec tunnels share one device with libreswan's ``vti-shared=yes`` (road warrior
 
       vti01 += 169.254.12.2/30 fd00:12::2/64        tun1 += 169.254.12.1/30 fd00:12::1/64
 
+``Topology(tunnels=(6, 7))`` (with ``tunnels=(6, 7)`` for the daemons) is a transit gateway
+VPN with IPv6 inside addresses only: the BGP sessions run over IPv6 and carry ipv6 unicast::
+
+      vti06 fd00:0:0:60::2/126  <-veth->  tun6 fd00:0:0:60::1/126
+      vti07 fd00:0:0:70::2/126  <-veth->  tun7 fd00:0:0:70::1/126
+
 Every instance gets a random tag, so parallel or aborted runs never collide. Before creating
 anything, a marker naming the owning process is written to ``/run/vtibgp-harness/<tag>``;
 :func:`cleanup_stale` deletes the namespaces (and kills the processes inside them) whose owner
@@ -102,11 +108,19 @@ class Tunnel:
     # the tunnel whose veth pair this one rides on (its addresses are extra ones on those
     # devices: libreswan's vti-shared=yes); None: it owns its pair
     shares: int | None = None
+    # IPv6 inside addresses only (an AWS transit gateway VPN with TunnelInsideIpVersion
+    # ipv6): no IPv4 address on the pair, and the BGP session runs over IPv6
+    v6_only: bool = False
 
     @property
     def owner(self) -> int:
         """The tunnel that owns the devices (``n`` itself unless this one is shared)."""
         return self.n if self.shares is None else self.shares
+
+    @property
+    def session(self) -> tuple[str, str]:
+        """(gateway, aws) addresses of the BGP session over this tunnel."""
+        return (self.gw_v6, self.aws_v6) if self.v6_only else (self.gw_v4, self.aws_v4)
 
 
 # the two tunnels of an AWS Site-to-Site VPN connection, each with its own device
@@ -119,7 +133,13 @@ SHARED_TUNNELS: Mapping[int, Tunnel] = {
     3: Tunnel(3, "vti01", "tun1", "169.254.12.2", "169.254.12.1", "fd00:12::2", "fd00:12::1",
               shares=1),
 }
-ALL_TUNNELS: Mapping[int, Tunnel] = {**TUNNELS, **SHARED_TUNNELS}
+# the two tunnels of a transit gateway VPN with IPv6 inside /126s from fd00::/8 (the VGW end
+# the first usable address, ours the second), only in a topology that asks for them
+V6_TUNNELS: Mapping[int, Tunnel] = {
+    n: Tunnel(n, f"vti0{n}", f"tun{n}", "", "", f"fd00:0:0:{n}0::2", f"fd00:0:0:{n}0::1",
+              plen_v6=126, v6_only=True) for n in (6, 7)
+}
+ALL_TUNNELS: Mapping[int, Tunnel] = {**TUNNELS, **SHARED_TUNNELS, **V6_TUNNELS}
 DEFAULT_TUNNELS = (1, 2)
 
 
@@ -540,7 +560,8 @@ class Topology:
                 ("gw", r.gw_dev, r.gw_v4, r.gw_v6),
                 ("aws", r.aws_dev, r.aws_v4, r.aws_v6),
             ):
-                self.ip(ns, "addr", "add", f"{v4}/{r.plen_v4}", "dev", dev)
+                if not r.v6_only:
+                    self.ip(ns, "addr", "add", f"{v4}/{r.plen_v4}", "dev", dev)
                 self.ip(ns, "-6", "addr", "add", f"{v6}/{r.plen_v6}", "dev", dev, "nodad")
         if not self.link_local:
             self.ip("aws", "link", "set", "dev", t.aws_dev, "addrgenmode", "none")
@@ -778,6 +799,21 @@ def tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def birdc(program: str, socket: str | os.PathLike[str], *args: str,
+          timeout: float = 10.0) -> str:
+    """Run a birdc command on BIRD's control `socket`; raise HarnessError if BIRD answers
+    with an error code."""
+    out = _cmd([program, "-s", str(socket), *args], timeout=timeout)
+    for line in out.splitlines():
+        # birdc reply lines: "NNNN-text"/"NNNN text"; 8xxx/9xxx are errors
+        m = re.match(r"^([89]\d{3})[ -](.*)", line)
+        if m:
+            raise HarnessError(f"birdc {' '.join(args)}: {m.group(2)}\n{out}")
+        if line.startswith("syntax error") or "Parse error" in line:
+            raise HarnessError(f"birdc {' '.join(args)}: {line}\n{out}")
+    return out
+
+
 class BirdPeer(_Daemon):
     """BIRD 2 in the aws namespace, AS 64512, one BGP session per tunnel to the gateway.
     ``tunnels`` picks the sessions (protocols ``tun1``, ``tun2``, and ``tun3`` over tunnel 1's
@@ -875,12 +911,15 @@ class BirdPeer(_Daemon):
             med = "if defined(bgp_med) then bgp_med = bgp_med;"
             lines.append(f"filter export_t{n} {{ {med}{prep} accept; }}")
             keep = f"keepalive time {self.keepalive_time};" if self.keepalive_time else ""
+            gw_addr, aws_addr = t.session
+            v4_channel = "" if t.v6_only else (
+                f"ipv4 {{ table t{n}v4; import all; export filter export_t{n}; }};")
             lines.append(
                 f"""protocol bgp tun{n} {{
   description "tunnel {n} ({t.aws_dev} -> {t.gw_dev}{shared})";
   disabled {"yes" if n in self.disabled else "no"};
-  local {t.aws_v4} as {AWS_ASN};
-  neighbor {t.gw_v4} as {GW_ASN};
+  local {aws_addr} as {AWS_ASN};
+  neighbor {gw_addr} as {GW_ASN};
   interface "{t.aws_dev}";
   direct;
   passive {"on" if self.passive else "off"};
@@ -891,7 +930,7 @@ class BirdPeer(_Daemon):
   error wait time 1, 5;
   error forget time 10;
   graceful restart off;
-  ipv4 {{ table t{n}v4; import all; export filter export_t{n}; }};
+  {v4_channel}
   ipv6 {{ table t{n}v6; import all; export filter export_t{n};
           next hop address {t.aws_v6}; }};
 }}"""
@@ -1015,15 +1054,7 @@ class BirdPeer(_Daemon):
     # -- control
     def birdc(self, *args: str, timeout: float = 10.0) -> str:
         """Run a birdc command; raise HarnessError if BIRD answers with an error code."""
-        out = _cmd([self.birdc_bin, "-s", str(self.socket), *args], timeout=timeout)
-        for line in out.splitlines():
-            # birdc reply lines: "NNNN-text"/"NNNN text"; 8xxx/9xxx are errors
-            m = re.match(r"^([89]\d{3})[ -](.*)", line)
-            if m:
-                raise HarnessError(f"birdc {' '.join(args)}: {m.group(2)}\n{out}")
-            if line.startswith("syntax error") or "Parse error" in line:
-                raise HarnessError(f"birdc {' '.join(args)}: {line}\n{out}")
-        return out
+        return birdc(self.birdc_bin, self.socket, *args, timeout=timeout)
 
     def configure(self) -> None:
         """Write the config from the current state and make BIRD load it."""
@@ -1182,9 +1213,11 @@ class ExaBGPGateway(_Daemon):
         process_name: str = "vtibgp",
         env: Mapping[str, str] | None = None,
         extra_api: str = "",
+        lan_peers: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         if not command:
             raise ValueError("command must be a non-empty argv list")
+        self.lan_peers = list(lan_peers)  # export.lan_peers entries: neighbors too
         self.topology = topology
         self.tunnels = _sessions(topology, tunnels)  # before anything is created on disk
         self.command = list(command)
@@ -1211,19 +1244,26 @@ class ExaBGPGateway(_Daemon):
         parts = [render_process(str(self.wrapper_path), name=self.process_name)]
         for n in self.tunnels:
             t = self.topology.tunnels[n]
+            gw_addr, aws_addr = t.session
             parts.append(
                 render_neighbor(
-                    t.aws_v4,
+                    aws_addr,
                     router_id=TUNNELS[1].gw_v4,
-                    local_address=t.gw_v4,
+                    local_address=gw_addr,
                     local_as=GW_ASN,
                     peer_as=AWS_ASN,
                     hold_time=self.hold_time,
-                    families=("ipv4 unicast", "ipv6 unicast"),
+                    families=("ipv6 unicast",) if t.v6_only else ("ipv4 unicast",
+                                                                  "ipv6 unicast"),
                     process=self.process_name,
                     extra_api=self.extra_api,
                 )
             )
+        for lp in self.lan_peers:  # the LAN side: told the cloud's prefixes, not read
+            parts.append(render_neighbor(
+                lp["address"], router_id=TUNNELS[1].gw_v4, local_address=lp["local_address"],
+                local_as=GW_ASN, peer_as=lp["peer_as"], hold_time=lp.get("hold_time", 90),
+                families=("ipv4 unicast",), process=self.process_name, receive=False))
         return "\n\n".join(parts) + "\n"
 
     def env(self) -> dict[str, str]:

@@ -32,6 +32,7 @@ from vtibgp.core import view
 from vtibgp.core.decision import Decision
 from vtibgp.core.engine import Core, coalesce
 from vtibgp.core.export import ExportSettings
+from vtibgp.core.lan import LanSettings
 from vtibgp.core.model import (
     Announce,
     DeviceState,
@@ -41,6 +42,7 @@ from vtibgp.core.model import (
     KernelFlushed,
     KernelRoute,
     KernelRoutesFound,
+    NetworksReachable,
     NotificationReceived,
     OpKind,
     OpResult,
@@ -60,6 +62,7 @@ from vtibgp.core.probe import ProbeSettings
 from vtibgp.core.settings import CoreSettings, PeerSettings
 from vtibgp.exabgp.parse import LineKind
 from vtibgp.exabgp.session import EXABGP_SHUTDOWN_REASONS, RESYNC_QUIET, ExabgpSession
+from vtibgp.kernel.reachability import NetlinkError, reachable
 from vtibgp.shell import metrics as m
 from vtibgp.shell.prober import Prober, ProbeTarget
 from vtibgp.shell.report import Reporter
@@ -75,6 +78,7 @@ GAUGE_INTERVAL = 1.0  # seconds between route-count gauge updates
 LOGGED_REJECTIONS = 10_000  # (peer, prefix, reason) remembered so each is logged once
 TICK = 0.25  # seconds: how often timers and signals are looked at when idle
 START_WAIT = 1.0  # seconds start-up waits for that quiet at most (then the loop waits for it)
+REACHABLE_INTERVAL = 2.0  # seconds between looks at our networks' routes (reachable_only)
 APPLY_AT = 65_536  # route ops: a batch that has made this many goes to the kernel at once
 _KIND = attrgetter("kind")  # RouteOp -> OpKind
 _NEXT_HOP = attrgetter("next_hop")  # PathAttrs -> its BGP next-hop
@@ -160,10 +164,14 @@ def core_settings(cfg: Config) -> CoreSettings:
 
 
 def export_settings(cfg: Config) -> ExportSettings | None:
-    if not cfg.export_networks:
+    if not cfg.export_networks and not cfg.export_lan_peers:
         return None
+    lan = LanSettings(tuple((p.address, p.peer_as) for p in cfg.export_lan_peers),
+                      cfg.export_lan_med, cfg.export_lan_prepend) if cfg.export_lan_peers \
+        else None
     return ExportSettings(cfg.export_networks, cfg.export_steering, cfg.export_med,
-                          cfg.export_backup_med, cfg.export_backup_prepend, cfg.export_local_as)
+                          cfg.export_backup_med, cfg.export_backup_prepend, cfg.export_local_as,
+                          cfg.export_reachable_only, lan)
 
 
 def probe_settings(cfg: Config) -> ProbeSettings | None:
@@ -223,6 +231,7 @@ class Daemon:
         self.reload_requested = False
         self._discovered: set[str] = set()
         self.next_reconcile = time.monotonic() + cfg.reconcile_interval
+        self.next_reachable = 0.0  # (export.reachable_only: looked at from the first tick)
         self.next_gauges = 0.0
         self.report = Reporter(cfg, self.core)  # logs, metrics, status
         # the prober (run() makes it; none in dry-run and in tests), and what it should probe
@@ -408,6 +417,7 @@ class Daemon:
     def _resync(self) -> None:
         """Ask ExaBGP which sessions are established and what their adj-rib-in holds; the
         answer comes back through the session as replayed events."""
+        log.info("resync: asking ExaBGP for its sessions and adj-rib-in")
         self.session.resync()
         self._write_commands()
 
@@ -658,6 +668,9 @@ class Daemon:
             if self.commands is not None:
                 log.info("max-prefix restart delay over: asking ExaBGP for its adj-rib-in")
                 self._resync()
+        if self.cfg.export_reachable_only and now >= self.next_reachable:
+            self.next_reachable = now + REACHABLE_INTERVAL
+            self._look_reachable()
         if self.cfg.reconcile_interval and now >= self.next_reconcile:
             t0 = time.perf_counter()
             self.reconcile()
@@ -670,6 +683,24 @@ class Daemon:
             self.report.route_gauges()
             # they walk every route: at most ~5% of the loop's time on a large table
             self.next_gauges = now + max(GAUGE_INTERVAL, 20 * (time.perf_counter() - t0))
+
+    def _look_reachable(self) -> None:
+        """export.reachable_only: which of our networks the kernel has another route to (a
+        lookup each); a netlink error keeps what was known (nothing is withdrawn on it)."""
+        try:
+            found = reachable(self.cfg.export_networks, self.cfg.protocol)
+        except (OSError, NetlinkError) as e:
+            code = e.code if isinstance(e, NetlinkError) else e.errno
+            m.KERNEL_ERRORS.labels(errno_mod.errorcode.get(code or 0, "EIO")).inc()
+            log.warning("reachable_only: route lookup of our networks failed (%s); keeping "
+                        "what was announced", e)
+            return
+        if found != self.core.reachable:
+            gone = sorted(set(self.core.reachable or ()) - found)
+            log.info("reachable_only: %s", "; ".join(filter(None, [
+                f"reachable {' '.join(sorted(found))}" if found else "none reachable",
+                f"no longer {' '.join(gone)}" if gone else ""])))
+        self._perform(self.core.handle(NetworksReachable(found)))
 
     def reconcile(self) -> None:
         """Periodic scan: repair what the kernel lost or someone else changed."""
@@ -725,8 +756,12 @@ class Daemon:
         for change in d.exports:
             self.session.export(change)
             ann = change.announcement
-            log.info("return path: %s %s %s%s", "announce" if ann else "withdraw",
-                     " ".join(change.prefixes), f"to {change.peer}",
+            what = " ".join(change.prefixes) if len(change.prefixes) <= 8 else \
+                f"{len(change.prefixes)} prefixes ({' '.join(change.prefixes[:4])} ...)"
+            side = "LAN side" if any(lp.address == change.peer
+                                     for lp in self.cfg.export_lan_peers) else "return path"
+            log.info("%s: %s %s %s%s", side, "announce" if ann else "withdraw",
+                     what, f"to {change.peer}",
                      "" if ann is None else
                      f" ({'preferred' if ann.preferred else 'less preferred'}: med "
                      f"{ann.med if ann.med is not None else '-'}, as-path "

@@ -180,6 +180,15 @@ EXPORTED = Gauge(
     "attributes (the tunnel vtibgp uses for the connection) or the less preferred ones",
     ["peer", "preferred"], registry=REGISTRY,
 )
+LAN_ANNOUNCED = Gauge(
+    "vtibgp_lan_announced_prefixes",
+    "The cloud's prefixes announced to the LAN-side peer (export.lan_peers): those a usable "
+    "tunnel carries", ["peer"], registry=REGISTRY,
+)
+LAN_SESSION_UP = Gauge(
+    "vtibgp_lan_session_up", "1 while the BGP session with the LAN-side peer is established",
+    ["peer"], registry=REGISTRY,
+)
 PROBE_SENT = Counter(
     "vtibgp_probe_requests_total", "Echo requests the probe sent through the tunnel device",
     ["device"], registry=REGISTRY,

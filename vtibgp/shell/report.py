@@ -111,6 +111,9 @@ class Reporter:
             told = view.export_view(self.core, p.address)
             m.EXPORTED.labels(p.address, "true").set(told["preferred"])
             m.EXPORTED.labels(p.address, "false").set(told["less_preferred"])
+        for peer, count in view.lan_view(self.core).items():
+            m.LAN_ANNOUNCED.labels(peer).set(count["announced"])
+            m.LAN_SESSION_UP.labels(peer).set(1 if count["state"] == "up" else 0)
 
     def tunnel_gauges(self, device: str) -> None:
         down = self.core.signals_down(("device", device))
@@ -235,7 +238,9 @@ class Reporter:
         counts = view.route_counts(self.core, self.vpn_of)
         peers = []
         addresses = [p.address for p in self.cfg.peers]
-        addresses += sorted((view.peers_seen(self.core) | set(summary)) - set(addresses))
+        lan = view.lan_view(self.core)
+        addresses += sorted((view.peers_seen(self.core) | set(summary)) - set(addresses)
+                            - set(lan))
         for addr in addresses:
             pc = self.cfg.peer(addr)
             core_view = view.peer_view(self.core, addr)
@@ -267,6 +272,10 @@ class Reporter:
             "table": self.cfg.table,
             "protocol": self.cfg.protocol,
             "peers": peers,
+            "lan_peers": [{"peer": addr, "description": lp.description, **lan[addr],
+                           "state": lan[addr]["state"] or summary.get(addr, "idle")}
+                          for lp in self.cfg.export_lan_peers
+                          if (addr := lp.address) in lan],
             "devices": devices,
             "routes": {"prefixes": len(self.core.installed), "best": counts.best,
                        "total": self.core.route_count()},
