@@ -136,7 +136,8 @@ class Receiver:
             cmd = [sys.executable, str(script), str(n), str(self.stamps)]
             self.gateway = lab.ExaBGPGateway(topo, cmd, work / "exabgp", exabgp=args.exabgp,
                                              hold_time=args.hold_time, tunnels=(1,),
-                                             process_name="reader")
+                                             process_name="reader",
+                                             env=dict(args.exabgp_env))
         elif kind == "vtibgp":
             cfg = work / "vtibgp.yaml"
             cfg.write_text(yaml.safe_dump({
@@ -148,7 +149,9 @@ class Receiver:
             if args.profile:
                 self.profile = work / "vtibgp.prof"
                 cmd[1:1] = ["-m", "cProfile", "-o", str(self.profile)]
-            env = {"PYTHONPATH": args.vtibgp_path} if args.vtibgp_path else None
+            env = dict(args.exabgp_env)
+            if args.vtibgp_path:
+                env["PYTHONPATH"] = args.vtibgp_path
             self.gateway = lab.ExaBGPGateway(topo, cmd, work / "exabgp", exabgp=args.exabgp,
                                              hold_time=args.hold_time, tunnels=(1,), env=env)
         elif kind == "bird":
@@ -318,6 +321,11 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=None, help="runs per receiver (default 5)")
     ap.add_argument("--receivers", default=",".join(KINDS), help="comma list of: "
                     + ", ".join(KINDS))
+    ap.add_argument("--exabgp-env", metavar="KEY=VALUE", action="append", default=[],
+                    type=lambda kv: tuple(kv.split("=", 1)) if "=" in kv else
+                    ap.error(f"--exabgp-env: KEY=VALUE, not {kv!r}"),
+                    help="an ExaBGP setting for the reader's and vtibgp's ExaBGP, e.g. "
+                    "exabgp.log.enable=false (repeatable; on top of the lab's)")
     ap.add_argument("--settle", type=float, default=1.0,
                     help="seconds between session up and the feed (default 1)")
     args = ap.parse_args()

@@ -7,11 +7,15 @@ vti01 <-> tun1), has BIRD 2 announce N /24s to the real ExaBGP (the venv's 5.0) 
 ``vtibgp run`` (on_exit: retain, the setting a restartable gateway uses), and waits until all
 N routes are in the kernel and vtibgp has logged its sync. Then, for each way of stopping it
 
-  kill   SIGKILL: a crash; ExaBGP respawns it
-  term   SIGTERM: a clean stop that leaves the routes (on_exit: retain); ExaBGP respawns it
+  kill   SIGKILL: a crash
+  term   SIGTERM: a clean stop that leaves the routes (on_exit: retain)
 
-it stops the plugin and follows the new one through ExaBGP's log (polled every 10 ms; each
-line carries the plugin's pid): respawned (its pid appears), kernel read ("N routes of ours
+it stops the daemon and follows the new one through ExaBGP's log (polled every 10 ms; each
+line carries the daemon's pid). ExaBGP's process is `vtibgp run`'s relay
+(vtibgp.shell.supervisor); the daemon is its child, and the relay starts the next one
+(0.25 s after the first death, doubling for each daemon that dies within 60 s of its start:
+a repeated run shows it in "respawn"). With --no-relay (and --profile) the daemon is ExaBGP's
+process and ExaBGP respawns it. Stages: respawned (its pid appears), kernel read ("N routes of ours
 already in the kernel"), ExaBGP's adj-rib-in loaded (the resync), and reconciled ("sync
 complete": from then on a route nobody confirmed would be removed). A netlink listener in the
 gateway namespace, subscribed to route notifications, counts every add/replace and delete of
@@ -45,14 +49,20 @@ import _common as c
 import yaml
 
 from vtibgp.lab import parts as lab
+from vtibgp.shell.supervisor import Backoff
 
 HOW = {"kill": signal.SIGKILL, "term": signal.SIGTERM}
 TARGET_S = 5.0
 PROBE_SRC = """\
 import os, sys, time
 # Waits for the N prefixes, then asks ExaBGP for its adj-rib-in as vtibgp does at start and
-# stamps (CLOCK_MONOTONIC) the question and the `done`; keeps reading until EOF.
+# stamps (CLOCK_MONOTONIC) the question and the `done`, with its own CPU seconds and those of
+# ExaBGP (its parent) in between; keeps reading until EOF.
 want, out, settle = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+def cpu(pid):
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+base = (0.0, 0.0)
 seen, pending, asked, lines = 0, b"", None, 0
 while chunk := os.read(0, 1 << 20):
     pending += chunk
@@ -64,6 +74,7 @@ while chunk := os.read(0, 1 << 20):
         seen += block.count(b'"nlri"')
         if seen >= want:
             time.sleep(settle)
+            base = (cpu(os.getppid()), time.process_time())
             asked = time.monotonic()
             sys.stdout.write("show adj-rib in extensive\\n")
             sys.stdout.flush()
@@ -71,7 +82,9 @@ while chunk := os.read(0, 1 << 20):
     for line in block.splitlines():
         if line.strip() in (b"done", b"error"):
             with open(out + ".tmp", "w") as f:
-                f.write(f"asked {asked}\\nanswered {time.monotonic()}\\nlines {lines}\\n")
+                f.write(f"asked {asked}\\nanswered {time.monotonic()}\\nlines {lines}\\n"
+                        f"exabgp_cpu {cpu(os.getppid()) - base[0]}\\n"
+                        f"probe_cpu {time.process_time() - base[1]}\\n")
             os.replace(out + ".tmp", out)
             asked = float("inf")
         else:
@@ -79,6 +92,7 @@ while chunk := os.read(0, 1 << 20):
 """
 STAGES = (
     ("kernel read", re.compile(r"start: (\d+) routes of ours already in the kernel")),
+    ("asked", re.compile(r"resync: asking ExaBGP")),
     ("adj-rib-in loaded", re.compile(r"resync: ExaBGP's adj-rib-in loaded")),
     ("grace ran out", re.compile(r"start: grace timer \(.*\) ran out")),
     ("reconciled", re.compile(r"start: sync complete; (\d+) unconfirmed routes removed")),
@@ -96,6 +110,7 @@ class Restart:
     deletes: int = 0
     same: bool = False  # the routes after == the routes before
     overflowed: bool = False
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU s from the stop to the sync
     notes: list[str] = field(default_factory=list)
     log: list[str] = field(default_factory=list)  # the new plugin's lines, stamped
 
@@ -143,6 +158,8 @@ class Bench:
             "control": {"socket": str(self.work / "vtibgp.sock")},
         }, sort_keys=False))
         cmd = [sys.executable, "-m", "vtibgp", "run", "--config", str(cfg)]
+        if not self.args.relay:
+            cmd.append("--no-supervisor")
         if self.args.profile:  # every instance; the file holds the last one's (the restarted)
             cmd[1:1] = ["-m", "cProfile", "-o", str(self.work / "vtibgp.prof")]
         env = self.exabgp_env()
@@ -192,14 +209,31 @@ class Bench:
         self.gw.wait_for(answered, self.args.timeout + 60, what="ExaBGP's answer to the probe")
         if got.get("lines", 0) < self.n:
             c.say(f"  note: the probe read {got.get('lines', 0):.0f} lines, not {self.n:,}")
+        c.say(f"  reference CPU s during the answer: exabgp {got.get('exabgp_cpu', 0):.2f}, "
+              f"the reading process {got.get('probe_cpu', 0):.2f}")
         return got["answered"] - got["asked"]
 
-    def plugin(self) -> int:
+    def relays(self) -> list[int]:
+        """The pids ExaBGP started (the wrapper writes each): the relays, or with
+        ``--no-relay`` the daemons themselves."""
         assert self.gw is not None
-        pids = self.gw.plugin_pids()
-        if not pids or not lab.pid_alive(pids[-1]):
-            raise lab.HarnessError(f"no running plugin (pids {pids})\n"
-                                   f"{lab.tail(self.gw.log_text())}")
+        return self.gw.plugin_pids()
+
+    def daemons(self) -> list[int]:
+        """The live daemon processes, oldest first: each relay's children (``vtibgp run
+        --no-supervisor``), or the processes ExaBGP started when there is no relay."""
+        relays = [p for p in self.relays() if lab.pid_alive(p)]
+        if not self.args.relay:
+            return relays
+        return sorted(p for r in relays for p in children(r))
+
+    def plugin(self) -> int:
+        """The daemon to stop: the newest one alive."""
+        assert self.gw is not None
+        pids = self.daemons()
+        if not pids:
+            raise lab.HarnessError(f"no running daemon (ExaBGP's processes {self.relays()})"
+                                   f"\n{lab.tail(self.gw.log_text())}")
         return pids[-1]
 
     def respawn_budget(self) -> None:
@@ -211,11 +245,25 @@ class Bench:
             c.say(f"  (waiting {wait:.0f} s: ExaBGP respawns at most 5 times in 64 s)")
             time.sleep(wait)
 
+    def relay_settle(self) -> None:
+        """The relay waits 0.25 s before starting the next daemon, doubling for each one that
+        died within Backoff.settled (60 s) of its start: each run waits until its daemon has
+        lived that long, so that every run sees the first delay, as a lone crash does."""
+        lived = time.monotonic() - self.deaths[-1]
+        if lived < Backoff.settled + 1:
+            wait = Backoff.settled + 1 - lived
+            c.say(f"  (waiting {wait:.0f} s: the relay restarts a daemon that lived less than "
+                  f"{Backoff.settled:g} s later each time; --no-relay-wait to skip)")
+            time.sleep(wait)
+
     def measure(self, how: str) -> Restart:
         assert self.gw is not None
         gw_ns = self.topo.gw
         res = Restart(how)
-        self.respawn_budget()
+        if not self.args.relay:  # the relay's own restarts are not ExaBGP's
+            self.respawn_budget()
+        elif self.deaths and self.args.relay_wait:
+            self.relay_settle()
         # steady state: every route in, then the plugin left alone for a moment
         try:
             self.gw.wait_for(lambda: c.count_routes(gw_ns, c.PROTO_BGP) == self.n,
@@ -228,9 +276,11 @@ class Bench:
         if len(before) != self.n:
             res.notes.append(f"{len(before):,} routes before the stop, not {self.n:,}")
         old = self.plugin()
-        known = len(self.gw.plugin_pids())
+        relays = set(self.relays())  # the relays' own log lines are not the daemon's
         log = LogTail(self.gw.log_path)
         watch = c.RouteWatch(gw_ns, c.PROTO_BGP, base=len(before))
+        exabgp, relay = self.gw.pid, (self.relays() or [0])[-1]
+        cpu0 = {"exabgp": cpu_seconds(exabgp), "relay": cpu_seconds(relay)}
         try:
             t0 = time.monotonic()
             os.kill(old, HOW[how])
@@ -245,13 +295,15 @@ class Bench:
                 if not self.gw.running():
                     raise lab.HarnessError(f"ExaBGP exited\n{lab.tail(self.gw.log_text())}")
                 if new is None:
-                    pids = self.gw.plugin_pids()[known:]
+                    pids = [p for p in self.daemons() if p != old]
                     if pids:
-                        new, res.respawned = pids[0], now - t0
+                        new, res.respawned = pids[-1], now - t0
+                    if self.args.relay:
+                        relays.update(self.relays())
                 for line in log.lines():
                     if new is None:
                         m = re.match(r"vtibgp\[(\d+)\]", line)
-                        if not m or int(m.group(1)) == old:
+                        if not m or int(m.group(1)) in (old, *relays):
                             continue
                         new, res.respawned = int(m.group(1)), now - t0
                     if not line.startswith(f"vtibgp[{new}]"):
@@ -266,6 +318,11 @@ class Bench:
                             elif stage == "reconciled":
                                 res.removed = int(m.group(1))
                                 synced = now
+                                res.cpu = {k: cpu_seconds(p) - cpu0[k] for k, p in
+                                           (("exabgp", exabgp), ("relay", relay))}
+                                res.cpu["daemon"] = cpu_seconds(new) if new else 0.0
+                                if not self.args.relay:
+                                    del res.cpu["relay"]
                 time.sleep(0.01)
         finally:
             watch.stop()
@@ -295,6 +352,31 @@ class Bench:
                 stack.callback(self.gw.stop)
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` so far (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    """The pids whose parent is ``pid`` (a scan of /proc: a few hundred reads)."""
+    out = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(entry.name))
+    return out
+
+
 def fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:6.2f}"
 
@@ -320,8 +402,8 @@ def report(results: list[Restart], n: int, args: argparse.Namespace,
             return c.median(values) if len(values) == len(rs) else None
 
         respawn = c.median([r.respawned for r in mine if r.respawned is not None])
-        waits = [r.stages["adj-rib-in loaded"] - r.stages["kernel read"] for r in mine
-                 if "adj-rib-in loaded" in r.stages and "kernel read" in r.stages]
+        waits = [r.stages["adj-rib-in loaded"] - r.stages.get("asked", r.stages["kernel read"])
+                 for r in mine if "adj-rib-in loaded" in r.stages and "kernel read" in r.stages]
         done = med("reconciled")
         adds, deletes = sum(r.adds for r in mine), sum(r.deletes for r in mine)
         same = all(r.same for r in mine)
@@ -356,10 +438,20 @@ def main() -> int:
     ap.add_argument("--chunk", type=int, default=None,
                     help="ExaBGP's exabgp.api.chunk: lines it writes per reactor turn when it "
                     "answers `show adj-rib in` (default: the lab's 1000; ExaBGP's own is 1)")
+    ap.add_argument("--no-relay", dest="relay", action="store_false",
+                    help="run the daemon as ExaBGP's process itself (`vtibgp run "
+                    "--no-supervisor`): the stop goes to it and ExaBGP respawns it (default: "
+                    "as deployed, ExaBGP runs the relay, the stop goes to the daemon below it "
+                    "and the relay starts the next one); implied by --profile")
+    ap.add_argument("--no-relay-wait", dest="relay_wait", action="store_false",
+                    help="stop the next daemon at once, not after it lived the relay's 60 s "
+                    "(its restart delay then doubles from run to run)")
     ap.add_argument("--no-reference", dest="reference", action="store_false",
                     help="skip timing ExaBGP alone answering the adj-rib-in question")
     args = ap.parse_args()
     args.prefixes = args.prefixes or (10_000 if args.quick else 100_000)
+    if args.profile:  # the relay starts its daemon itself, out of cProfile's reach
+        args.relay = False
     args.timeout = args.timeout or max(120.0, args.prefixes / 500)
     hows = [h.strip() for h in args.how.split(",") if h.strip()]
     if set(hows) - set(HOW):
@@ -385,8 +477,10 @@ def main() -> int:
                 r = bench.measure(how)
                 results.append(r)
                 stages = "  ".join(f"{k} {v:.2f}" for k, v in r.stages.items())
+                cpu = ", ".join(f"{k} {v:.2f}" for k, v in r.cpu.items())
                 c.say(f"run {rep + 1} {how:4s} respawn {fmt(r.respawned)}  {stages}  adds "
-                      f"{r.adds} deletes {r.deletes}  same routes {r.same}  load "
+                      f"{r.adds} deletes {r.deletes}  same routes {r.same}  CPU s to the sync: "
+                      f"{cpu}  load "
                       f"{c.load_text()}" + "".join(f"  [{note}]" for note in r.notes))
         if args.reference:
             reference = bench.reference()
