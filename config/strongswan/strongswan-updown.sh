@@ -19,6 +19,11 @@
 # The exit status is that of the device set-up; vtibgp being stopped or slow never fails the
 # hook. `vtibgp updown` gives up after 5 s.
 #
+# With VTIBGP_DEVICE_KIND=xfrm (aws-import --ike strongswan --device xfrm writes it) the
+# device is an XFRM interface, created with KEY as its if_id (the CHILD_SA's if_id_in/out);
+# strongSwan, unlike libreswan, does not create it. Policy checks stay on there (disable_policy
+# is for VTIs, whose decrypted packets have no policy of their own).
+#
 # From the environment: VTIBGP (default: the lean hook of `vtibgp install-hook` if installed,
 # else /usr/local/bin/vtibgp), VTIBGP_SOCKET (default
 # /run/vtibgp/vtibgp.sock), VTIBGP_MTU (default 1436, what AWS suggests for its tunnels).
@@ -34,6 +39,7 @@ else
 fi
 socket=${VTIBGP_SOCKET:-/run/vtibgp/vtibgp.sock}
 mtu=${VTIBGP_MTU:-1436}
+kind=${VTIBGP_DEVICE_KIND:-vti}
 
 setup_device() {
     if ! ip link show dev "$dev" >/dev/null 2>&1; then
@@ -41,14 +47,21 @@ setup_device() {
             echo "strongswan-updown: no key for $dev (set mark_in/mark_out or pass KEY)" >&2
             return 1
         fi
-        ip link add "$dev" type vti local "$PLUTO_ME" remote "$PLUTO_PEER" key "$key" ||
-            return 1
+        if [ "$kind" = xfrm ]; then
+            ip link add "$dev" type xfrm if_id "$key" || return 1
+        else
+            ip link add "$dev" type vti local "$PLUTO_ME" remote "$PLUTO_PEER" key "$key" ||
+                return 1
+        fi
     fi
-    # disable_policy: decrypted packets arriving on the device need no policy check of their
-    # own; rp_filter 2 (loose): replies may come back through the other tunnel. Never set
-    # disable_xfrm on a VTI: it turns encryption off and the tunnel carries nothing.
-    sysctl -q -w "net.ipv4.conf.$dev.disable_policy=1" "net.ipv4.conf.$dev.rp_filter=2" \
-        "net.ipv4.conf.$dev.forwarding=1" >/dev/null || return 1
+    # disable_policy (VTIs): decrypted packets arriving on the device need no policy check of
+    # their own; rp_filter 2 (loose): replies may come back through the other tunnel. Never
+    # set disable_xfrm on a VTI: it turns encryption off and the tunnel carries nothing.
+    if [ "$kind" != xfrm ]; then
+        sysctl -q -w "net.ipv4.conf.$dev.disable_policy=1" >/dev/null || return 1
+    fi
+    sysctl -q -w "net.ipv4.conf.$dev.rp_filter=2" "net.ipv4.conf.$dev.forwarding=1" \
+        >/dev/null || return 1
     if [ -n "$addr" ] && ! ip -4 -o addr show dev "$dev" | grep -q " inet $addr "; then
         ip addr add "$addr" dev "$dev" || return 1
     fi

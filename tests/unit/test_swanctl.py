@@ -65,11 +65,16 @@ def test_one_connection_per_tunnel_with_aws_values() -> None:
 
 
 def test_xfrm_devices_use_if_id() -> None:
-    c = children(swanctl.swanctl_conf(vpn(), ("ipsec1", "ipsec2"), (7, 9), device="xfrm"))
+    """The if_id is the N of the device ipsecN, as libreswan's ipsec-interface=N: the same
+    devices whichever IKE daemon; the marks are for VTIs only."""
+    c = children(swanctl.swanctl_conf(vpn(), ("ipsec3", "ipsec8"), (7, 9), device="xfrm"))
     first, second = c.values()
-    assert (first["if_id_in"], first["if_id_out"], second["if_id_in"]) == ("7", "7", "9")
+    assert (first["if_id_in"], first["if_id_out"], second["if_id_in"]) == ("3", "3", "8")
     assert "mark_in" not in first
-    assert " ipsec2 " in str(second["updown"])
+    assert str(second["updown"]).startswith("VTIBGP_DEVICE_KIND=xfrm ")
+    assert " ipsec8 " in str(second["updown"]) and str(second["updown"]).endswith(" 8")
+    with pytest.raises(aws.AwsImportError, match="devices: with device xfrm"):
+        swanctl.swanctl_conf(vpn(), ("vti01", "vti02"), (7, 9), device="xfrm")
 
 
 def test_a_subset_of_the_tunnels_and_no_secrets() -> None:
@@ -245,3 +250,34 @@ def test_doctor_skips_the_xfrm_sysctls_on_a_tun_device(tmp_path: Path) -> None:
     assert tun["device"] == "ok" and tun["forwarding"] == "ok"
     vti = {f.check: f.level for f in check_sysctls("vti01", str(proc))}
     assert vti["disable_policy"] == "error"
+
+
+@pytest.mark.parametrize("kind", ["vti", "xfrm"])
+def test_strongswan_wrapper_creates_the_device_of_its_kind(tmp_path: Path, kind: str) -> None:
+    """config/strongswan/strongswan-updown.sh on up-client with the device missing: a VTI
+    keyed by the mark (disable_policy set), or with VTIBGP_DEVICE_KIND=xfrm an XFRM
+    interface with the if_id (policy checks left on); then vtibgp is told."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[2] / "config/strongswan/strongswan-updown.sh"
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    log = tmp_path / "calls.log"
+    for name, body in (("ip", f'[ "$1 $2" = "link show" ] && exit 1\necho "ip $*" >> {log}'),
+                       ("sysctl", f'echo "sysctl $*" >> {log}'),
+                       ("vtibgp", f'echo "vtibgp $*" >> {log}')):
+        (bin_ / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_ / name).chmod(0o755)
+    env = {"PATH": f"{bin_}:/usr/bin:/bin", "VTIBGP": str(bin_ / "vtibgp"),
+           "PLUTO_VERB": "up-client", "PLUTO_ME": "192.0.2.1", "PLUTO_PEER": "198.51.100.1",
+           **({"VTIBGP_DEVICE_KIND": "xfrm"} if kind == "xfrm" else {})}
+    r = subprocess.run(["sh", str(script), "ipsec8", "169.254.10.2/30", "8"], env=env,
+                       capture_output=True, text=True, timeout=30, check=False)
+    assert r.returncode == 0, r.stderr
+    calls = log.read_text().splitlines()
+    create = ("ip link add ipsec8 type xfrm if_id 8" if kind == "xfrm" else
+              "ip link add ipsec8 type vti local 192.0.2.1 remote 198.51.100.1 key 8")
+    assert calls[0] == create
+    assert any("disable_policy" in c for c in calls) == (kind == "vti")
+    assert "ip addr add 169.254.10.2/30 dev ipsec8" in calls
+    assert calls[-1].startswith("vtibgp updown --device ipsec8")

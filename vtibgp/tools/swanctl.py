@@ -82,8 +82,12 @@ def retransmit_timeout(give_up: float, base: float = RETRANSMIT_BASE,
     return round(give_up / sum(base ** n for n in range(tries + 1)), 2)
 
 
-def _key(device: str, marks: Sequence[int], i: int) -> tuple[str, int]:
-    return ("if_id" if device == "xfrm" else "mark"), marks[i]
+def _key(device: str, devices: Sequence[str], marks: Sequence[int], i: int) -> tuple[str, int]:
+    """How tunnel i's CHILD_SA finds its device: a VTI's mark (`marks`), or an XFRM
+    interface's if_id, the N of its name ipsecN as with libreswan's ipsec-interface=N."""
+    if device == "xfrm":
+        return "if_id", aws.xfrm_interface_ids(devices)[i]
+    return "mark", marks[i]
 
 
 def _check(vpn: aws.VpnConnection, devices: Sequence[str], keys: Sequence[int], updown: str,
@@ -108,15 +112,16 @@ def swanctl_conf(vpn: aws.VpnConnection, devices: Sequence[str], marks: Sequence
                  secrets: bool = True) -> str:
     """swanctl.conf for `vpn`: a connection per tunnel in `tunnels`, each CHILD_SA selected by
     `marks[i]` (`device` "vti": mark_in/mark_out, the VTI's key) or as an XFRM interface's
-    if_id (`device` "xfrm": if_id_in/if_id_out); `updown` is run as
-    `VTIBGP_MTU=mtu updown DEVICE INSIDE/LEN KEY` (config/strongswan/strongswan-updown.sh).
+    if_id (`device` "xfrm": if_id_in/if_id_out, N of the device ipsecN); `updown` is run as
+    `[VTIBGP_DEVICE_KIND=xfrm] VTIBGP_MTU=mtu updown DEVICE INSIDE/LEN KEY`
+    (config/strongswan/strongswan-updown.sh, which creates the device if missing).
     With `secrets` the pre-shared keys follow in a `secrets` section."""
     _check(vpn, devices, marks, updown, device, tunnels)
     t1 = vpn.tunnels[0]
     any_net = "0.0.0.0/0" if t1.inside.version == 4 else "::/0"
     ike_life, sa_life = aws.lifetimes(t1)
     delay, give_up = aws.dpd_timers(t1)
-    kind, _ = _key(device, marks, 0)
+    kind, _ = _key(device, devices, marks, 0)
     ike_proposals = proposal(vpn.ike_proposal, ike=True)
     esp_proposals = proposal(vpn.esp_proposal, ike=False)
     out = [
@@ -142,7 +147,7 @@ def swanctl_conf(vpn: aws.VpnConnection, devices: Sequence[str], marks: Sequence
         if t.number not in tunnels:
             continue
         name = aws.connection_name(vpn, t)
-        _, key = _key(device, marks, i)
+        _, key = _key(device, devices, marks, i)
         out += [
             f"    {name} {{",
             "        version = 2",
@@ -169,7 +174,8 @@ def swanctl_conf(vpn: aws.VpnConnection, devices: Sequence[str], marks: Sequence
             f"                rekey_time = {int(sa_life * REKEY_SHARE)}s",
             f"                {kind}_in = {key}",
             f"                {kind}_out = {key}",
-            f'                updown = "VTIBGP_MTU={mtu} {updown} {dev} '
+            f'                updown = "{"VTIBGP_DEVICE_KIND=xfrm " if kind == "if_id" else ""}'
+            f'VTIBGP_MTU={mtu} {updown} {dev} '
             f'{t.cgw_inside}/{t.inside.prefixlen} {key}"',
             "                dpd_action = restart",
             "                close_action = start",
