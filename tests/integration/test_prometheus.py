@@ -241,6 +241,10 @@ def write_config(path: Path) -> Path:
         "log_level": "info", "peers": peers, "startup": {"grace_time": 10},
         "tunnel": {"hold_down": 1},
         "control": {"socket": str(path.parent / "ctl.sock")},
+        # a LAN-side peer with no ExaBGP neighbor behind it: its session stays down (the
+        # LAN panel's data, and VtibgpLanSessionDown)
+        "export": {"lan_peers": [{"address": "192.168.1.1", "peer_as": 65010,
+                                  "local_address": "192.168.1.2"}]},
         # metrics.listen left out: the default, 127.0.0.1:10179, is what is scraped
     }))
     return path
