@@ -31,7 +31,9 @@ LAN = "192.168.50.1/24"  # the gateway's LAN side, announced to the VGW (return 
 GIVE_UP = 2.0  # DPD gives up 2 s after its request (aws-import: 15 s for a 30 s hold time)
 HOLD_DOWN = 1.0
 
-pytestmark = pytest.mark.skipif(ipsec.available() is not None,
+# (in CI a missing strongSwan fails the tests instead of skipping them)
+pytestmark = pytest.mark.skipif(ipsec.available() is not None
+                                and not os.environ.get("VTIBGP_REQUIRE_INTEGRATION"),
                                 reason=f"strongSwan lab: {ipsec.available()}")
 
 
