@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 
 from vtibgp.lab import cli as lab_cli
 from vtibgp.lab import parts as harness
+from vtibgp.lab.gateways import SecondSite
 
 NAMESPACES = {lab_cli.NS_GW, lab_cli.NS_AWS}
 STATE = lab_cli.STATE_DIR
@@ -108,6 +110,8 @@ def lab_owned() -> Iterator[None]:
         res = vtibgp_lab("down", timeout=60)
         # should `down` itself be broken, still leave nothing behind
         harness.Topology(tag="lab", names=(lab_cli.NS_GW, lab_cli.NS_AWS)).down()
+        for ns in SecondSite.NAMESPACES:  # (`up --gateways 2`)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
         subprocess.run(["ip", "link", "del", "dev", lab_cli.HOST_DEV], capture_output=True,
                        check=False)
         shutil.rmtree(STATE, ignore_errors=True)
@@ -254,3 +258,34 @@ def test_lab_blackhole_signal(lab_owned: None) -> None:
     ok("down")
     assert "vtibgp-lab-blackhole" not in subprocess.run(
         ["nft", "list", "tables"], capture_output=True, text=True, check=False).stdout
+
+
+def lan_via(gateway: int, timeout: float = 15) -> str:
+    """`lab status` until the LAN router's route to the VPC goes via `gateway`."""
+    want = f"{lab_cli.VPC[0]} via gateway {gateway} "
+    out = ""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = ok("status")
+        if want in out:
+            return out
+        time.sleep(0.5)
+    raise AssertionError(f"no {want!r} in lab status:\n{out}")
+
+
+def test_lab_with_two_gateways_moves_the_lan(lab_owned: None) -> None:
+    """`up --gateways 2`: the LAN router goes via gateway 1 (MED 100) while it has a tunnel,
+    via gateway 2 when both of gateway 1's fail, back on the restore; `down` removes all."""
+    out = ok("up", "--no-host-link", "--gateways", "2")
+    assert f"LAN router ({SecondSite.NAMESPACES[2]}): {lab_cli.VPC[0]} via gateway 1 " \
+           "(announced by gateway 1, 2;" in out
+    assert "lab fail 2    (both of gateway 1's tunnels" in out
+    ok("fail", "1")
+    assert "via gateway 1 " in lan_via(1)  # one tunnel left: the LAN stays
+    ok("fail", "2")
+    assert "(announced by gateway 2;" in lan_via(2)
+    ok("restore", "1")
+    lan_via(1)
+    assert "removed:" in ok("down")
+    left = set(harness.list_namespaces()) & {*NAMESPACES, *SecondSite.NAMESPACES}
+    assert not left and not STATE.exists() and processes_naming_lab() == []

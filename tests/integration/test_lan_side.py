@@ -132,3 +132,20 @@ def test_the_lan_moves_to_the_other_gateway_when_one_loses_both_tunnels(
                         what="the LAN router back via gateway 1")
     assert lan.gateways_announcing(VPC[1]) == {1, 2}
     assert gw2.status()["lan_peers"][0]["announced"] == len(VPC)  # type: ignore[index]
+
+
+def test_a_lan_session_that_comes_back_is_told_everything_again(
+    site: tuple[list[Gateway], LanRouter],
+) -> None:
+    """The LAN router restarts its session with gateway 1 (a reboot, a reset): ExaBGP keeps
+    what vtibgp told it and sends it on the new session; vtibgp sees the state change."""
+    (gw1, _), lan = site
+    lan.birdc("disable", "gw1")
+    gw1.exabgp.wait_for(lambda: gw1.status()["lan_peers"][0]["state"] == "down", 20,  # type: ignore[index]
+                        what="gateway 1's LAN session down")
+    assert lan.gateways_announcing(VPC[0]) == {2} and lan.best_gateway(VPC[0]) == 2
+    lan.birdc("enable", "gw1")
+    gw1.exabgp.wait_for(lambda: lan.gateways_announcing(VPC[1]) == {1, 2}, 30,
+                        what="gateway 1's announcements back on the new session")
+    assert lan.best_gateway(VPC[0]) == 1
+    assert gw1.status()["lan_peers"][0]["state"] == "up"  # type: ignore[index]

@@ -46,6 +46,8 @@ import yaml
 from vtibgp import defaults
 from vtibgp.lab import ipsec
 from vtibgp.lab import parts as lab
+from vtibgp.lab.gateways import NS_AWS2, NS_GW2, NS_LAN, SecondSite
+from vtibgp.lab.lan import LAN_ASN
 
 VPC = ["10.0.0.0/16", "10.1.0.0/16", "10.2.0.0/24", "fd10:100::/56"]
 METRICS = defaults.METRICS_LISTEN
@@ -88,18 +90,26 @@ def _show_routes(topo: lab.Topology) -> None:
         print(out.rstrip() or "(none)")
 
 
-def _write_config(path: Path, sock: Path, listen: str = METRICS, vpn: str = "") -> None:
-    peers = [
+def _peers(vpn: str = "") -> list[dict[str, Any]]:
+    """The lab gateway's vtibgp.yaml peers (gateway 2's are the same addresses)."""
+    return [
         {"address": t.aws_v4, "interface": t.gw_dev, "families": ["ipv4", "ipv6"],
          "description": f"lab VGW tunnel {n}", "vpn": vpn}
         for n, t in lab.TUNNELS.items()
     ]
-    path.write_text(yaml.safe_dump({
-        "peers": peers,
+
+
+def _write_config(path: Path, sock: Path, listen: str = METRICS, vpn: str = "",
+                  export: dict[str, Any] | None = None) -> None:
+    data: dict[str, Any] = {
+        "peers": _peers(vpn),
         "metrics": {"listen": listen},
         "control": {"socket": str(sock)},
         "startup": {"grace_time": 10},
-    }, sort_keys=False))
+    }
+    if export:
+        data["export"] = export
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 def _routes_via(topo: lab.Topology, dev: str, metric: int) -> bool:
@@ -254,6 +264,7 @@ class _Lab:
     bird: lab.BirdPeer
     gw: lab.ExaBGPGateway
     ipsec: ipsec.IpsecLab | None = None  # `up --ipsec strongswan`: the charons
+    site2: SecondSite | None = None  # `up --gateways 2`: gateway 2 and the LAN router
 
     @property
     def vpc(self) -> list[str]:
@@ -271,6 +282,8 @@ class _Lab:
             self.state["exabgp"] = self.gw.record()
         if self.ipsec is not None:
             self.state["charons"] = self.ipsec.records()
+        if self.site2 is not None:
+            self.state["gateway2"] = self.site2.records()
         _write_state(self.state)
 
     def problems(self) -> list[str]:
@@ -286,6 +299,8 @@ class _Lab:
             out.append("ExaBGP is not running")
         if self.ipsec is not None:
             out += [f"{c!r} is not running" for c in self.ipsec.charons() if not c.running()]
+        if self.site2 is not None:
+            out += self.site2.problems()
         return out
 
 
@@ -305,21 +320,27 @@ def _make(state: dict[str, Any]) -> _Lab:
     bird = lab.BirdPeer(topo, STATE_DIR / "bird", prepend=PREPEND,
                         socket=STATE_DIR / "bird.ctl")
     cfg = STATE_DIR / "vtibgp.yaml"
+    site2 = None
+    if state.get("gateways") == 2 or (
+            "gateways" not in state and NS_GW2 in lab.list_namespaces()):
+        site2 = SecondSite(topo, STATE_DIR, PREPEND)  # (also: to remove a half-built one)
+        site2.adopt(state.get("gateway2", {}))
     gw = lab.ExaBGPGateway(topo, [sys.executable, "-m", "vtibgp", "run", "--config", str(cfg)],
-                           STATE_DIR / "exabgp")
+                           STATE_DIR / "exabgp",
+                           lan_peers=[site2.lan.lan_peer(1)] if site2 is not None else ())
     if "bird" in state:
         bird.adopt(state["bird"])
         bird.load_snapshot(state["bird"]["snapshot"])
     if "exabgp" in state:
         gw.adopt(state["exabgp"])
-    return _Lab(state, topo, bird, gw, strongswan)
+    return _Lab(state, topo, bird, gw, strongswan, site2)
 
 
 def _existing() -> _Lab | None:
     """The lab as the state file describes it; None when nothing of it is there at all."""
     state = _read_state()
     if state is None:
-        if not ({NS_GW, NS_AWS} & set(lab.list_namespaces()) or _host_dev_exists()):
+        if not ({NS_GW, NS_AWS, NS_GW2} & set(lab.list_namespaces()) or _host_dev_exists()):
             return None
         state = {}  # left by a run that died before writing its state: still ours to remove
     return _make(state)
@@ -340,7 +361,7 @@ def _require_up() -> _Lab:
 def _teardown(found: _Lab) -> list[str]:
     """Stop the daemons, delete the namespaces, the host link and the state directory.
     Returns what was removed, for the report. Safe to call on any partial lab."""
-    removed: list[str] = []
+    removed: list[str] = found.site2.teardown() if found.site2 is not None else []
     for name, daemon in (("ExaBGP and vtibgp", found.gw), ("BIRD", found.bird)):
         if daemon.running():
             removed.append(f"{name} (pid {daemon.pid})")
@@ -448,6 +469,9 @@ def _print_overview(found: _Lab) -> None:
     _show_routes(found.topo)
     _say("vtibgp status")
     _print_vtibgp_status()
+    if found.site2 is not None:
+        _say("the LAN side (--gateways 2)")
+        print(found.site2.overview(VPC[0]))
 
 
 def _print_hints(found: _Lab) -> None:
@@ -470,6 +494,9 @@ def _print_hints(found: _Lab) -> None:
         ("failover", f"{me} lab fail 1{' --signal ipsec' if found.ipsec else ''}    "
                      f"(then: {me} lab restore 1; tunnel 1 or 2)"),
         ("silent failure", f"{me} lab fail 1 --signal blackhole    (only the probe sees it)"),
+        *([("LAN failover", f"{me} lab fail 1; {me} lab fail 2    (both of gateway 1's "
+            "tunnels: the LAN router moves to gateway 2; see lab status)")]
+          if found.site2 is not None else []),
         ("remove it all", f"{me} lab down"),
         ("logs", f"{found.gw.log_path} (ExaBGP and vtibgp), {found.bird.log_path}"),
         ("gateway shell", f"ip netns exec {NS_GW} bash"),
@@ -509,7 +536,7 @@ def _check_host_net() -> None:
                                f"--no-host-link`")
 
 
-def _build(host_link: bool, mode: str = "veth") -> _Lab:
+def _build(host_link: bool, mode: str = "veth", gateways: int = 1) -> _Lab:
     listen = f"{GW_MGMT}:{METRICS_PORT}" if host_link else METRICS
     state: dict[str, Any] = {
         "version": 1, "namespaces": [NS_GW, NS_AWS], "host_link": host_link,
@@ -517,6 +544,12 @@ def _build(host_link: bool, mode: str = "veth") -> _Lab:
     }
     if mode == "strongswan":
         state["ipsec"] = mode
+    if gateways == 2:
+        if mode == "strongswan":
+            raise LabError("--gateways 2 runs over veth tunnels only (not --ipsec "
+                           "strongswan)", 2)
+        state["gateways"] = 2
+        state["namespaces"] += [*SecondSite.NAMESPACES]
     if host_link:
         _check_host_net()
     _write_state(state)  # first: whatever happens next, `down` knows this is the lab's
@@ -544,7 +577,14 @@ def _build(host_link: bool, mode: str = "veth") -> _Lab:
                 startup={"grace_time": 10}))
         else:
             _write_config(STATE_DIR / "vtibgp.yaml", STATE_DIR / "vtibgp.sock", listen,
-                          vpn="vtibgp-lab")
+                          vpn="vtibgp-lab", export=found.site2.lan_export(1)
+                          if found.site2 is not None else None)
+        if found.site2 is not None:
+            print(f"gateway 2 ({NS_GW2}, its VGW in {NS_AWS2}) with its own VPN connection to "
+                  f"the same VPC, and a LAN router ({NS_LAN}, BIRD AS {LAN_ASN}) peering with "
+                  "both gateways")
+            found.site2.build(found.vpc, _peers("vtibgp-lab"))
+            found.save()
         (STATE_DIR / "prometheus.yml").write_text(_prometheus_config(listen))
         print(f"BIRD 2 as the VGW (AS {lab.AWS_ASN}, hold time {found.bird.hold_time} s), "
               f"announcing {', '.join(found.vpc)} on both tunnels, tunnel 2 prepended "
@@ -555,11 +595,13 @@ def _build(host_link: bool, mode: str = "veth") -> _Lab:
     except BaseException:
         _teardown(found)
         raise
+    if found.site2 is not None:
+        found.site2.lan.wait_gateways(found.vpc[0], {1, 2}, UP_TIMEOUT)
     lab.detach(found.topo, found.bird, found.gw)  # they outlive this command
     return found
 
 
-def up(host_link: bool = True, mode: str = "veth") -> int:
+def up(host_link: bool = True, mode: str = "veth", gateways: int = 1) -> int:
     _preflight()
     if mode == "strongswan" and (why := ipsec.available()) is not None:
         raise LabError(f"--ipsec strongswan: {why}", 2)
@@ -580,7 +622,7 @@ def up(host_link: bool = True, mode: str = "veth") -> int:
             print(f"the lab is partly up ({'; '.join(problems)}): removing it and building "
                   f"it again")
             _teardown(found)
-        found = _build(host_link, mode)
+        found = _build(host_link, mode, gateways)
         _print_overview(found)
         _print_hints(found)
     return 0
@@ -765,7 +807,8 @@ def dispatch(args: argparse.Namespace) -> int:
         match args.lab_command:
             case "up":
                 return up(host_link=not args.no_host_link,
-                          mode=getattr(args, "ipsec", "veth"))
+                          mode=getattr(args, "ipsec", "veth"),
+                          gateways=getattr(args, "gateways", 1))
             case "status":
                 return status()
             case "fail":

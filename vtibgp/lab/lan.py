@@ -38,11 +38,12 @@ class LanRouter(parts._Daemon):
     gateway n = ``gateways[n - 1]``)."""
 
     def __init__(self, gateways: Sequence[Topology], workdir: str | Path | None = None,
-                 *, hold_time: int = 9) -> None:
+                 *, hold_time: int = 9, name: str | None = None) -> None:
         if not gateways:
             raise ValueError("a LAN router needs at least one gateway")
         self.gateways = list(gateways)
-        self.ns = f"{parts.NS_PREFIX}-{self.gateways[0].tag}-lan"
+        # (`name`: the lab's own, outside the test harness' vtb- namespaces)
+        self.ns = name or f"{parts.NS_PREFIX}-{self.gateways[0].tag}-lan"
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir is not None else Path(
             tempfile.mkdtemp(prefix=f"{parts.NS_PREFIX}-{self.gateways[0].tag}-lan-"))
@@ -153,6 +154,11 @@ class LanRouter(parts._Daemon):
         except HarnessError:
             return set()
         return {int(g) - 100 for g in re.findall(r"via 192\.168\.(\d+)\.2\b", out)}
+
+    def wait_gateways(self, prefix: str, want: set[int], timeout: float) -> None:
+        """Until the gateways announcing `prefix` to this router are `want`."""
+        parts.wait_until(lambda: self.gateways_announcing(prefix) == want, timeout,
+                         what=f"gateways {sorted(want)} announcing {prefix} to the LAN router")
 
     def lan_peer(self, n: int) -> dict[str, Any]:
         """Gateway n's `export.lan_peers` entry for this router."""

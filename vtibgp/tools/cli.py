@@ -493,6 +493,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="the tunnels: veth pairs standing in for them (default, fast), "
                         "or real IPsec, strongSwan's charon with kernel-libipsec at both "
                         "ends (TUN devices ipsec0/ipsec1; --signal ipsec, ike)")
+    lab_up.add_argument("--gateways", type=int, choices=[1, 2], default=1,
+                        help="2: a second gateway with its own VPN connection to the same VPC, "
+                        "and a LAN router (BIRD) peering with both (export.lan_peers): `lab "
+                        "fail 1` and `lab fail 2` move the LAN's route to gateway 2")
     lab_sub.add_parser("status", help="the running lab's tunnels, routes and vtibgp status")
     lab_fail = lab_sub.add_parser("fail", help="take a tunnel down and show the failover")
     lab_fail.add_argument("tunnel", help="1 or 2 (or vti01, vti02)")
