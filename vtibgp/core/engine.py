@@ -397,7 +397,7 @@ class Core:
         raise TypeError(f"not an event: {event!r}")  # pragma: no cover
 
     def _lan_peer(self, peer: PeerAddr) -> bool:
-        return self.lan is not None and any(p == peer for p, _ in self.lan.settings.peers)
+        return self.lan is not None and peer in self.lan.addresses
 
     def _learn_local_as(self, local_as: int | None) -> None:
         ex = self.settings.export
@@ -406,7 +406,8 @@ class Core:
 
     def _carried(self, prefix: Prefix) -> bool:
         """Whether a usable tunnel carries a path of `prefix` (told to the LAN peers)."""
-        return bool(self._candidates(prefix))
+        usable = self._usable_peers()
+        return any(peer in usable and prefix in paths for peer, paths in self.rib.items())
 
     def _learn_outside(self, peer: PeerAddr, found: tuple[str, ...]) -> list[RouteOp]:
         """The IPsec daemon told us the tunnel's outside endpoint (PLUTO_PEER): from now on
@@ -783,13 +784,13 @@ class Core:
             self.lan = LanFeed(lan) if lan is not None else None
             return
         kept = dict(lan.peers) if lan is not None else {}
-        gone = [p for p, _ in self.lan.settings.peers if p not in kept]
+        gone = [p for p in sorted(self.lan.addresses) if p not in kept]
         self._out.exports += [ExportChange(p, told, None) for p in gone
                               if (told := self.lan.of_family(p))]
         if lan is None:
             self.lan = None
             return
-        fresh = [p for p, _ in lan.peers if p not in dict(self.lan.settings.peers)]
+        fresh = lan.addresses - self.lan.addresses
         self.lan.configure(lan)
         if fresh:
             self.lan.told.clear()  # (re-announced to every peer alike: the same set to each)

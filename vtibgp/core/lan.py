@@ -27,18 +27,24 @@ class LanSettings:
     med: int | None = None
     prepend: int = 0  # extra copies of our AS (eBGP peers only)
 
+    @property
+    def addresses(self) -> frozenset[PeerAddr]:
+        return frozenset(p for p, _ in self.peers)
+
 
 class LanFeed:
     """What has been told to the LAN peers (the same to each), and what may have changed."""
 
     def __init__(self, settings: LanSettings) -> None:
         self.settings = settings
+        self.addresses = settings.addresses  # (looked up for every event: kept)
         self.told: set[Prefix] = set()
         self.dirty: set[Prefix] = set()
         self.everything = True  # look at every prefix held (start, reload)
 
     def configure(self, settings: LanSettings) -> None:
         self.settings = settings
+        self.addresses = settings.addresses
         self.everything = True
 
     def touch(self, prefixes: Iterable[Prefix]) -> None:

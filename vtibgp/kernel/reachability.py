@@ -22,7 +22,7 @@ RTM_F_FIB_MATCH = 0x2000
 RTN_UNICAST = 1
 UNREACHABLE = (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EACCES, errno.EINVAL)
 
-__all__ = ["NetlinkError", "reachable"]
+__all__ = ["IPRoute", "NetlinkError", "reachable"]
 
 
 def reachable(networks: Iterable[str], protocol: int,

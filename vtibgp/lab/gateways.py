@@ -64,10 +64,12 @@ class SecondSite:
         lab.detach(self.topo, self.bird, self.gw, self.lan)
 
     def records(self) -> dict[str, Any]:
-        return {name: d.record() for name, d in
-                (("bird", self.bird), ("exabgp", self.gw), ("lan", self.lan))
-                if d.pid is not None} | (
-                    {"bird_snapshot": self.bird.snapshot()} if self.bird.pid else {})
+        out = {name: d.record() for name, d in
+               (("bird", self.bird), ("exabgp", self.gw), ("lan", self.lan))
+               if d.pid is not None}
+        if "bird" in out:
+            out["bird_snapshot"] = self.bird.snapshot()
+        return out
 
     def adopt(self, records: Mapping[str, Any]) -> None:
         if "bird" in records:

@@ -62,7 +62,7 @@ from vtibgp.core.probe import ProbeSettings
 from vtibgp.core.settings import CoreSettings, PeerSettings
 from vtibgp.exabgp.parse import LineKind
 from vtibgp.exabgp.session import EXABGP_SHUTDOWN_REASONS, RESYNC_QUIET, ExabgpSession
-from vtibgp.kernel.reachability import NetlinkError, reachable
+from vtibgp.kernel.reachability import IPRoute, NetlinkError, reachable
 from vtibgp.shell import metrics as m
 from vtibgp.shell.prober import Prober, ProbeTarget
 from vtibgp.shell.report import Reporter
@@ -232,6 +232,7 @@ class Daemon:
         self._discovered: set[str] = set()
         self.next_reconcile = time.monotonic() + cfg.reconcile_interval
         self.next_reachable = 0.0  # (export.reachable_only: looked at from the first tick)
+        self._route_lookup: IPRoute | None = None  # its socket, opened once
         self.next_gauges = 0.0
         self.report = Reporter(cfg, self.core)  # logs, metrics, status
         # the prober (run() makes it; none in dry-run and in tests), and what it should probe
@@ -688,8 +689,11 @@ class Daemon:
         """export.reachable_only: which of our networks the kernel has another route to (a
         lookup each); a netlink error keeps what was known (nothing is withdrawn on it)."""
         try:
-            found = reachable(self.cfg.export_networks, self.cfg.protocol)
+            if self._route_lookup is None:
+                self._route_lookup = IPRoute()
+            found = reachable(self.cfg.export_networks, self.cfg.protocol, self._route_lookup)
         except (OSError, NetlinkError) as e:
+            self._close_route_lookup()  # (a fresh socket next time)
             code = e.code if isinstance(e, NetlinkError) else e.errno
             m.KERNEL_ERRORS.labels(errno_mod.errorcode.get(code or 0, "EIO")).inc()
             log.warning("reachable_only: route lookup of our networks failed (%s); keeping "
@@ -701,6 +705,11 @@ class Daemon:
                 f"reachable {' '.join(sorted(found))}" if found else "none reachable",
                 f"no longer {' '.join(gone)}" if gone else ""])))
         self._perform(self.core.handle(NetworksReachable(found)))
+
+    def _close_route_lookup(self) -> None:
+        if self._route_lookup is not None:
+            self._route_lookup.close()
+            self._route_lookup = None
 
     def reconcile(self) -> None:
         """Periodic scan: repair what the kernel lost or someone else changed."""
@@ -852,6 +861,7 @@ class Daemon:
     def _exit(self) -> None:
         if self.prober is not None:
             self.prober.close()
+        self._close_route_lookup()
         if self.cfg.on_exit == "withdraw":
             d = self.core.handle(Stopping(withdraw=True))
             ops = d.ops
