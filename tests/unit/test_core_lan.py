@@ -193,3 +193,23 @@ def test_the_lan_always_holds_what_a_usable_tunnel_carries() -> None:
                 want = {p for peer_, ps in held.items() if link[peer_] and session.get(peer_)
                         for p in ps}
                 assert told == want
+
+
+def test_a_reload_withdraws_from_a_removed_lan_peer_and_tells_a_new_one_everything() -> None:
+    from dataclasses import replace
+
+    from vtibgp.core.model import Reconfigure
+
+    core, k = core_with(), Kernel()
+    up(core, k)
+    settings = core.settings
+    assert settings.export is not None
+    new = replace(settings, export=replace(settings.export,
+                                           lan=LanSettings(((IBGP, OURS),), med=10)))
+    d = decide(core, k, Reconfigure(new))
+    assert lan_changes(d.exports) == [
+        ExportChange(LAN, VPC, None),  # no longer configured: told to withdraw
+        ExportChange(IBGP, VPC, Announcement(10, (), True))]  # the new one: all of it
+    assert core.lan is not None and core.lan.counts() == {IBGP: len(VPC)}
+    d = decide(core, k, Reconfigure(replace(new, export=replace(new.export, lan=None))))
+    assert lan_changes(d.exports) == [ExportChange(IBGP, VPC, None)] and core.lan is None
