@@ -3,10 +3,11 @@
 
 Creates its own network namespaces (vtibgp-bench-<pid> with vti01/vti02, their veth peers in
 vtibgp-bench-<pid>-peer), and for each N installs then removes N routes, first with
-`ip -n NS -batch FILE`, then with KernelWriter.apply (every request acked, as always), then
-the kernel's own ceiling: the very datagrams the writer sends (its order, batches, nexthops,
-one ack per request), packed before the clock starts and sent over the writer's socket one
-after the other, each followed by reading its acks (recvmmsg). It prints routes/s, the ratio
+`ip -n NS -batch FILE`, then with KernelWriter.apply (every refusal answered, one ack per
+datagram), then the kernel's own ceiling: the very datagrams the writer sends (its order,
+batches, nexthops, the ack on each datagram's last request), packed before the clock starts
+and sent over the writer's socket one after the other, each followed by reading what it
+answered (recvmmsg). It prints routes/s, the ratio
 to `ip -batch` and the writer's share of the ceiling (ceiling time / writer time). The medians
 of --repeat runs are reported. Root only; both namespaces are deleted at the end, also on
 error or Ctrl-C. No traffic is sent anywhere.
@@ -106,7 +107,7 @@ def run_ip_batch(ns: str, path: Path) -> float:
 def prebuilt(writer: KernelWriter, ops: list[RouteOp], batch: int) -> list[bytes]:
     """The datagrams the writer sends for `ops`: its send order, `batch` requests (or its byte
     cap) per datagram, its nexthops (objects made first where missing), one sequence number
-    per request. Uses the writer's parts (a benchmark's licence): the packer, link cache, pool."""
+    per request, the ack asked of each datagram's last request only. Uses the writer's parts (a benchmark's licence): the packer, link cache, pool."""
     nl, packer = writer._nl, writer._sender._packer
     links, pool = writer._links, writer._nh
     order = _send_order(ops)
@@ -133,16 +134,18 @@ def prebuilt(writer: KernelWriter, ops: list[RouteOp], batch: int) -> list[bytes
         parts.append(msg)
         size += len(msg)
         if len(parts) >= batch or size >= nl.max_chunk_bytes:
+            parts[-1] = nc.with_ack(parts[-1])
             out.append(b"".join(parts))
             parts, size = [], 0
     if parts:
+        parts[-1] = nc.with_ack(parts[-1])
         out.append(b"".join(parts))
     return out
 
 
-def send_prebuilt(writer: KernelWriter, datagrams: list[bytes], n: int) -> float:
-    """Seconds to send `datagrams` (n requests) over the writer's socket, each followed by
-    reading every ack it queued; raises if an ack is an error or one is missing."""
+def send_prebuilt(writer: KernelWriter, datagrams: list[bytes]) -> float:
+    """Seconds to send `datagrams` over the writer's socket, each followed by reading what it
+    queued (its one ack); raises if an answer is an error or one is missing."""
     nl = writer._nl
     sock, mr = nl.sock, nl.mrecv
     if mr is None:
@@ -161,10 +164,11 @@ def send_prebuilt(writer: KernelWriter, datagrams: list[bytes], n: int) -> float
             if got < mr.vlen:
                 break
     elapsed = time.perf_counter() - t0
+    n = len(datagrams)
     while acks < n and nl.wait_readable(0.05):
         acks += mr.recv()
     if errors or acks != n:
-        raise RuntimeError(f"prebuilt: {acks} acks for {n} requests, {errors} errors")
+        raise RuntimeError(f"prebuilt: {acks} answers for {n} datagrams, {errors} errors")
     return elapsed
 
 
@@ -219,8 +223,8 @@ def bench(lab: Lab, n: int, args: argparse.Namespace, tmp: Path) -> dict[str, li
             if not args.no_ceiling:  # the same datagrams, packed in advance
                 pb_adds, pb_dels = (prebuilt(writer, adds, args.batch),
                                     prebuilt(writer, dels, args.batch))
-                times["pb_add"].append(send_prebuilt(writer, pb_adds, n))
-                times["pb_del"].append(send_prebuilt(writer, pb_dels, n))
+                times["pb_add"].append(send_prebuilt(writer, pb_adds))
+                times["pb_del"].append(send_prebuilt(writer, pb_dels))
                 del pb_adds, pb_dels
                 if count_ours(lab.ns, args.table, args.family) != 0:
                     raise RuntimeError("routes left behind after the prebuilt delete pass")

@@ -334,6 +334,39 @@ def test_lost_acks_are_resolved(topology: Topology, make_writer: WriterFactory) 
     assert {r.prefix for r in w.dump()} == {r.prefix for r in rs[500:1000]}
 
 
+def test_lost_refusals_are_resolved(topology: Topology, make_writer: WriterFactory,
+                                   tmp_path: Path) -> None:
+    """Only refusals and each datagram's last request are answered: a flood of refusals
+    into a tiny receive queue loses most of them (ENOBUFS). No op may then pass for applied
+    because its datagram's last ack came through: each ends with its true outcome."""
+    foreign = [f"10.121.{i // 256}.{i % 256}" for i in range(0, 3000, 10)]  # every tenth
+    batch = tmp_path / "foreign.txt"
+    batch.write_text("".join(f"route add {p}/32 dev vti01 metric 100 proto static\n"
+                             for p in foreign))
+    topology.ip("gw", "-batch", str(batch))
+    # small pipelined datagrams: answers are read while the kernel works on the next one, so
+    # a datagram's last ack can get into the queue after an earlier refusal was dropped
+    w = make_writer(rcvbuf=1, batch=40)
+    rs = [route(f"10.121.{i // 256}.{i % 256}/32", DEVS[i % 2]) for i in range(3000)]
+    ops = [add(r) for r in rs]
+    res = w.apply(ops)
+    assert w.overruns > 0
+    assert res.failed == [(ops[i], errno.EEXIST) for i in range(0, 3000, 10)]
+    assert res.applied == 2700
+    mine = kernel(topology)
+    assert len(mine) == 2700 and not set(foreign) & set(mine)
+    everyone = kernel(topology, proto=None)
+    assert all(everyone[p]["protocol"] == "static" for p in foreign)
+    # deleting routes that are not there: every request refused (ESRCH), most answers lost
+    absent = [route(f"10.122.{i // 256}.{i % 256}/32", DEVS[0]) for i in range(3000)]
+    before = w.overruns
+    res = w.apply([delete(r) for r in absent + rs])
+    assert w.overruns > before
+    assert (res.applied, res.failed) == (6000, [])
+    assert kernel(topology) == {}
+    assert len([p for p in kernel(topology, proto=None) if p.startswith("10.121.")]) == 300
+
+
 def test_order_of_results_with_spread_runs(topology: Topology,
                                                   writer: KernelWriter) -> None:
     rs = [route(f"10.125.{i}.0/24", DEVS[i % 2]) for i in range(200)]

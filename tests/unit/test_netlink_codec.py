@@ -536,3 +536,24 @@ def test_canonical_address() -> None:
     assert canonical_address("169.254.10.1") == "169.254.10.1"
     for bad in ("", "1.2.3", "01.2.3.4", "fe80::1%eth0", "::1\x00", "1::2::3", "\udcff", "x"):
         assert canonical_address(bad) is None
+
+
+def test_requests_without_ack_and_the_datagram_closing_ack() -> None:
+    """The writer's packer leaves NLM_F_ACK off (the kernel then answers refusals only);
+    with_ack puts it back on the last message only: a REPLACE's add, not its delete."""
+    quiet = nc.RoutePacker(table=254, protocol=186, ack=False)
+    loud = nc.RoutePacker(table=254, protocol=186)
+    for kind in OpKind:
+        hops = () if kind is OpKind.DELETE else (nc.Hop(2),)
+        a = quiet.pack(kind, "10.0.0.0/8", 5, hops, 9)
+        b = loud.pack(kind, "10.0.0.0/8", 5, hops, 9)
+        assert not nc.NLMSGHDR.unpack_from(a)[2] & nc.NLM_F_ACK
+        assert nc.with_ack(a) == b
+    delete = quiet.pack(OpKind.DELETE, "10.0.0.0/8", 5, (), 3)
+    add = quiet.pack(OpKind.ADD, "10.0.0.0/8", 5, 7, 4)
+    both = nc.with_ack(delete + add)
+    assert both[:len(delete)] == delete
+    assert nc.NLMSGHDR.unpack_from(both, len(delete))[2] & nc.NLM_F_ACK
+    assert both[len(delete):] == loud.pack(OpKind.ADD, "10.0.0.0/8", 5, 7, 4)
+    with pytest.raises(ValueError, match="whole netlink message"):
+        nc.with_ack(delete[:-4])

@@ -1,15 +1,25 @@
-"""Reading the acks of a batch exchange: every route request carries NLM_F_ACK and its own
-sequence number (base + its position), so each ack names its op. Every ack is its own
-datagram; they are read with recvmmsg(2) (:class:`vtibgp.kernel.netlink.MultiRecv`, up to
-1,024 per system call, the usual all-success run marked in one slice) or, without it, one
+"""Reading the answers of a batch exchange. Each route request carries its own sequence number
+(base + its position), so an answer names its op. The kernel answers a refused request always
+and a successful one only if it asked for an ack (NLM_F_ACK): the sender asks it of the last
+request of each datagram only (:func:`vtibgp.kernel.codec.with_ack`). rtnetlink works through
+a datagram in order inside the ``send`` and queues its answers in that order, so once the
+last request's answer is read, every refusal before it in that datagram has been read too:
+the ops of the datagram still waiting are applied ("closing" the datagram, see closes()).
+
+Every answer is its own datagram on the socket; they are read with recvmmsg(2)
+(:class:`vtibgp.kernel.netlink.MultiRecv`, up to 1,024 per system call) or, without it, one
 ``recv_into`` each. Reads never block.
 
-The per-op results of an exchange are a list of ints: 0 or the errno of its ack, or one of
+Lost answers. If the receive queue overflows, the kernel drops an answer and the next read
+reports ENOBUFS before anything queued after the drop. So the datagrams closed before that
+report are sound; from then on no datagram of the exchange is closed by inference: their
+unanswered ops stay PENDING and the writer resends them (it resolves what each resend meets).
+
+The per-op results of an exchange are a list of ints: 0 or the errno of its answer, or one of
 the markers below.
 
-Owns: turning queued acks into per-op results, counting receive-queue overflows (ENOBUFS:
-acks were lost; those ops stay PENDING). Must not know: what the ops were, how they are
-resent (the writer decides), what a route is.
+Owns: turning queued answers into per-op results, counting receive-queue overflows (ENOBUFS).
+Must not know: what the ops were, how they are resent (the writer decides), what a route is.
 """
 
 from __future__ import annotations
@@ -43,14 +53,34 @@ class AckReader:
         self.base = 0
         self.res: list[int] = []
         self.messages: dict[int, str] = {}
+        self._closes: dict[int, int] = {}  # a datagram's last op -> its first
+        self._lossy = False  # an answer of this exchange was lost: close nothing more
 
     def start(self, base: int, res: list[int], messages: dict[int, str]) -> None:
-        """Acks of sequence base + i go to res[i] (if still PENDING); error texts (extended
-        acks) to messages[i]."""
+        """Answers of sequence base + i go to res[i] (if still PENDING); error texts
+        (extended acks) to messages[i]."""
         self.base = base
         self.res = res
         self.messages = messages
         self._warned = False
+        self._closes = {}
+        self._lossy = False
+
+    def closes(self, first: int, last: int) -> None:
+        """A datagram carries ops first..last, and only op `last` asks for an ack: when its
+        answer comes, the ops in between still PENDING were applied."""
+        self._closes[last] = first
+
+    def _close(self, last: int) -> None:
+        first = self._closes.pop(last)
+        if self._lossy:
+            return
+        res = self.res
+        part = res[first:last]
+        if part.count(PENDING) == len(part):
+            res[first:last] = [0] * len(part)
+        else:
+            res[first:last] = [0 if r == PENDING else r for r in part]
 
     def drain(self) -> None:
         """Read every ack queued right now (never blocks)."""
@@ -81,16 +111,19 @@ class AckReader:
                     i = seq - base
                     if 0 <= i < n and res[i] == PENDING:
                         res[i] = -err
+                    if i in self._closes:
+                        self._close(i)
                     continue
             for ack in nc.parse_acks(buf, k):
                 self._take(ack.seq, ack.error, ack.message)
 
     def _drain_many(self, mr: MultiRecv, base: int, res: list[int]) -> None:
-        """drain with recvmmsg: one system call per up to mr.vlen acks."""
+        """drain with recvmmsg: one system call per up to mr.vlen answers."""
         ints, uints, step, slot = mr.ints, mr.uints, mr.step, mr.slot
         n = len(res)
         ack_size = nc.ACK_SIZE
         error_type = nc.NLMSG_ERROR
+        closes = self._closes
         while True:
             try:
                 got = mr.recv()
@@ -99,10 +132,6 @@ class AckReader:
                     raise
                 self._overflowed()
                 continue
-            if got and self._all_ok(mr, got, base, res):
-                if got < mr.vlen:
-                    return
-                continue
             o = 0
             for _ in range(got):
                 length = uints[o]
@@ -110,6 +139,8 @@ class AckReader:
                     i = uints[o + 2] - base
                     if 0 <= i < n and res[i] == PENDING:
                         res[i] = -ints[o + 4]
+                    if i in closes:
+                        self._close(i)
                 elif length > slot:  # cut to the slot: header and errno survive, text not
                     if length >= ack_size and uints[o + 1] & 0xFFFF == error_type:
                         self._take(uints[o + 2], -ints[o + 4])
@@ -120,47 +151,24 @@ class AckReader:
             if got < mr.vlen:
                 return
 
-    @staticmethod
-    def _all_ok(mr: MultiRecv, got: int, base: int, res: list[int]) -> bool:
-        """The usual case, read in bulk: `got` success acks for consecutive requests that
-        were all still waiting. Then they are marked applied in one slice and True is
-        returned; anything else (an error, a gap, a longer message) leaves it to the loop."""
-        words = got * mr.step
-        step = mr.step
-        uints = mr.uints
-        if uints[0:words:step].tolist().count(nc.ACK_SIZE) != got:
-            return False
-        if mr.ints[4:words:step].tolist().count(0) != got:
-            return False
-        types = uints[1:words:step].tolist()
-        if types.count(types[0]) != got or types[0] & 0xFFFF != nc.NLMSG_ERROR:
-            return False
-        seqs = uints[2:words:step].tolist()
-        first = seqs[0] - base
-        last = seqs[-1] - base
-        if last - first != got - 1 or first < 0 or last >= len(res):
-            return False
-        if res[first:last + 1].count(PENDING) != got or seqs != list(
-                range(seqs[0], seqs[0] + got)):
-            return False
-        res[first:last + 1] = [0] * got
-        return True
-
     def _take(self, seq: int, error: int, message: str | None = None) -> None:
         i = seq - self.base
         if 0 <= i < len(self.res) and self.res[i] == PENDING:
             self.res[i] = error
             if message:
                 self.messages[i] = message
+        if i in self._closes:
+            self._close(i)
 
     def _overflowed(self) -> None:
         self._nl.overruns += 1
+        self._lossy = True
         if not self._warned:
             self._warned = True
             log.warning("kernel: netlink receive queue overflowed (ENOBUFS); the ops whose "
-                        "acks were lost are resolved by resending them")
+                        "answers may be lost are resolved by resending them")
 
     def wait_stragglers(self, quiet: float = STRAGGLER_WAIT) -> None:
-        """Acks should all be queued once send() returned; give late ones a short grace."""
+        """Answers should all be queued once send() returned; give late ones a short grace."""
         while PENDING in self.res and self._nl.wait_readable(quiet):
             self.drain()

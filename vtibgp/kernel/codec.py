@@ -2,7 +2,8 @@
 
 Only the few shapes vtibgp needs are covered:
 
-* RTM_NEWROUTE / RTM_DELROUTE requests for one IPv4 or IPv6 prefix, always acked (NLM_F_ACK);
+* RTM_NEWROUTE / RTM_DELROUTE requests for one IPv4 or IPv6 prefix, acked (NLM_F_ACK) or,
+  for the writer's batches, answered only if refused (see RoutePacker and with_ack);
 * RTM_GETROUTE and RTM_GETLINK requests (dumps, one link by name);
 * parsers for route dump replies, link replies (index, name, flags, MTU, operational state)
   and NLMSG_ERROR acks.
@@ -140,6 +141,8 @@ ACK = struct.Struct("=IHHIIi")  # nlmsghdr + the error field of nlmsgerr
 ACK_SIZE = NLMSGHDR.size + 4 + NLMSGHDR.size  # 36: a success ack (always capped)
 ROUTE_HDR_SIZE = NLMSGHDR.size + RTMSG.size  # 28
 _RTM_TYPE_AT = NLMSGHDR.size + 7  # rtm_type's byte in a route message
+_FLAGS = struct.Struct("=H")
+_FLAGS_AT = 6  # nlmsg_flags in a netlink header
 
 _U32_MAX = 0xFFFFFFFF
 _ADDR_LEN: dict[int, int] = {AF_INET: 4, AF_INET6: 16}
@@ -293,9 +296,12 @@ class RoutePacker:
     MAX_TEMPLATES = 4096
 
     def __init__(self, table: int = RT_TABLE_MAIN, protocol: int = RTPROT_VTIBGP,
-                 fallback: int | None = None) -> None:
+                 fallback: int | None = None, *, ack: bool = True) -> None:
         """`fallback`: the route type (RTN_UNREACHABLE or RTN_BLACKHOLE) of a route added
-        without nexthops; None: such a route is refused."""
+        without nexthops; None: such a route is refused. `ack`: requests carry NLM_F_ACK;
+        without it the kernel answers only a refused request (netlink_rcv_skb acks an error
+        whatever the flags), which halves its work per route and leaves nothing to read for
+        the usual success (a batch's last request gets the flag back: with_ack)."""
         if not 0 < table <= _U32_MAX or table in (RT_TABLE_UNSPEC, RT_TABLE_COMPAT):
             raise ValueError(f"unusable routing table {table}")
         if not 0 < protocol < 256:
@@ -306,6 +312,7 @@ class RoutePacker:
         self.table = table
         self.protocol = protocol
         self.fallback = fallback
+        self.ack = ack
         # keyed by (is ADD, is IPv6, hops): an Enum in the key would cost a Python-level
         # __hash__ per message
         self._templates: dict[tuple[bool, bool, Via], _Template] = {}
@@ -315,6 +322,8 @@ class RoutePacker:
     def _build(self, kind: OpKind, v6: bool, hops: Via) -> _Template:
         family = AF_INET6 if v6 else AF_INET
         mtype, mflags = _KIND_FLAGS[kind]
+        if not self.ack:
+            mflags &= ~NLM_F_ACK
         rtype = RTN_UNICAST
         if kind is OpKind.DELETE:
             tail, scope, rflags = b"", RT_SCOPE_NOWHERE, 0
@@ -392,6 +401,23 @@ class RoutePacker:
         msg = bytearray(self.pack(OpKind.DELETE, prefix, metric, (), seq))
         msg[_RTM_TYPE_AT] = self.fallback or RTN_UNICAST
         return bytes(msg)
+
+
+def with_ack(msg: bytes) -> bytes:
+    """`msg` (one request, or a REPLACE's delete + add) with NLM_F_ACK set on its last
+    message: its ack, read after every refusal of the requests sent before it in the same
+    datagram (the kernel answers them in order, inside the send), closes the datagram."""
+    off = 0
+    while True:
+        length = U32.unpack_from(msg, off)[0]
+        if length < NLMSGHDR.size or off + length > len(msg):
+            raise ValueError("not a whole netlink message")
+        if off + length == len(msg):
+            break
+        off += length
+    at = off + _FLAGS_AT
+    flags = _FLAGS.unpack_from(msg, at)[0] | NLM_F_ACK
+    return msg[:at] + _FLAGS.pack(flags) + msg[at + _FLAGS.size:]
 
 
 def pack_route(

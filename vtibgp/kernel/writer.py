@@ -6,19 +6,20 @@ Composed of the kernel package's parts, all over one socket (so always in its na
 (our nexthop objects), :mod:`~vtibgp.kernel.sender` (packing and pipelined sends: the hot
 path), :mod:`~vtibgp.kernel.acks` (reading acks) and :mod:`~vtibgp.kernel.routedump`.
 
-apply(). Ops are packed in order, ``batch`` requests per ``send``, every request with NLM_F_ACK
-and its own sequence number, so each ack names its op (see the sender). A REPLACE goes out as a
-delete carrying our protocol id followed by an exclusive add, in the same datagram: the
-kernel's own replace matches prefix and metric only, and would overwrite a route of another
-owner that took one of our keys. In long runs of ops of one kind the IPv4 prefixes go out
-spread over the address space (see _send_order: the kernel's FIB trie takes them much faster
-that way); no op crosses an op of another kind.
+apply(). Ops are packed in order, ``batch`` requests per ``send``, every request with its own
+sequence number, so each answer names its op; the kernel answers every refusal, and the ack
+of a datagram's last request says the rest of it went through (see the sender and acks). A
+REPLACE goes out as a delete carrying our protocol id followed by an exclusive add, in the
+same datagram: the kernel's own replace matches prefix and metric only, and would overwrite a
+route of another owner that took one of our keys. In long runs of ops of one kind the IPv4
+prefixes go out spread over the address space (see _send_order: the kernel's FIB trie takes
+them much faster that way); no op crosses an op of another kind.
 
 Failures. Each refused op is reported with the kernel's errno, in the order of `ops`. Found
 without sending: ENODEV (device unknown; nothing is sent for that op), EINVAL (malformed
 prefix, IPv6 host bits, gateway of the other family, metric out of range, no nexthop). A
 DELETE answered ESRCH counts as applied. If the receive queue overflowed (ENOBUFS) the ops
-whose acks were lost are sent again in ever smaller batches; an ADD that then meets EEXIST
+whose answers may be lost are sent again in ever smaller batches; an ADD that then meets EEXIST
 counts as applied only if a dump shows our route at that key with exactly the wanted
 nexthops; an op followed in the same call by another op on its key is not resent (the later
 op decides). A kernel ENODEV (cached ifindex went stale: device deleted and re-created)
@@ -140,8 +141,9 @@ class KernelWriter:
         self._nl = Rtnl(netns=netns, rcvbuf=rcvbuf, sndbuf=sndbuf, multi_recv=multi_recv)
         self._links = LinkCache(self._nl, on_change=self._links_changed)
         self._nh = NexthopPool(self._nl, table, proto, self._links)
-        self._sender = BatchSender(self._nl, nc.RoutePacker(table, proto, self.fallback_type),
-                                   self._links, self._nh, self.fallback_type)
+        self._sender = BatchSender(
+            self._nl, nc.RoutePacker(table, proto, self.fallback_type, ack=False),
+            self._links, self._nh, self.fallback_type)
 
     def _links_changed(self) -> None:
         self._nh.clear_cache()  # object ids looked up by device: ifindexes may have moved
