@@ -107,7 +107,8 @@ def run_ip_batch(ns: str, path: Path) -> float:
 def prebuilt(writer: KernelWriter, ops: list[RouteOp], batch: int) -> list[bytes]:
     """The datagrams the writer sends for `ops`: its send order, `batch` requests (or its byte
     cap) per datagram, its nexthops (objects made first where missing), one sequence number
-    per request, the ack asked of each datagram's last request only. Uses the writer's parts (a benchmark's licence): the packer, link cache, pool."""
+    per request, the ack asked of each datagram's last request only. Uses the writer's parts
+    (a benchmark's licence): the packer, link cache, pool."""
     nl, packer = writer._nl, writer._sender._packer
     links, pool = writer._links, writer._nh
     order = _send_order(ops)

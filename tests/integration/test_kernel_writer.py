@@ -40,16 +40,20 @@ DEVS = ("vti01", "vti02")
 WriterFactory = Callable[..., KernelWriter]
 
 
-@pytest.fixture(params=["inline", "objects"])
+@pytest.fixture(params=["inline", "objects", "objects-python"])
 def make_writer(topology: Topology, request: pytest.FixtureRequest) -> Iterator[WriterFactory]:
-    """Every writer test runs twice: nexthops inline in each route, and through kernel
-    nexthop objects (RTA_NH_ID) as `vtibgp run` uses them where the kernel has them."""
+    """Every writer test runs three times: nexthops inline in each route, and through kernel
+    nexthop objects (RTA_NH_ID) as `vtibgp run` uses them where the kernel has them, packed
+    by the compiled packer (which CI builds) and, the last time, by Python alone."""
     made: list[KernelWriter] = []
 
     def make(**kwargs: Any) -> KernelWriter:
-        w = KernelWriter(netns=topology.gw, **kwargs)
+        python = request.param == "objects-python"
+        w = KernelWriter(netns=topology.gw, compiled_packer=not python, **kwargs)
         made.append(w)
-        if request.param == "objects":
+        if os.environ.get("CI") and not python:
+            assert w.compiled_packer, "the compiled packer was not built (setup.py)"
+        if request.param != "inline":
             assert w.enable_nexthop_objects()
         return w
 

@@ -249,6 +249,18 @@ def test_capabilities(tmp_path: Path) -> None:
     assert [f.level for f in doctor.check_capabilities(str(proc))] == ["warn"]
 
 
+def test_packer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Doctor says whether the writer packs in C; without the build it warns and says how."""
+    from vtibgp.kernel import compiled
+
+    built = compiled.pack_run is not None
+    [f] = doctor.check_packer()
+    assert (f.level, f.check) == ("ok" if built else "warn", "packer")
+    monkeypatch.setattr(compiled, "pack_run", None)
+    [f] = doctor.check_packer()
+    assert f.level == "warn" and "Python" in f.message and "build-essential" in f.fix
+
+
 EXA = """
 process vtibgp {
     run /usr/local/bin/vtibgp run --config /etc/vtibgp/vtibgp.yaml;  # { not a block

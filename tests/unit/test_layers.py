@@ -50,7 +50,9 @@ KERNEL_PARTS = {
                  "vtibgp.core.model"},
     "routedump": {_K + "codec", _K + "netlink", _K + "linkstate", "vtibgp.core.model"},
     "sender": {_K + "codec", _K + "netlink", _K + "linkstate", _K + "nexthops", _K + "acks",
-               "vtibgp.core.model"},
+               _K + "compiled", "vtibgp.core.model"},
+    # whether the C helpers were built, and nothing else (no part's logic)
+    "compiled": set(),
 }
 
 

@@ -395,6 +395,12 @@ class RoutePacker:
             raise ValueError(f"metric {metric} or sequence {seq} out of range") from None
 
 
+    def template(self, kind: OpKind, v6: bool, hops: Via) -> bytes:
+        """The request `pack` makes for (kind, family, hops), for the prefix 0/0, metric 0 and
+        sequence 0: what the compiled packer (vtibgp.kernel._fastpack) patches, at fixed
+        offsets, with each route's sequence, prefix length, address and metric."""
+        return self.pack(kind, "::/0" if v6 else "0.0.0.0/0", 0, hops, 0)
+
     def pack_fallback_delete(self, prefix: str, metric: int, seq: int) -> bytes:
         """The DELETE of a fallback route: the kernel matches the route type on delete, so
         it is the usual DELETE with the fallback's type in rtm_type."""
@@ -403,19 +409,22 @@ class RoutePacker:
         return bytes(msg)
 
 
-def with_ack(msg: bytes) -> bytes:
-    """`msg` (one request, or a REPLACE's delete + add) with NLM_F_ACK set on its last
-    message: its ack, read after every refusal of the requests sent before it in the same
-    datagram (the kernel answers them in order, inside the send), closes the datagram."""
+def with_ack(msg: bytes, last: int | None = None) -> bytes:
+    """`msg` (requests) with NLM_F_ACK set on its last message, which starts at offset
+    `last` if given (else it is found by walking the headers): its ack, read after every
+    refusal of the requests sent before it in the same datagram (the kernel answers them in
+    order, inside the send), closes the datagram."""
     off = 0
-    while True:
+    while last is None:
         length = U32.unpack_from(msg, off)[0]
         if length < NLMSGHDR.size or off + length > len(msg):
             raise ValueError("not a whole netlink message")
         if off + length == len(msg):
-            break
+            last = off
         off += length
-    at = off + _FLAGS_AT
+    if not 0 <= last <= len(msg) - NLMSGHDR.size:
+        raise ValueError("not a whole netlink message")
+    at = last + _FLAGS_AT
     flags = _FLAGS.unpack_from(msg, at)[0] | NLM_F_ACK
     return msg[:at] + _FLAGS.pack(flags) + msg[at + _FLAGS.size:]
 

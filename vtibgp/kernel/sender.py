@@ -8,7 +8,7 @@ rtnetlink handles a datagram synchronously inside ``send``: when it returns, eve
 the batch is queued on the socket (or was dropped, see ENOBUFS in :mod:`vtibgp.kernel.acks`).
 For more than one batch the sends run on a helper thread (the GIL is released in ``send``)
 while this thread packs the next batch and reads the answers to the previous ones, so the
-kernel's work overlaps Python's; at most one batch is in flight.
+kernel's work overlaps Python's; up to _QUEUED batches wait behind the one being sent.
 
 A device not in the link cache, or a nexthop object not made yet, stops packing: what is in
 flight is finished, what is packed is sent, the name is looked up (or the object made) with
@@ -23,11 +23,13 @@ from __future__ import annotations
 import errno
 import logging
 import sys
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from vtibgp.core.model import NextHop, OpKind, RouteOp
 from vtibgp.kernel import codec as nc
+from vtibgp.kernel import compiled as cc
 from vtibgp.kernel.acks import LOCAL, PENDING, UNSENT, AckReader
 from vtibgp.kernel.linkstate import LinkCache, Unresolved
 from vtibgp.kernel.netlink import Rtnl
@@ -39,7 +41,13 @@ log = logging.getLogger("vtibgp.kernel.sender")
 # went from a median of 120,000 to 141,000 adds/s and 104,000 to 112,000 deletes/s at 0.1 ms
 # (5 interleaved runs each)
 PIPELINE_SWITCH = 0.0001
+# batches queued behind the one being sent: the kernel never waits for this thread to hand
+# over the next one (with one ack per datagram, a few batches' answers are small)
+_QUEUED = 2
 _DRAIN_EVERY = 127  # while a batch is in flight, answers are read every 128 ops packed
+
+
+_ADD, _REPLACE, _DELETE = OpKind.ADD, OpKind.REPLACE, OpKind.DELETE
 
 
 class BatchSender:
@@ -52,7 +60,10 @@ class BatchSender:
     reported). The add's ack is the op's result."""
 
     def __init__(self, nl: Rtnl, packer: nc.RoutePacker, links: LinkCache,
-                 nexthops: NexthopPool, fallback_type: int | None) -> None:
+                 nexthops: NexthopPool, fallback_type: int | None,
+                 compiled: bool = True) -> None:
+        """`compiled`: pack the usual ops with the compiled packer where it was built (the
+        same bytes as the Python path; see _fastpack.c)."""
         self._nl = nl
         self._sock = nl.sock
         self._packer = packer
@@ -69,6 +80,20 @@ class BatchSender:
         self._messages: dict[int, str] = {}
         self._base = 0
         self._limit = 1
+        self._fast = cc.pack_run if compiled else None
+        # the compiled packer's templates, per nexthops tuple seen in the running exchange:
+        # id -> (the tuple, [add IPv4, add IPv6, replace IPv4, replace IPv6]); per exchange,
+        # so that an object id or ifindex learnt earlier never outlives a refresh
+        self._vias: dict[int, tuple[object, list[bytes | None]]] = {}
+        self._last_hops: tuple[NextHop, ...] | None = None  # _pack_one's one-entry cache
+        self._last_v6, self._last_id = False, 0
+        self._del_templates = (packer.template(OpKind.DELETE, False, ()),
+                               packer.template(OpKind.DELETE, True, ()))
+
+    @property
+    def compiled(self) -> bool:
+        """The compiled packer is in use."""
+        return self._fast is not None
 
     def close(self) -> None:
         if self._executor is not None:
@@ -83,6 +108,9 @@ class BatchSender:
         n = len(ops)
         res = [UNSENT] * n
         base = self._nl.take_seqs(2 * n)  # base + i: op i; base + n + i: a REPLACE's delete
+        if self._fast is not None and not isinstance(ops, list):
+            ops = list(ops)  # the compiled packer reads a list
+        self._vias = {}
         self._ops, self._res, self._local, self._messages = ops, res, local, messages
         self._base, self._limit = base, limit
         self._acks.start(base, res, messages)
@@ -104,21 +132,21 @@ class BatchSender:
         return res
 
     def _pipeline(self, use_pool: bool) -> None:
-        """exchange's send loop: every op packed and sent once, acks read as they come."""
+        """exchange's send loop: every op packed and sent once, answers read as they come.
+        With the pool, up to _QUEUED batches wait behind the one the kernel works on, so
+        the sender thread goes from one send to the next without waiting for this one."""
         n = len(self._ops)
         drain = self._acks.drain
-        inflight: Future[int] | None = None
-        inflight_range = (0, 0)
+        inflight: deque[tuple[Future[int], tuple[int, int]]] = deque()
         start = 0
         while start < n:
-            data, end, miss = self._pack_chunk(start, inflight is not None)
+            data, end, miss = self._pack_chunk(start, bool(inflight))
             if miss is not None:
                 # finish what is in flight, send what is packed, then look the name up with
                 # the socket quiet (its answer must not mix with acks), then go on in order
-                if inflight is not None:
-                    self._wait(inflight, inflight_range)
-                    inflight = None
-                    drain()
+                while inflight:
+                    self._wait(*inflight.popleft())
+                drain()
                 if data:
                     self._send_sync(data, (start, end))
                 if not isinstance(miss, str):
@@ -128,74 +156,64 @@ class BatchSender:
                 start = end
                 continue
             if data and use_pool:
-                # hand the next batch to the kernel as soon as the previous one is through,
-                # then read the previous batch's acks while the kernel works on this one
-                if inflight is not None:
-                    self._wait(inflight, inflight_range)
+                # queue the batch behind the one the kernel works on, then read answers
+                # while the kernel works
                 if self._executor is None:
                     self._executor = ThreadPoolExecutor(1, thread_name_prefix="vtibgp-netlink")
-                inflight = self._executor.submit(self._sock.send, data)
-                inflight_range = (start, end)
+                inflight.append((self._executor.submit(self._sock.send, data), (start, end)))
+                while len(inflight) > _QUEUED:
+                    self._wait(*inflight.popleft())
                 drain()
             elif data:
                 self._send_sync(data, (start, end))
             start = end
-        if inflight is not None:
-            self._wait(inflight, inflight_range)
-            drain()
+        while inflight:
+            self._wait(*inflight.popleft())
+        drain()
 
     def _pack_chunk(self, start: int, drain: bool) -> tuple[bytes, int, str | NhKey | None]:
         """Pack ops[start:] until `limit` ops or the byte cap; returns (datagram, next index,
         what is missing: a device name not in the cache, or the key of a nexthop object not
-        made yet; None). Reads acks now and then when a batch is in flight (`drain`)."""
+        made yet; None). Reads acks now and then when a batch is in flight (`drain`). The
+        compiled packer takes the usual ops; each op it leaves goes through _pack_one."""
         ops, res, base = self._ops, self._res, self._base
-        pack, hops_for, missing = self._packer.pack, self._links.hops, self.missing
-        object_for = self._nexthops.object_for if self._nexthops.enabled else None
-        delete, replace, add = OpKind.DELETE, OpKind.REPLACE, OpKind.ADD
-        fallback = self._fallback
+        fast, vias = self._fast, self._vias
+        del4, del6 = self._del_templates
         del_base = base + len(ops)
         parts: list[bytes] = []
         append = parts.append
         size, max_bytes = 0, self._nl.max_chunk_bytes
         stop = min(len(ops), start + self._limit)
-        last_hops: tuple[NextHop, ...] | None = None  # an UPDATE's routes share one tuple
-        last_v6, last_id = False, 0
+        self._last_hops = None  # an UPDATE's routes share one tuple
         last = -1  # the last op packed: its request asks for the datagram's ack
+        run_at = (-1, 0)  # (part, offset of its last request) of the last compiled run
         i = start
         while i < stop:
-            op = ops[i]
-            route = op.route
-            kind = op.kind
+            if fast is not None:
+                data, j, last_at = fast(ops, i, stop, base, del_base, max_bytes - size, _ADD,
+                                        _REPLACE, _DELETE, self._fallback, vias, del4, del6)
+                if j > i:
+                    append(data)
+                    run_at = (len(parts) - 1, last_at)
+                    res[i:j] = [PENDING] * (j - i)
+                    last = j - 1
+                    size += len(data)
+                    i = j
+                    if i >= stop or size >= max_bytes:
+                        break
+                    if drain:
+                        self._acks.drain()
             try:
-                if kind is delete or not route.nexthops:
-                    via: nc.Via = ()  # (no nexthop: the fallback route)
-                elif object_for is not None:  # cached by the tuple's identity and family
-                    nexthops = route.nexthops
-                    v6 = ":" in route.prefix
-                    if nexthops is last_hops and v6 is last_v6:
-                        via = last_id
-                    else:
-                        via = last_id = object_for(nexthops, v6)
-                        last_hops, last_v6 = nexthops, v6
-                else:
-                    via = hops_for(route.nexthops)
-                if kind is replace:  # see the class docstring
-                    msg = pack(delete, route.prefix, route.metric, (), del_base + i) + pack(
-                        add, route.prefix, route.metric, via, base + i)
-                elif kind is delete and fallback and not route.nexthops:
-                    # the kernel matches the type on delete: the fallback's own
-                    msg = self._packer.pack_fallback_delete(route.prefix, route.metric, base + i)
-                else:
-                    msg = pack(kind, route.prefix, route.metric, via, base + i)
+                msg = self._pack_one(i, base, del_base)
             except (Unresolved, ValueError) as exc:
-                if isinstance(exc, Unresolved) and exc.name not in missing:
+                if isinstance(exc, Unresolved) and exc.name not in self.missing:
                     # the caller looks it up, goes on
-                    return self._close_datagram(parts, start, last), i, exc.name
+                    return self._close_datagram(parts, start, last, run_at), i, exc.name
                 self._refuse(i, exc)
                 i += 1
                 continue
             except NotMade as exc:  # the caller makes it, then goes on from here
-                return self._close_datagram(parts, start, last), i, exc.key
+                return self._close_datagram(parts, start, last, run_at), i, exc.key
             append(msg)
             res[i] = PENDING
             last = i
@@ -205,14 +223,60 @@ class BatchSender:
                 break
             if drain and not i & _DRAIN_EVERY:
                 self._acks.drain()
-        return self._close_datagram(parts, start, last), i, None
+        return self._close_datagram(parts, start, last, run_at), i, None
 
-    def _close_datagram(self, parts: list[bytes], first: int, last: int) -> bytes:
+    def _pack_one(self, i: int, base: int, del_base: int) -> bytes:
+        """The request(s) of op i, in Python; raises Unresolved, NotMade or ValueError. With
+        the compiled packer, a route's template is learnt for the ops that follow."""
+        op = self._ops[i]
+        route = op.route
+        kind = op.kind
+        pack = self._packer.pack
+        via: nc.Via
+        if kind is _DELETE or not route.nexthops:
+            via = ()  # (no nexthop: the fallback route)
+        elif self._nexthops.enabled:  # cached by the tuple's identity and family
+            nexthops = route.nexthops
+            v6 = ":" in route.prefix
+            if nexthops is self._last_hops and v6 is self._last_v6:
+                via = self._last_id
+            else:
+                via = self._last_id = self._nexthops.object_for(nexthops, v6)
+                self._last_hops, self._last_v6 = nexthops, v6
+        else:
+            via = self._links.hops(route.nexthops)
+        if kind is _REPLACE:  # see the class docstring
+            msg = pack(_DELETE, route.prefix, route.metric, (), del_base + i) + pack(
+                _ADD, route.prefix, route.metric, via, base + i)
+        elif kind is _DELETE and self._fallback and not route.nexthops:
+            # the kernel matches the type on delete: the fallback's own
+            return self._packer.pack_fallback_delete(route.prefix, route.metric, base + i)
+        else:
+            msg = pack(kind, route.prefix, route.metric, via, base + i)
+        if self._fast is not None and kind is not _DELETE and route.nexthops:
+            self._learn(route.nexthops, ":" in route.prefix, kind, via)
+        return msg
+
+    def _learn(self, nexthops: tuple[NextHop, ...], v6: bool, kind: OpKind,
+               via: nc.Via) -> None:
+        """Give the compiled packer the template of (kind, family) through `nexthops`."""
+        entry = self._vias.get(id(nexthops))
+        if entry is None or entry[0] is not nexthops:
+            entry = self._vias[id(nexthops)] = (nexthops, [None, None, None, None])
+        slot = (2 if kind is _REPLACE else 0) + v6
+        if entry[1][slot] is None:
+            template_kind = _ADD if kind is _REPLACE else kind  # its add, after the delete
+            entry[1][slot] = self._packer.template(template_kind, v6, via)
+
+    def _close_datagram(self, parts: list[bytes], first: int, last: int,
+                        run_at: tuple[int, int]) -> bytes:
         """The datagram of `parts` (ops first..last), its last request asking for the ack
-        that closes it (see :mod:`vtibgp.kernel.acks`)."""
+        that closes it (see :mod:`vtibgp.kernel.acks`). `run_at`: the compiled run among the
+        parts that ends with its last request at that offset (no walk through it)."""
         if not parts:
             return b""
-        parts[-1] = nc.with_ack(parts[-1])
+        tail = len(parts) - 1
+        parts[-1] = nc.with_ack(parts[-1], run_at[1] if run_at[0] == tail else None)
         self._acks.closes(first, last)
         return b"".join(parts)
 

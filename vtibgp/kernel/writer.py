@@ -42,10 +42,12 @@ import os
 import threading
 from collections.abc import Sequence
 from types import TracebackType
+from typing import cast
 
 from vtibgp import defaults
 from vtibgp.core.model import KernelRoute, OpKind, OpResult, RouteOp
 from vtibgp.kernel import codec as nc
+from vtibgp.kernel import compiled as cc
 from vtibgp.kernel.acks import LOCAL, PENDING, UNSENT
 from vtibgp.kernel.linkstate import LinkCache
 from vtibgp.kernel.netlink import KernelPermissionError, MultiRecv, Rtnl, in_netns
@@ -106,6 +108,20 @@ def _send_order(ops: Sequence[RouteOp]) -> list[int] | None:
     return order
 
 
+def _order_and_work(ops: Sequence[RouteOp], compiled: bool,
+                    ) -> tuple[Sequence[int] | None, Sequence[RouteOp]]:
+    """_send_order's result and the ops in that order (the compiled version where built)."""
+    if compiled and cc.send_order is not None and isinstance(ops, list):
+        got = cc.send_order(ops, _SORT_RUN, _SPREAD)
+        if got is None:
+            return None, ops
+        if got is not False and got is not True:
+            order = cast("Sequence[int]", memoryview(got[0]).cast("q"))
+            return order, cast("list[RouteOp]", got[1])
+    spread = _send_order(ops)
+    return spread, (ops if spread is None else [ops[i] for i in spread])
+
+
 class KernelWriter:
     """Installs, replaces and deletes our routes (one table, one protocol id) in the kernel."""
 
@@ -121,12 +137,14 @@ class KernelWriter:
         pipeline: bool = True,
         multi_recv: bool = True,
         fallback: str | None = None,
+        compiled_packer: bool = True,
     ) -> None:
         """`table` and `proto` identify our routes; `batch` is the number of requests per
         datagram. Keyword-only knobs: `netns` (open the socket in that network namespace),
         `rcvbuf`/`sndbuf` (socket buffer sizes), `pipeline` (send on a helper thread when
-        there is more than one batch), `multi_recv` (read acks with recvmmsg) and `fallback`
-        ("unreachable" or "blackhole": the type of a route given without nexthops)."""
+        there is more than one batch), `multi_recv` (read acks with recvmmsg), `fallback`
+        ("unreachable" or "blackhole": the type of a route given without nexthops) and
+        `compiled_packer` (use vtibgp.kernel._fastpack where it was built)."""
         if batch < 1:
             raise ValueError("batch must be at least 1")
         self.table = table
@@ -143,7 +161,7 @@ class KernelWriter:
         self._nh = NexthopPool(self._nl, table, proto, self._links)
         self._sender = BatchSender(
             self._nl, nc.RoutePacker(table, proto, self.fallback_type, ack=False),
-            self._links, self._nh, self.fallback_type)
+            self._links, self._nh, self.fallback_type, compiled=compiled_packer)
 
     def _links_changed(self) -> None:
         self._nh.clear_cache()  # object ids looked up by device: ifindexes may have moved
@@ -180,6 +198,11 @@ class KernelWriter:
     def ext_ack(self) -> bool:
         """The kernel's error texts come with the acks (NETLINK_EXT_ACK took)."""
         return self._nl.ext_ack
+
+    @property
+    def compiled_packer(self) -> bool:
+        """The usual requests are packed by the compiled packer (else all in Python)."""
+        return self._sender.compiled
 
     @property
     def nexthop_objects(self) -> bool:
@@ -286,8 +309,7 @@ class KernelWriter:
         n = len(ops)
         if n == 0:
             return result
-        order = _send_order(ops)
-        work = ops if order is None else [ops[i] for i in order]
+        order, work = _order_and_work(ops, self._sender.compiled)
         self._sender.missing = set()
         self._nh.failed = {}
         local: dict[int, int] = {}

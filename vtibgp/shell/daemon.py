@@ -961,6 +961,9 @@ def run(cfg: Config, *, dry_run: bool, stdin: IO[bytes] | None = None) -> int:
                   cfg.source, writer.nexthop_refusal)
         writer.close()
         return 2
+    log.info("kernel writer: table %s, protocol %s, route requests packed %s", cfg.table,
+             cfg.protocol, "in C" if writer.compiled_packer else "in Python (the compiled "
+             "packer is not built; see vtibgp doctor)")
     cfg = _probe_or_not(cfg)
     daemon = Daemon(cfg, writer, sys.stdout, discover=find_device)
     if cfg.probe_enabled:
