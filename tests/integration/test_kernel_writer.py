@@ -295,11 +295,26 @@ def test_dump_returns_exactly_ours(topology: Topology, writer: KernelWriter) -> 
 def test_many_routes_in_batches(topology: Topology, make_writer: WriterFactory,
                                 pipeline: bool, multi_recv: bool) -> None:
     w = make_writer(batch=700, pipeline=pipeline, multi_recv=multi_recv)
-    rs = [route(f"10.{110 + i // 65536}.{i // 256 % 256}.{i % 256}/32", DEVS[i % 2])
-          for i in range(5000)]
+    # the routes share two nexthops tuples, as the core's do (the compiled packer's case),
+    # but every 301st has its own: the Python path packs it in the middle of a batch
+    shared = [route("0.0.0.0/0", d).nexthops for d in DEVS]
+
+    def hops(i: int, turn: int) -> tuple[NextHop, ...]:
+        dev = DEVS[(i + turn) % 2]
+        return (NextHop(dev),) if i % 301 == 0 else shared[(i + turn) % 2]
+
+    prefixes = [f"10.{110 + i // 65536}.{i // 256 % 256}.{i % 256}/32" for i in range(5000)]
+    rs = [KernelRoute(p, 100, hops(i, 0)) for i, p in enumerate(prefixes)]
     res = w.apply([add(r) for r in rs])
     assert (res.applied, res.failed) == (5000, [])
     assert len(kernel(topology)) == 5000
+    assert sorted(w.dump(), key=lambda r: r.prefix) == sorted(rs, key=lambda r: r.prefix)
+    rs = [KernelRoute(p, 100, hops(i, 1)) for i, p in enumerate(prefixes)]  # the other device
+    res = w.apply([replace(r) for r in rs])
+    assert (res.applied, res.failed) == (5000, [])
+    got = kernel(topology)
+    assert {p: got[p.removesuffix("/32")]["dev"] for p in prefixes[:5]} == {
+        p: r.nexthops[0].device for p, r in zip(prefixes[:5], rs, strict=False)}
     assert sorted(w.dump(), key=lambda r: r.prefix) == sorted(rs, key=lambda r: r.prefix)
     res = w.apply([delete(r) for r in rs])
     assert (res.applied, res.failed) == (5000, [])
