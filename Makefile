@@ -13,10 +13,12 @@ B := benchmarks
 .NOTPARALLEL:
 .PHONY: bench bench-quick \
 	bench-kernel bench-pipeline bench-memory bench-failover bench-end-to-end bench-restart \
+	bench-resync bench-quick-resync \
 	bench-quick-kernel bench-quick-pipeline bench-quick-failover bench-quick-end-to-end \
 	bench-quick-restart
 
-bench: bench-kernel bench-pipeline bench-memory bench-failover bench-end-to-end bench-restart
+bench: bench-kernel bench-pipeline bench-memory bench-failover bench-end-to-end bench-restart \
+	bench-resync
 
 # target 1: KernelWriter against ip -batch, 10k, 100k and 1M routes
 bench-kernel:
@@ -36,9 +38,12 @@ bench-end-to-end:
 # target 6: restart with 100k routes in the kernel: time to reconcile, route churn
 bench-restart:
 	$(PYTHON) $(B)/restart.py
+# target 6, offline: the daemon's own cost per adj-rib-in answer line (no root)
+bench-resync:
+	$(PYTHON) $(B)/resync_intake.py
 
 bench-quick: bench-quick-kernel bench-quick-pipeline bench-quick-failover \
-	bench-quick-end-to-end bench-quick-restart
+	bench-quick-end-to-end bench-quick-restart bench-quick-resync
 
 bench-quick-kernel:
 	$(PYTHON) $(B)/kernel_writer.py --sizes 10000 --repeat 1
@@ -50,3 +55,5 @@ bench-quick-end-to-end:
 	$(PYTHON) $(B)/end_to_end.py --quick
 bench-quick-restart:
 	$(PYTHON) $(B)/restart.py --quick
+bench-quick-resync:
+	$(PYTHON) $(B)/resync_intake.py --lines 20000 --repeat 1
