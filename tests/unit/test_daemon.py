@@ -19,7 +19,7 @@ from kernel_model import flush_device
 
 from vtibgp.config.schema import load, parse
 from vtibgp.core.engine import REPAIR_KINDS
-from vtibgp.core.model import KernelRoute, NextHop, OpKind, OpResult, RouteOp
+from vtibgp.core.model import Announce, KernelRoute, NextHop, OpKind, OpResult, RouteOp
 from vtibgp.exabgp.parse import LineKind, parse_line
 from vtibgp.shell import metrics as m
 from vtibgp.shell.daemon import Daemon, _Request
@@ -1000,3 +1000,96 @@ def test_status_and_peer_route_gauges_count_each_peers_own_routes(
     assert m.PEER_ROUTES.labels(PEER, "backup")._value.get() == 0
     assert m.PEER_ROUTES.labels(PEER2, "best")._value.get() == 0
     assert m.PEER_ROUTES.labels(PEER2, "backup")._value.get() == 1
+
+
+ADD_ = OpKind.ADD
+
+
+class GatedKernel(MemoryKernel):
+    """A MemoryKernel whose first apply waits (on the kernel thread) until `gate` is set:
+    what the loop decides meanwhile is decided while that batch is in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.first_done = False
+        self.calls = 0
+
+    def apply(self, ops: Sequence[RouteOp]) -> OpResult:
+        self.calls += 1
+        if self.calls == 1:
+            assert self.gate.wait(10), "the loop never decided while the batch was in flight"
+        try:
+            return super().apply(ops)
+        finally:
+            self.first_done = True
+
+
+def _gated(foreign: tuple[str, int] | None = None) -> tuple[Daemon, GatedKernel, list[str]]:
+    """One peer, batches of 2 ops to the kernel thread; `seen`: for each Announce the core
+    took, whether the first batch was still in flight (opens the gate at the third)."""
+    cfg = parse({"metrics": {"listen": None}, "control": {"socket": None},
+                 "peers": [{"address": PEER, "interface": "vti01"}]}, "t.yaml")
+    kernel = GatedKernel()
+    if foreign is not None:
+        kernel.foreign.add(foreign)
+    daemon = Daemon(cfg, kernel, io.StringIO())  # type: ignore[arg-type]
+    daemon.apply_at = 2
+    seen: list[str] = []
+    handle = daemon.core.handle
+
+    def watch(ev: object) -> object:
+        if isinstance(ev, Announce):
+            seen.append("in flight" if kernel.calls and not kernel.first_done else "idle")
+            if len(seen) == 3:
+                kernel.gate.set()
+        return handle(ev)  # type: ignore[arg-type]
+
+    daemon.core.handle = watch  # type: ignore[assignment,method-assign]
+    return daemon, kernel, seen
+
+
+def test_the_next_prefixes_are_decided_while_the_kernel_applies_a_batch() -> None:
+    daemon, kernel, seen = _gated()
+    read_lines(daemon, _update_many(PEER, ["10.1.0.0/16", "10.2.0.0/16"]),
+               _update_many(PEER, ["10.3.0.0/16"]), _update_many(PEER, ["10.4.0.0/16"]))
+    assert seen == ["idle", "in flight", "in flight"]
+    assert sorted(p for p, _m in kernel.routes) == [
+        "10.1.0.0/16", "10.2.0.0/16", "10.3.0.0/16", "10.4.0.0/16"]
+    assert daemon._flight is None and kernel.calls == 2  # settled at the end of the batch
+
+
+def test_a_line_about_a_prefix_in_flight_waits_for_its_answer() -> None:
+    """A refusal in flight reaches the core before anything about that prefix is decided:
+    the conflict is known, so the re-announcement does not touch the other owner's route."""
+    daemon, kernel, seen = _gated(foreign=("10.2.0.0/16", 100))
+    kernel.gate.set()  # (the wait below is the loop's own)
+    read_lines(daemon, _update_many(PEER, ["10.1.0.0/16", "10.2.0.0/16"]),
+               _update_many(PEER, ["10.2.0.0/16"], path="64512, 64513"),
+               _update_many(PEER, ["10.3.0.0/16"]))
+    assert seen[1] == "idle"  # 10.2.0.0/16 again: decided after the first batch's answer
+    # known before the change was decided: the changed path is tried again (an exclusive
+    # ADD, refused again), as without a batch in flight
+    assert daemon.core.stats["route_conflicts"] == 2
+    assert [op.kind for op in kernel.ops if op.route.prefix == "10.2.0.0/16"] == [ADD_, ADD_]
+    assert ("10.2.0.0/16", 100) in kernel.foreign and ("10.2.0.0/16", 100) not in kernel.routes
+    assert sorted(p for p, _m in kernel.routes) == ["10.1.0.0/16", "10.3.0.0/16"]
+
+
+def test_a_request_while_a_batch_is_in_flight_sees_it_applied() -> None:
+    daemon, kernel, _seen = _gated()
+    kernel.gate.set()
+    answered_after: list[bool] = []
+    answer = daemon._answer
+
+    def watch(body: dict[str, object], d: object) -> dict[str, object]:
+        answered_after.append(kernel.first_done)
+        return answer(body, d)  # type: ignore[arg-type]
+
+    daemon._answer = watch  # type: ignore[assignment,method-assign]
+    req = _Request({"cmd": "routes"})
+    daemon._process([("line", time.monotonic(),
+                      _update_many(PEER, ["10.1.0.0/16", "10.2.0.0/16"])),
+                     ("request", time.monotonic(), req)])
+    assert answered_after == [True] and req.done.is_set() and "prefixes" in req.answer
+    assert kernel.calls == 1 and len(kernel.routes) == 2

@@ -20,6 +20,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from operator import attrgetter
@@ -32,6 +33,7 @@ from vtibgp.core import view
 from vtibgp.core.decision import Decision
 from vtibgp.core.engine import Core, coalesce
 from vtibgp.core.export import ExportSettings
+from vtibgp.core.inflight import late_refusals
 from vtibgp.core.lan import LanSettings
 from vtibgp.core.model import (
     Announce,
@@ -239,6 +241,11 @@ class Daemon:
         self.prober: Probes | None = None
         self.probe_targets: dict[str, str] = first.probes or {}
         self._seen = 0.0  # the arrival time of the newest input handed to the core
+        # a full table arriving: the kernel applies one batch (on a helper thread) while the
+        # loop decides the next; see _perform and _settle
+        self.apply_at = APPLY_AT
+        self._flight: _Flight | None = None
+        self._kernel_thread: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ inputs
 
@@ -493,10 +500,11 @@ class Daemon:
         applied = False
         for kind, t, payload in batch:
             self._seen = t
-            if len(d.ops) >= APPLY_AT:
-                # a full table arriving: apply what is decided so far (sooner in the kernel,
-                # and the ops of the whole backlog are never held at once)
-                self._perform(d)
+            if len(d.ops) >= self.apply_at:
+                # a full table arriving: what is decided so far goes to the kernel (sooner
+                # there, and the ops of the whole backlog are never held at once) while the
+                # loop decides on
+                self._perform(d, overlap=True)
                 d = Decision()
                 applied = True
             if kind == "line":
@@ -506,6 +514,7 @@ class Daemon:
                     oldest_update = t
             elif kind == "request":
                 assert isinstance(payload, _Request)
+                self._settle(d)
                 payload.answer = self._answer(payload.body, d)
                 payload.done.set()
                 # what the request set in motion is decided once its caller has the answer
@@ -553,6 +562,13 @@ class Daemon:
         """One event into the core. `replay`: it comes from an answer of ExaBGP's (the
         adj-rib-in read at start or after a reload), not from the peer: not counted as
         received again."""
+        fl = self._flight
+        if fl is not None and not (isinstance(ev, Announce | Withdraw)
+                                   and self.core.device_of(ev.peer) is not None
+                                   and fl.prefixes.isdisjoint(ev.prefixes)):
+            # only the routes of other prefixes may be decided while a batch is in flight
+            # (see _settle): anything else waits for its answer
+            self._settle(d)
         match ev:
             case Announce(peer=peer):
                 if peer in self.report.known_peers:
@@ -786,16 +802,52 @@ class Daemon:
 
     # ------------------------------------------------------------------ kernel
 
-    def _perform(self, d: Decision) -> None:
+    def _perform(self, d: Decision, overlap: bool = False) -> None:
         """Carry out a decision: its route ops into the kernel, then its other effects. The
         changes of our announcements go to ExaBGP first: they are a few lines, and the cloud's
         return path should not wait for 10,000 route writes (the traffic already moved with
-        the flush of the tunnel's nexthop objects, where there was one)."""
+        the flush of the tunnel's nexthop objects, where there was one). With `overlap` the
+        ops go to the kernel on the kernel thread and the rest waits for _settle."""
+        self._settle(d)
         self._export(d)
         d.exports = []
+        if overlap and d.ops:
+            ops, d.ops = self._ordered(d.ops), []
+            if self._kernel_thread is None:
+                self._kernel_thread = ThreadPoolExecutor(1, thread_name_prefix="vtibgp-kernel")
+            self._flight = _Flight(self._kernel_thread.submit(self._timed_apply, ops), ops,
+                                   {op.route.prefix for op in ops}, d)
+            return
         later = self._apply(d.ops)
         d.ops = []
         self._report(d)
+        if later.effects():
+            self._report(later)
+
+    def _timed_apply(self, ops: list[RouteOp]) -> tuple[OpResult, float]:
+        t0 = time.perf_counter()
+        res = self.writer.apply(ops)
+        return res, time.perf_counter() - t0
+
+    def _settle(self, pending: Decision) -> None:
+        """Wait for the batch in flight, if any; its refusals go to the core, but those on a
+        key `pending` (decided meanwhile) has an op on are that op's to settle
+        (core.inflight.late_refusals), then the batch's other effects are carried out."""
+        fl = self._flight
+        if fl is None:
+            return
+        self._flight = None
+        res, seconds = fl.future.result()
+        m.BATCH_SECONDS.observe(seconds)
+        later = Decision()
+        to_core = late_refusals(res.failed, pending.ops)
+        if len(to_core) < len(res.failed):
+            log.info("kernel: %d refusals of the batch applied while the next was decided "
+                     "are left to the ops decided since for those routes",
+                     len(res.failed) - len(to_core))
+        ops = self._answers(fl.ops, res, to_core, later)
+        self._rounds(ops, later, first=1)
+        self._report(fl.effects)
         if later.effects():
             self._report(later)
 
@@ -821,40 +873,56 @@ class Daemon:
         """Apply ops; feed refusals back to the core, whose ops for them are applied too.
         Returns the other effects of those refusals' decisions."""
         later = Decision()
-        # One op per key; within a batch, traffic moves first (adds and replaces), then the
-        # deletes of routes nothing uses any more.
+        self._rounds(self._ordered(ops), later, first=0)
+        return later
+
+    @staticmethod
+    def _ordered(ops: list[RouteOp]) -> list[RouteOp]:
+        """One op per key; within a batch, traffic moves first (adds and replaces), then the
+        deletes of routes nothing uses any more."""
         ops = coalesce(ops)
         deletes = list(map(_KIND, ops)).count(OpKind.DELETE)
         if 0 < deletes < len(ops):  # (a stable sort on "is a delete")
             ops = ([op for op in ops if op.kind is not OpKind.DELETE]
                    + [op for op in ops if op.kind is OpKind.DELETE])
-        for _round in range(4):
+        return ops
+
+    def _rounds(self, ops: list[RouteOp], later: Decision, first: int) -> None:
+        """Apply ops, and the core's ops for their refusals, up to 4 rounds in all (`first`:
+        the rounds already done)."""
+        for _round in range(first, 4):
             if not ops:
                 break
             t0 = time.perf_counter()
             res = self.writer.apply(ops)
             m.BATCH_SECONDS.observe(time.perf_counter() - t0)
-            tally = _tally(ops)
-            for op, e in res.failed:
-                tally[op.kind.value] -= 1
-                result = "conflict" if e == errno_mod.EEXIST else "error"
-                m.ROUTE_OPS.labels(op.kind.value, result).inc()
-            for kind, n in tally.items():
-                m.ROUTE_OPS.labels(kind, "ok").inc(n)
-            ops = []
-            for op, e in res.failed:
-                name = errno_mod.errorcode.get(e, str(e))
-                m.KERNEL_ERRORS.labels(name).inc()
-                if e == errno_mod.EEXIST and op.kind is OpKind.ADD:
-                    log.warning("kernel: %s: a route of another owner holds %s metric %d; "
-                                "leaving it alone", name, op.route.prefix, op.route.metric)
-                else:
-                    log.error("kernel: %s failed: %s", op, os.strerror(e))
-                answer = self.core.handle(RouteFailed(op, e))
-                ops.extend(answer.ops)
-                answer.ops = []
-                later.merge(answer)
-        return later
+            ops = self._answers(ops, res, res.failed, later)
+
+    def _answers(self, ops: list[RouteOp], res: OpResult,
+                 to_core: Sequence[tuple[RouteOp, int]], later: Decision) -> list[RouteOp]:
+        """Count and log the kernel's answer to `ops`; the refusals `to_core` go to the core.
+        Returns the core's ops for them (their other effects merged into `later`)."""
+        tally = _tally(ops)
+        for op, e in res.failed:
+            tally[op.kind.value] -= 1
+            result = "conflict" if e == errno_mod.EEXIST else "error"
+            m.ROUTE_OPS.labels(op.kind.value, result).inc()
+            m.KERNEL_ERRORS.labels(errno_mod.errorcode.get(e, str(e))).inc()
+            if e == errno_mod.EEXIST and op.kind is OpKind.ADD:
+                log.warning("kernel: %s: a route of another owner holds %s metric %d; "
+                            "leaving it alone", errno_mod.errorcode[e], op.route.prefix,
+                            op.route.metric)
+            else:
+                log.error("kernel: %s failed: %s", op, os.strerror(e))
+        for kind, n in tally.items():
+            m.ROUTE_OPS.labels(kind, "ok").inc(n)
+        out: list[RouteOp] = []
+        for op, e in to_core:
+            answer = self.core.handle(RouteFailed(op, e))
+            out.extend(answer.ops)
+            answer.ops = []
+            later.merge(answer)
+        return out
 
     # ------------------------------------------------------------------ exit
 
@@ -874,7 +942,19 @@ class Daemon:
         else:
             log.info("exit: leaving our %d routes in place (on_exit: retain)",
                      self.core.route_count())
+        if self._kernel_thread is not None:
+            self._kernel_thread.shutdown()
         self.writer.close()
+
+
+@dataclass
+class _Flight:
+    """A batch the kernel thread applies while the loop decides on."""
+
+    future: Future[tuple[OpResult, float]]
+    ops: list[RouteOp]  # as applied (coalesced, deletes last)
+    prefixes: set[str]  # theirs: events about other prefixes may be decided meanwhile
+    effects: Decision  # the rest of its decision, carried out once it is applied
 
 
 def _probe_or_not(cfg: Config) -> Config:
