@@ -1056,7 +1056,7 @@ def test_the_next_prefixes_are_decided_while_the_kernel_applies_a_batch() -> Non
     assert seen == ["idle", "in flight", "in flight"]
     assert sorted(p for p, _m in kernel.routes) == [
         "10.1.0.0/16", "10.2.0.0/16", "10.3.0.0/16", "10.4.0.0/16"]
-    assert daemon._flight is None and kernel.calls == 2  # settled at the end of the batch
+    assert daemon.kernel.in_flight is None and kernel.calls == 2  # settled at the batch end
 
 
 def test_a_line_about_a_prefix_in_flight_waits_for_its_answer() -> None:

@@ -18,9 +18,8 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from operator import attrgetter
@@ -31,9 +30,8 @@ from vtibgp.config.schema import Config, ConfigError, load
 from vtibgp.control.server import ControlError, ControlServer
 from vtibgp.core import view
 from vtibgp.core.decision import Decision
-from vtibgp.core.engine import Core, coalesce
+from vtibgp.core.engine import Core
 from vtibgp.core.export import ExportSettings
-from vtibgp.core.inflight import late_refusals
 from vtibgp.core.lan import LanSettings
 from vtibgp.core.model import (
     Announce,
@@ -46,7 +44,6 @@ from vtibgp.core.model import (
     KernelRoutesFound,
     NetworksReachable,
     NotificationReceived,
-    OpKind,
     OpResult,
     OutsideLearned,
     PeerDevice,
@@ -54,7 +51,6 @@ from vtibgp.core.model import (
     ProbeReply,
     Reconcile,
     Reconfigure,
-    RouteFailed,
     RouteOp,
     Stopping,
     Tick,
@@ -66,6 +62,7 @@ from vtibgp.exabgp.parse import LineKind
 from vtibgp.exabgp.session import EXABGP_SHUTDOWN_REASONS, RESYNC_QUIET, ExabgpSession
 from vtibgp.kernel.reachability import IPRoute, NetlinkError, reachable
 from vtibgp.shell import metrics as m
+from vtibgp.shell.kernel_batches import KernelBatches
 from vtibgp.shell.prober import Prober, ProbeTarget
 from vtibgp.shell.report import Reporter
 from vtibgp.shell.tunnel_request import CEASE_ADMIN_RESET, tunnel_request
@@ -82,7 +79,6 @@ TICK = 0.25  # seconds: how often timers and signals are looked at when idle
 START_WAIT = 1.0  # seconds start-up waits for that quiet at most (then the loop waits for it)
 REACHABLE_INTERVAL = 2.0  # seconds between looks at our networks' routes (reachable_only)
 APPLY_AT = 65_536  # route ops: a batch that has made this many goes to the kernel at once
-_KIND = attrgetter("kind")  # RouteOp -> OpKind
 _NEXT_HOP = attrgetter("next_hop")  # PathAttrs -> its BGP next-hop
 
 
@@ -91,12 +87,6 @@ def _child(metric: Any, label: str) -> Any:
     """`metric.labels(label)`, remembered: labels() validates and locks on every call, and
     the per-line and per-event metrics are always the same few series."""
     return metric.labels(label)
-
-
-def _tally(ops: list[RouteOp]) -> Counter[str]:
-    """The ops by kind (`Counter(op.kind.value for op in ops)`, at C speed)."""
-    kinds = list(map(_KIND, ops))
-    return Counter({kind.value: n for kind in OpKind if (n := kinds.count(kind))})
 
 
 class Writer(Protocol):
@@ -244,8 +234,7 @@ class Daemon:
         # a full table arriving: the kernel applies one batch (on a helper thread) while the
         # loop decides the next; see _perform and _settle
         self.apply_at = APPLY_AT
-        self._flight: _Flight | None = None
-        self._kernel_thread: ThreadPoolExecutor | None = None
+        self.kernel = KernelBatches(writer, lambda ev: self.core.handle(ev))
 
     # ------------------------------------------------------------------ inputs
 
@@ -562,10 +551,10 @@ class Daemon:
         """One event into the core. `replay`: it comes from an answer of ExaBGP's (the
         adj-rib-in read at start or after a reload), not from the peer: not counted as
         received again."""
-        fl = self._flight
-        if fl is not None and not (isinstance(ev, Announce | Withdraw)
-                                   and self.core.device_of(ev.peer) is not None
-                                   and fl.prefixes.isdisjoint(ev.prefixes)):
+        flying = self.kernel.in_flight
+        if flying is not None and not (isinstance(ev, Announce | Withdraw)
+                                       and self.core.device_of(ev.peer) is not None
+                                       and flying.isdisjoint(ev.prefixes)):
             # only the routes of other prefixes may be decided while a batch is in flight
             # (see _settle): anything else waits for its answer
             self._settle(d)
@@ -632,7 +621,7 @@ class Daemon:
         remove the routes one by one."""
         if d.ops:
             ops, d.ops = d.ops, []
-            d.merge(self._apply(ops))
+            d.merge(self.kernel.apply(ops))
         if not self.writer.flush_device(dev):
             return False
         d.merge(self.core.handle(KernelFlushed(dev)))
@@ -812,44 +801,24 @@ class Daemon:
         self._export(d)
         d.exports = []
         if overlap and d.ops:
-            ops, d.ops = self._ordered(d.ops), []
-            if self._kernel_thread is None:
-                self._kernel_thread = ThreadPoolExecutor(1, thread_name_prefix="vtibgp-kernel")
-            self._flight = _Flight(self._kernel_thread.submit(self._timed_apply, ops), ops,
-                                   {op.route.prefix for op in ops}, d)
+            ops, d.ops = d.ops, []
+            self.kernel.start(ops, d)
             return
-        later = self._apply(d.ops)
+        later = self.kernel.apply(d.ops)
         d.ops = []
         self._report(d)
         if later.effects():
             self._report(later)
 
-    def _timed_apply(self, ops: list[RouteOp]) -> tuple[OpResult, float]:
-        t0 = time.perf_counter()
-        res = self.writer.apply(ops)
-        return res, time.perf_counter() - t0
-
     def _settle(self, pending: Decision) -> None:
-        """Wait for the batch in flight, if any; its refusals go to the core, but those on a
-        key `pending` (decided meanwhile) has an op on are that op's to settle
-        (core.inflight.late_refusals), then the batch's other effects are carried out."""
-        fl = self._flight
-        if fl is None:
-            return
-        self._flight = None
-        res, seconds = fl.future.result()
-        m.BATCH_SECONDS.observe(seconds)
-        later = Decision()
-        to_core = late_refusals(res.failed, pending.ops)
-        if len(to_core) < len(res.failed):
-            log.info("kernel: %d refusals of the batch applied while the next was decided "
-                     "are left to the ops decided since for those routes",
-                     len(res.failed) - len(to_core))
-        ops = self._answers(fl.ops, res, to_core, later)
-        self._rounds(ops, later, first=1)
-        self._report(fl.effects)
-        if later.effects():
-            self._report(later)
+        """Wait for the batch in flight, if any (see KernelBatches.settle), then carry out
+        the rest of its decision and of the core's answers to its refusals."""
+        got = self.kernel.settle(pending)
+        if got is not None:
+            effects, later = got
+            self._report(effects)
+            if later.effects():
+                self._report(later)
 
     def _report(self, d: Decision) -> None:
         """The effects of a decision besides its route ops: the reporter's logs and metrics,
@@ -869,61 +838,6 @@ class Daemon:
             at = self.limit_resync_at
             self.limit_resync_at = hb.until if at is None else min(at, hb.until)
 
-    def _apply(self, ops: list[RouteOp]) -> Decision:
-        """Apply ops; feed refusals back to the core, whose ops for them are applied too.
-        Returns the other effects of those refusals' decisions."""
-        later = Decision()
-        self._rounds(self._ordered(ops), later, first=0)
-        return later
-
-    @staticmethod
-    def _ordered(ops: list[RouteOp]) -> list[RouteOp]:
-        """One op per key; within a batch, traffic moves first (adds and replaces), then the
-        deletes of routes nothing uses any more."""
-        ops = coalesce(ops)
-        deletes = list(map(_KIND, ops)).count(OpKind.DELETE)
-        if 0 < deletes < len(ops):  # (a stable sort on "is a delete")
-            ops = ([op for op in ops if op.kind is not OpKind.DELETE]
-                   + [op for op in ops if op.kind is OpKind.DELETE])
-        return ops
-
-    def _rounds(self, ops: list[RouteOp], later: Decision, first: int) -> None:
-        """Apply ops, and the core's ops for their refusals, up to 4 rounds in all (`first`:
-        the rounds already done)."""
-        for _round in range(first, 4):
-            if not ops:
-                break
-            t0 = time.perf_counter()
-            res = self.writer.apply(ops)
-            m.BATCH_SECONDS.observe(time.perf_counter() - t0)
-            ops = self._answers(ops, res, res.failed, later)
-
-    def _answers(self, ops: list[RouteOp], res: OpResult,
-                 to_core: Sequence[tuple[RouteOp, int]], later: Decision) -> list[RouteOp]:
-        """Count and log the kernel's answer to `ops`; the refusals `to_core` go to the core.
-        Returns the core's ops for them (their other effects merged into `later`)."""
-        tally = _tally(ops)
-        for op, e in res.failed:
-            tally[op.kind.value] -= 1
-            result = "conflict" if e == errno_mod.EEXIST else "error"
-            m.ROUTE_OPS.labels(op.kind.value, result).inc()
-            m.KERNEL_ERRORS.labels(errno_mod.errorcode.get(e, str(e))).inc()
-            if e == errno_mod.EEXIST and op.kind is OpKind.ADD:
-                log.warning("kernel: %s: a route of another owner holds %s metric %d; "
-                            "leaving it alone", errno_mod.errorcode[e], op.route.prefix,
-                            op.route.metric)
-            else:
-                log.error("kernel: %s failed: %s", op, os.strerror(e))
-        for kind, n in tally.items():
-            m.ROUTE_OPS.labels(kind, "ok").inc(n)
-        out: list[RouteOp] = []
-        for op, e in to_core:
-            answer = self.core.handle(RouteFailed(op, e))
-            out.extend(answer.ops)
-            answer.ops = []
-            later.merge(answer)
-        return out
-
     # ------------------------------------------------------------------ exit
 
     def _exit(self) -> None:
@@ -942,19 +856,8 @@ class Daemon:
         else:
             log.info("exit: leaving our %d routes in place (on_exit: retain)",
                      self.core.route_count())
-        if self._kernel_thread is not None:
-            self._kernel_thread.shutdown()
+        self.kernel.close()
         self.writer.close()
-
-
-@dataclass
-class _Flight:
-    """A batch the kernel thread applies while the loop decides on."""
-
-    future: Future[tuple[OpResult, float]]
-    ops: list[RouteOp]  # as applied (coalesced, deletes last)
-    prefixes: set[str]  # theirs: events about other prefixes may be decided meanwhile
-    effects: Decision  # the rest of its decision, carried out once it is applied
 
 
 def _probe_or_not(cfg: Config) -> Config:
