@@ -26,28 +26,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # pipeline.py's NullWriter
+
+from pipeline import NullWriter
 
 from vtibgp.config.schema import parse
-from vtibgp.core.model import KernelRoute, OpResult, RouteOp
 from vtibgp.exabgp.parse import AdjRibReader
 from vtibgp.exabgp.session import ExabgpSession
 from vtibgp.shell.daemon import DRAIN_MAX, Daemon
 
 PEER, LOCAL = "169.254.10.1", "169.254.10.2"
-
-
-class NullWriter:
-    def apply(self, ops: list[RouteOp]) -> OpResult:
-        return OpResult(applied=len(ops))
-
-    def dump(self) -> list[KernelRoute]:
-        return []
-
-    def forget(self, name: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def answer(n: int) -> list[bytes]:
