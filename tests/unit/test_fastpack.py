@@ -68,7 +68,7 @@ def vias_for(packer: nc.RoutePacker, known: set[int]) -> Vias:
     vias: Vias = {}
     for h in known:
         t = [packer.template(ADD, v6, VIA[h]) for v6 in (False, True)]
-        vias[id(HOPS[h])] = (HOPS[h], [t[0], t[1], t[0], t[1]])
+        vias[id(HOPS[h])] = (HOPS[h], [t[0], t[1]])
     return vias
 
 

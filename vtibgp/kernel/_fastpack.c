@@ -5,15 +5,15 @@
  *          vias, del4, del6) -> (bytes, end, last)
  *
  * Packs ops[start:stop] into one run of route requests and returns it with the index of the
- * first op not packed and the offset of the run's last request (-1 if none). It packs an op only when it is sure to write exactly what
- * codec.RoutePacker.pack writes for it, by patching a template that RoutePacker made (the
+ * first op not packed and the offset of the run's last request (-1 if none). It packs an op
+ * only when it is sure to write exactly what codec.RoutePacker.pack writes for it, by patching a template that RoutePacker made (the
  * sequence number, the prefix length, the address, the metric); it stops at the first op it
  * is not sure of, and the Python path packs that one (and raises its errors):
  *
  *   - ADD / REPLACE: the op's nexthops tuple must be in `vias` (keyed by its id(); the
- *     value is (the tuple itself, [add4, add6, replace4, replace6]) with None where that
- *     template is not made yet); a REPLACE is the IPv4/IPv6 delete template (sequence
- *     del_base + i) followed by the replace template, as in the sender.
+ *     value is (the tuple itself, [add4, add6]) with None where that template is not made
+ *     yet); a REPLACE is the IPv4/IPv6 delete template (sequence del_base + i) followed by
+ *     the add template, as in the sender.
  *   - DELETE: del4 / del6; not the fallback route's delete (no nexthops, `fallback` true).
  *   - the prefix: ASCII "address/length", the length in digits without a leading zero and
  *     in range, the address accepted by inet_pton, no IPv6 host bits; the metric and the
@@ -24,7 +24,8 @@
  * send_order(ops, min_run, nbuckets) -> None | False | (order, reordered ops)
  *
  * vtibgp.kernel.writer._send_order's result, the same algorithm (see there; the order as
- * bytes of native ssize_t, 64-bit on every platform the writer runs on), and the ops in that order; False if an op is not (kind, (prefix: str, ...)): the Python version decides.
+ * bytes of native ssize_t, 64-bit on every platform the writer runs on), and the ops in
+ * that order; False if an op is not (kind, (prefix: str, ...)): the Python version decides.
  * Template layout (codec._Template): seq at 8, rtm_dst_len at 17, the address at 32, the
  * metric 12 bytes after the address.
  */
@@ -125,7 +126,7 @@ static int put(Buffer *b, PyObject *tmpl, uint32_t seq, int plen, const unsigned
     return 1;
 }
 
-/* The template for a route through `nexthops` (slot 0 add4, 1 add6, 2 replace4, 3 replace6). */
+/* The add template for a route through `nexthops` (slot 0 IPv4, 1 IPv6). */
 static PyObject *via_template(PyObject *vias, PyObject *nexthops, int slot) {
     PyObject *key = PyLong_FromVoidPtr(nexthops);
     if (key == NULL)
@@ -138,7 +139,7 @@ static PyObject *via_template(PyObject *vias, PyObject *nexthops, int slot) {
         PyTuple_GET_ITEM(hit, 0) != nexthops)
         return NULL;
     PyObject *slots = PyTuple_GET_ITEM(hit, 1);
-    if (!PyList_CheckExact(slots) || PyList_GET_SIZE(slots) != 4)
+    if (!PyList_CheckExact(slots) || PyList_GET_SIZE(slots) != 2)
         return NULL;
     PyObject *tmpl = PyList_GET_ITEM(slots, slot);
     return tmpl == Py_None ? NULL : tmpl;
@@ -194,7 +195,7 @@ static PyObject *pack_run(PyObject *self, PyObject *args) {
             if (done == 1)
                 last_at = at;
         } else if ((kind == add || kind == replace) && PyTuple_GET_SIZE(nexthops) > 0) {
-            PyObject *tmpl = via_template(vias, nexthops, (kind == replace ? 2 : 0) + v6);
+            PyObject *tmpl = via_template(vias, nexthops, v6);
             if (tmpl == NULL) {
                 if (PyErr_Occurred())
                     goto error;

@@ -85,8 +85,8 @@ class BatchSender:
         self._base = 0
         self._limit = 1
         self._fast = cc.pack_run if compiled else None
-        # the compiled packer's templates, per nexthops tuple seen in the running exchange:
-        # id -> (the tuple, [add IPv4, add IPv6, replace IPv4, replace IPv6]); per exchange,
+        # the compiled packer's add templates, per nexthops tuple seen in the running
+        # exchange: id -> (the tuple, [IPv4, IPv6]) (a REPLACE's add is the same); per exchange,
         # so that an object id or ifindex learnt earlier never outlives a refresh
         self._vias: dict[int, tuple[object, list[bytes | None]]] = {}
         self._last_hops: tuple[NextHop, ...] | None = None  # _pack_one's one-entry cache
@@ -262,19 +262,17 @@ class BatchSender:
         else:
             msg = pack(kind, route.prefix, route.metric, via, base + i)
         if self._fast is not None and kind is not _DELETE and route.nexthops:
-            self._learn(route.nexthops, ":" in route.prefix, kind, via)
+            self._learn(route.nexthops, ":" in route.prefix, via)
         return msg
 
-    def _learn(self, nexthops: tuple[NextHop, ...], v6: bool, kind: OpKind,
-               via: nc.Via) -> None:
-        """Give the compiled packer the template of (kind, family) through `nexthops`."""
+    def _learn(self, nexthops: tuple[NextHop, ...], v6: bool, via: nc.Via) -> None:
+        """Give the compiled packer the add template of the family through `nexthops` (an
+        ADD's, and a REPLACE's after its delete)."""
         entry = self._vias.get(id(nexthops))
         if entry is None or entry[0] is not nexthops:
-            entry = self._vias[id(nexthops)] = (nexthops, [None, None, None, None])
-        slot = (2 if kind is _REPLACE else 0) + v6
-        if entry[1][slot] is None:
-            template_kind = _ADD if kind is _REPLACE else kind  # its add, after the delete
-            entry[1][slot] = self._packer.template(template_kind, v6, via)
+            entry = self._vias[id(nexthops)] = (nexthops, [None, None])
+        if entry[1][v6] is None:
+            entry[1][v6] = self._packer.template(_ADD, v6, via)
 
     def _close_datagram(self, parts: list[bytes], first: int, last: int,
                         run_at: tuple[int, int]) -> bytes:
