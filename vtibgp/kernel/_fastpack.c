@@ -6,9 +6,10 @@
  *
  * Packs ops[start:stop] into one run of route requests and returns it with the index of the
  * first op not packed and the offset of the run's last request (-1 if none). It packs an op
- * only when it is sure to write exactly what codec.RoutePacker.pack writes for it, by patching a template that RoutePacker made (the
- * sequence number, the prefix length, the address, the metric); it stops at the first op it
- * is not sure of, and the Python path packs that one (and raises its errors):
+ * only when it is sure to write exactly what codec.RoutePacker.pack writes for it, by
+ * patching a template that RoutePacker made (the sequence number, the prefix length, the
+ * address, the metric); it stops at the first op it is not sure of, and the Python path
+ * packs that one (and raises its errors):
  *
  *   - ADD / REPLACE: the op's nexthops tuple must be in `vias` (keyed by its id(); the
  *     value is (the tuple itself, [add4, add6]) with None where that template is not made
